@@ -1,0 +1,35 @@
+"""retrieval-heads: find, test and use the retrieval heads of transformer language models.
+
+The public API is imported lazily, so ``import retrieval_heads`` stays instant:
+
+    from retrieval_heads import load_model, SweepConfig, run_detection
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_model": "models",
+    "LoadedModel": "models",
+    "SweepConfig": "sweep",
+    "run_detection": "detection",
+    "HeadScores": "scores",
+    "attention_control": "hooks",
+    "AttentionControl": "hooks",
+    "AblationMode": "hooks",
+    "AblationPhase": "hooks",
+    "UserError": "errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'retrieval_heads' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

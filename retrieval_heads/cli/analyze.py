@@ -1,0 +1,203 @@
+"""``analyze``, ``compare``, ``report`` and ``convert``: thin commands over analysis, formats and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import UserError
+from .base import Command, add_json_flag
+from .tables import format_table as table
+
+
+class Analyze(Command):
+    name = "analyze"
+    help = "sparsity, dynamic activation and KV-head view of a run's (or a score file's) retrieval heads"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("source", metavar="RUN_OR_SCORES", help="run directory, or a .json/.csv/.tsv score file")
+        _add_top(parser)
+        _add_kv_heads(parser)
+        add_json_flag(parser)
+        parser.add_argument("--plots", metavar="DIR", help="also write the figures as PNG files into DIR")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .. import analysis
+        from ..formats import load_scores
+
+        scores = load_scores(args.source, num_kv_heads=args.kv_heads)
+        kv = scores.meta.get("num_kv_heads")
+        result = analysis.analyze(scores, top=args.top, num_kv_heads=kv)
+        if args.plots:
+            from ..report import write_plots
+
+            result["plots"] = [str(p.path) for p in write_plots(scores, args.plots, top=args.top, num_kv_heads=kv)]
+        print(json.dumps(result, indent=2) if args.json else format_analysis(result))
+        return 0
+
+
+class Compare(Command):
+    name = "compare"
+    help = "correlation, top-K overlap and Jaccard of two models' retrieval heads"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("a", metavar="A", help="run directory or score file")
+        parser.add_argument("b", metavar="B", help="run directory or score file of the same shape")
+        _add_top(parser)
+        _add_kv_heads(parser, extra=" (used to compare query-head scores with a KV-head TSV)")
+        add_json_flag(parser)
+        parser.add_argument("--plot", metavar="FILE.png", help="also write a scatter plot of the two score maps")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..analysis import compare, is_kv_level
+        from ..formats import as_kv_level, load_scores
+
+        a, b = load_scores(args.a), load_scores(args.b)
+        if is_kv_level(a) != is_kv_level(b):
+            a, b = as_kv_level(a, args.kv_heads), as_kv_level(b, args.kv_heads)
+        result = compare(a, b, top=args.top).to_dict()
+        result.update(a=args.a, b=args.b)
+        if args.plot:
+            from ..plots import comparison_scatter
+
+            label_a, label_b = a.model or "A", b.model or "B"
+            if label_a == label_b:
+                label_a, label_b = f"A ({label_a})", f"B ({label_b})"
+            result["plot"] = str(comparison_scatter(
+                a.mean, b.mean, args.plot, label_a=label_a, label_b=label_b,
+                title=f"{label_a} vs {label_b}: Pearson {_num(result['pearson'])}"))
+        print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+        return 0
+
+
+class Report(Command):
+    name = "report"
+    help = "write one self-contained HTML report of a run directory"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", metavar="RUN_DIR", help="a detection run directory")
+        parser.add_argument("--out", metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
+        _add_top(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..report import build_report
+
+        print(build_report(args.run_dir, args.out, top=args.top))
+        return 0
+
+
+class Convert(Command):
+    name = "convert"
+    help = "convert head scores between a run directory, the paper's JSON, CSV and DuoAttention TSV"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("source", metavar="IN", help="run directory or .json/.csv/.tsv score file")
+        parser.add_argument("dest", metavar="OUT", help="file to write")
+        parser.add_argument("--format", choices=("json", "csv", "tsv"),
+                            help="output format (default: from OUT's suffix)")
+        _add_kv_heads(parser, extra=" (needed for tsv output)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..formats import load_scores, save_scores
+
+        scores = load_scores(args.source, num_kv_heads=args.kv_heads)
+        print(save_scores(scores, args.dest, args.format))
+        return 0
+
+
+def format_analysis(result: dict) -> str:
+    """The ``analyze`` result as readable text tables."""
+    shape = result["shape"]
+    unit = "KV heads" if shape["level"] == "kv" else "heads"
+    total = shape["layers"] * shape["heads"]
+    lines = [
+        f"{result['model'] or 'scores'}: {shape['layers']} layers x {shape['heads']} {unit}, "
+        f"{result['n_samples']} samples",
+        "",
+        "Sparsity (mean score per head)",
+        table(["mean score", unit, "percent"],
+              [[b["label"], b["count"], f"{b['percent']:.2f}%"] for b in result["buckets"]]),
+        "",
+        f"Retrieval heads (mean > {result['threshold']:g}): {result['n_retrieval_heads']} of {total} "
+        f"({result['percent_retrieval_heads']:.2f}%)",
+        "Per layer: " + (", ".join(f"L{l}: {n}" for l, n in enumerate(result["retrieval_heads_per_layer"]) if n)
+                         or "none"),
+        "",
+        f"Top {len(result['top_heads'])} heads",
+        table(["rank", "layer", "head", "score", "active"],
+              [[i + 1, h["layer"], h["head"], h["score"], h["active_fraction"]]
+               for i, h in enumerate(result["top_heads"])]),
+    ]
+    lines += ["", *_activation_lines(result)]
+    if result["kv_heads"]:
+        kv = result["kv_heads"]
+        lines += [
+            "",
+            f"KV heads: {kv['num_kv_heads']} per layer (groups of {kv['group_size']}); "
+            f"{kv['n_retrieval_kv_heads']} serve a retrieval head",
+            table(["layer", "KV head", "max score"], [[h["layer"], h["head"], h["score"]] for h in kv["top"]]),
+        ]
+    if result.get("plots"):
+        lines += ["", "Plots: " + ", ".join(result["plots"])]
+    return "\n".join(lines)
+
+
+def _activation_lines(result: dict) -> list[str]:
+    act = result["activation"]
+    if act is None:
+        return ["Dynamic activation: not available (the file holds mean scores only, no per-sample scores)"]
+    always = ", ".join(f"L{h['layer']}H{h['head']}" for h in result["always_active"]) or "none"
+    lines = [
+        "Dynamic activation (active = score > 0 in a sample)",
+        f"Active in all {act['n_samples']} samples: {act['n_always_active']} heads: {always}",
+    ]
+    if act["retrieval_heads"]:
+        lines += ["How often each retrieval head is active",
+                  table(["layer", "head", "score", "active"],
+                        [[h["layer"], h["head"], h["score"], h["active_fraction"]] for h in act["retrieval_heads"]])]
+    return lines
+
+
+def format_comparison(result: dict) -> str:
+    """The ``compare`` result as readable text."""
+    layers, heads = result["shape"]
+    return "\n".join([
+        f"A: {result['a']}",
+        f"B: {result['b']}",
+        f"shape: {layers} layers x {heads} heads",
+        f"Pearson r (mean scores):   {_num(result['pearson'])}",
+        f"Spearman rho:              {_num(result['spearman'])}",
+        f"top-{result['top_k']} overlap:            {result['topk_overlap']} "
+        f"({_num(result['topk_overlap_fraction'])})",
+        f"retrieval heads (> 0.1):   A {result['n_retrieval_a']}, B {result['n_retrieval_b']}, "
+        f"both {result['n_retrieval_both']}, Jaccard {_num(result['jaccard'])}",
+        *([f"plot: {result['plot']}"] if result.get("plot") else []),
+    ])
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _add_top(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--top", type=_positive_int, default=20, metavar="K", help="how many top heads (default 20)")
+
+
+def _add_kv_heads(parser: argparse.ArgumentParser, extra: str = "") -> None:
+    parser.add_argument("--kv-heads", type=_positive_int, metavar="N",
+                        help="number of KV heads per layer, for grouped-query models" + extra)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value

@@ -1,0 +1,106 @@
+"""Argument groups shared by every command that loads a model or runs a sweep."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UserError
+from ..sweep import DEFAULT_DEPTHS, DEFAULT_LENGTHS, SweepConfig, linear_grid, parse_shard
+from ..zoo import DEFAULT_MODEL
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name, hub id or local directory (default {DEFAULT_MODEL})")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    g.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a large model over several GPUs")
+
+
+def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
+    add_model_args(parser)
+    g = parser.add_argument_group("sweep")
+    g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle); default: built-in set")
+    g.add_argument("--haystack", default=None, help=".txt file or directory of them; default: Python's reference prose")
+    g.add_argument("--lengths", default=None, help=f"context lengths in tokens, comma separated (default {','.join(map(str, DEFAULT_LENGTHS))})")
+    g.add_argument("--min-length", type=int, default=None)
+    g.add_argument("--max-length", type=int, default=None)
+    g.add_argument("--num-lengths", type=int, default=None)
+    g.add_argument("--depths", default=None, help=f"needle depths in percent, comma separated (default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)})")
+    g.add_argument("--num-depths", type=int, default=None, help="evenly spaced depths from 0 to 100")
+    g.add_argument("--max-new-tokens", type=int, default=50)
+    g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
+    g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
+    g.add_argument("--shard", default="0/1", help="run part i of n of the grid, e.g. 1/4")
+    g.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
+    g.add_argument("--resume", action="store_true", help="skip samples already finished in --out")
+    g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise UserError(f"{flag} is empty")
+    return values
+
+
+def lengths_from_args(args) -> list[int]:
+    if args.lengths:
+        lengths = _numbers(args.lengths, int, "--lengths")
+    elif args.min_length is not None or args.max_length is not None or args.num_lengths is not None:
+        if args.min_length is None or args.max_length is None:
+            raise UserError("--min-length and --max-length go together")
+        lengths = [int(round(x)) for x in linear_grid(args.min_length, args.max_length, args.num_lengths or 10)]
+    else:
+        lengths = list(DEFAULT_LENGTHS)
+    if min(lengths) <= 0:
+        raise UserError("context lengths must be positive")
+    return lengths
+
+
+def depths_from_args(args) -> list[float]:
+    if args.depths:
+        return _numbers(args.depths, float, "--depths")
+    if args.num_depths is not None:
+        return [round(d, 2) for d in linear_grid(0.0, 100.0, args.num_depths)]
+    return list(DEFAULT_DEPTHS)
+
+
+def sweep_config_from_args(args) -> SweepConfig:
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if args.chunk_size < 1:
+        raise UserError("--chunk-size must be at least 1")
+    return SweepConfig(
+        model=args.model,
+        needles=args.needles,
+        haystack=args.haystack,
+        lengths=lengths_from_args(args),
+        depths=depths_from_args(args),
+        max_new_tokens=args.max_new_tokens,
+        dtype=args.dtype,
+        device=args.device,
+        chunk_size=args.chunk_size,
+        share_prefix=not args.no_share_prefix,
+        shard=parse_shard(args.shard),
+    )
+
+
+def load_for(args):
+    """Load the model named by ``--model`` with the device flags."""
+    from ..models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+
+
+def out_dir(args, command: str) -> str:
+    """``--out``, or ``runs/<model>/<command>`` when it was not given."""
+    if args.out:
+        return args.out
+    safe = args.model.replace("/", "_").strip("._") or "model"
+    args.out = f"runs/{safe}/{command}"
+    return args.out

@@ -1,0 +1,164 @@
+"""The decoding engine: chunked prefill with shared-prefix KV reuse, then greedy decoding with the probe on.
+
+Prompts in a sweep share long prefixes (the haystack before the needle). The engine keeps the KV
+cache of the previous prompt and keeps its longest common prefix with the next one, rounded down
+to whole prefill chunks. Chunks start at absolute multiples of ``chunk_size``, so every cached
+token was computed by exactly the same operations (same inputs, same shapes) as in a cold,
+one-sample-at-a-time run: reuse changes the work done, never the numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .hooks import AttentionControl
+
+
+@dataclass
+class Generation:
+    """A greedy answer and what every head attended to while producing it.
+
+    Attributes:
+        generated_ids: tokens produced, the stop token (newline or EOS) included.
+        top1: (steps, layers, heads) int64 absolute position of each head's top-1 key at each step.
+    """
+
+    generated_ids: list[int]
+    top1: torch.Tensor
+
+
+@dataclass
+class PhaseTimer:
+    """Seconds spent per phase and tokens prefilled, accumulated over a sweep."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: {"prefill_s": 0.0, "decode_s": 0.0})
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def truncate_cache(cache, length: int) -> None:
+    """Drop every cached position >= ``length`` in every layer (sliding layers must record their past)."""
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        layer.keys = layer.keys[:, :, :length, :]
+        layer.values = layer.values[:, :, :length, :]
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = length
+
+
+def new_cache(model, *, keep_past: bool):
+    """An empty DynamicCache for ``model``; sliding-window layers keep their past when ``keep_past``."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    if keep_past:
+        for layer in cache.layers:
+            if hasattr(layer, "activate_past_recording"):
+                layer.activate_past_recording()
+    return cache
+
+
+class Engine:
+    """Greedy generation for NIAH prompts with per-step top-1 probing, reusing shared prefixes.
+
+    Args:
+        model: a causal LM running under ``attention_control`` with ``control``.
+        stop: ``stop(token_id) -> bool``, True for a newline or EOS token.
+        chunk_size: prefill chunk (tokens); bounds activation memory and is the reuse granularity.
+        share_prefix: reuse the previous prompt's KV for the common prefix.
+    """
+
+    def __init__(self, model, control: AttentionControl, stop, *, chunk_size: int = 512, share_prefix: bool = True):
+        self.model = model
+        self.control = control
+        self.stop = stop
+        self.chunk_size = chunk_size
+        self.share_prefix = share_prefix
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        self.timer = PhaseTimer()
+        self._cache = None
+        self._cached_ids: list[int] = []
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        """Prefill ``prompt_ids[:-1]``, then decode from the last prompt token, probing every step."""
+        cache = self._prefill(prompt_ids[:-1])
+        start = time.perf_counter()
+        try:
+            return self._decode(cache, prompt_ids, max_new_tokens)
+        finally:
+            truncate_cache(cache, len(prompt_ids) - 1)
+            self.timer.seconds["decode_s"] += time.perf_counter() - start
+
+    def _prefill(self, ids: list[int]):
+        start = time.perf_counter()
+        reuse = 0
+        if self.share_prefix and self._cache is not None:
+            reuse = common_prefix_length(self._cached_ids, ids) // self.chunk_size * self.chunk_size
+        if reuse == 0:
+            self._cache = new_cache(self.model, keep_past=self.share_prefix)
+        truncate_cache(self._cache, reuse)
+        self._cached_ids = list(ids)
+        self.control.probe = False
+        tokens = torch.tensor(ids, device=self.device).unsqueeze(0)  # (1, P-1)
+        pos = reuse
+        while pos < len(ids):
+            end = min((pos // self.chunk_size + 1) * self.chunk_size, len(ids))
+            self.model(input_ids=tokens[:, pos:end], cache=self._cache, use_cache=True, logits_to_keep=1)
+            pos = end
+        self.timer.prefilled_tokens += len(ids) - reuse
+        self.timer.reused_tokens += reuse
+        self.timer.seconds["prefill_s"] += time.perf_counter() - start
+        return self._cache
+
+    def _decode(self, cache, prompt_ids: list[int], max_new_tokens: int) -> Generation:
+        self.control.probe = True
+        token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
+        generated, top1 = [], []
+        try:
+            for step in range(max_new_tokens):
+                logits = self.model(input_ids=token, cache=cache, use_cache=True).logits  # (1, 1, V)
+                offsets = self.control.take_top1(self.num_layers)[:, 0]  # (L, H), negative
+                top1.append(offsets + (len(prompt_ids) + step))
+                token = logits[:, -1].argmax(dim=-1, keepdim=True)
+                generated.append(int(token))
+                if self.stop(generated[-1]):
+                    break
+        finally:
+            self.control.probe = False
+        stacked = torch.stack(top1).cpu() if top1 else torch.zeros((0, self.num_layers, 0), dtype=torch.long)
+        return Generation(generated, stacked)
+
+
+def stop_condition(tokenizer, model):
+    """``stop(token_id)``: True for EOS ids (tokenizer and generation config) or a token whose text has a newline."""
+    eos = set()
+    for source in (getattr(tokenizer, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            eos.add(source)
+        elif source:
+            eos.update(source)
+    seen: dict[int, bool] = {}
+
+    def stop(token_id: int) -> bool:
+        if token_id not in seen:
+            seen[token_id] = token_id in eos or "\n" in tokenizer.decode([token_id])
+        return seen[token_id]
+
+    return stop

@@ -1,0 +1,198 @@
+"""Haystack text, needles, prompt building, needle insertion and needle span lookup."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+DOC_OPEN = "This is a very long document: <document>\n"
+DOC_CLOSE = "\n</document>\nBased on the content of the document, answer the question in one sentence.\nQuestion: {question}"
+PLAIN_TAIL = "\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One fact to hide: the sentence inserted, the question asked, the answer expected."""
+
+    needle: str
+    question: str
+    real_needle: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenised needle-in-a-haystack prompt.
+
+    ``needle_span`` is the [start, end) token range of the needle inside ``ids``.
+    """
+
+    ids: list[int]
+    needle_span: tuple[int, int]
+    text: str
+
+
+def load_needles(path: str | Path | None = None) -> list[Needle]:
+    """Read needles in the paper's JSONL format; the project's own set when ``path`` is None."""
+    if path is None:
+        text = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text(encoding="utf-8")
+        source = "built-in needles"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"Needles file not found: {p}")
+        text, source = p.read_text(encoding="utf-8"), str(p)
+    needles = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            needles.append(_parse_needle(line, f"{source}:{lineno}"))
+    if not needles:
+        raise UserError(f"{source} holds no needles")
+    return needles
+
+
+def _parse_needle(line: str, where: str) -> Needle:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    missing = [k for k in ("needle", "question", "real_needle") if not isinstance(row.get(k), str) or not row[k].strip()]
+    if missing:
+        raise UserError(f"{where}: missing or empty field(s) {', '.join(missing)}")
+    return Needle(row["needle"].strip(), row["question"].strip(), row["real_needle"].strip())
+
+
+def default_haystack() -> str:
+    """Prose paragraphs of Python's own reference manual (``pydoc_data.topics``), always offline."""
+    from pydoc_data import topics
+
+    paragraphs = []
+    for key in sorted(topics.topics):
+        for block in re.split(r"\n\s*\n", topics.topics[key]):
+            if _is_prose(block):
+                paragraphs.append(" ".join(block.split()))
+    return "\n\n".join(paragraphs)
+
+
+def _is_prose(block: str) -> bool:
+    lines = block.strip("\n").splitlines()
+    if not lines or any(line.startswith((" ", "\t")) for line in lines):
+        return False  # code, grammar and indented examples
+    text = " ".join(line.strip() for line in lines)
+    return len(text) > 200 and text.endswith(".") and "::=" not in text and "***" not in text
+
+
+def load_haystack(path: str | Path | None = None) -> str:
+    """Haystack text: ``path`` is a .txt file or a directory of them; the default prose when None."""
+    if path is None:
+        return default_haystack()
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.txt"))
+        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    elif p.is_file():
+        text = p.read_text(encoding="utf-8", errors="replace")
+    else:
+        raise UserError(f"Haystack not found: {p}")
+    if not text.strip():
+        raise UserError(f"Haystack {p} is empty (a directory needs .txt files with text)")
+    return text.strip()
+
+
+class Haystack:
+    """A haystack tokenised once, cut to any token budget at character positions.
+
+    The text is repeated until it holds ``min_tokens`` tokens, like the paper's repeated essays.
+    """
+
+    def __init__(self, text: str, tokenizer, min_tokens: int):
+        if not text.strip():
+            raise UserError("Haystack is empty")
+        unit = text.strip()
+        ends = self._token_ends(tokenizer, unit)
+        repeats = -(-min_tokens // max(len(ends), 1)) if ends else 1
+        self.text = "\n\n".join([unit] * max(repeats, 1))
+        self.token_ends = self._token_ends(tokenizer, self.text)
+
+    @staticmethod
+    def _token_ends(tokenizer, text: str) -> list[int]:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [end for _, end in enc["offset_mapping"]]
+
+    def cut(self, num_tokens: int) -> str:
+        """The first ``num_tokens`` tokens' worth of text (whole tokens)."""
+        if num_tokens <= 0:
+            return ""
+        return self.text[: self.token_ends[min(num_tokens, len(self.token_ends)) - 1]]
+
+
+def insertion_point(context: str, depth_percent: float) -> int:
+    """Character offset of the sentence boundary at or before ``depth_percent`` of ``context``."""
+    if depth_percent >= 100:
+        return len(context)
+    target = int(len(context) * depth_percent / 100)
+    best = 0
+    for match in SENTENCE_END.finditer(context, 0, target + 1):
+        best = match.end()
+    return best
+
+
+def insert_needle(context: str, needle: str, depth_percent: float) -> tuple[str, int, int]:
+    """Insert ``needle`` at a sentence boundary; return the text and the needle's [start, end) chars."""
+    at = insertion_point(context, depth_percent)
+    before, after = context[:at].rstrip(), context[at:].lstrip()
+    head = before + (" " if before else "")
+    text = head + needle + (" " + after if after else "")
+    return text, len(head), len(head) + len(needle)
+
+
+def render_prompt(tokenizer, context: str, question: str) -> tuple[str, int]:
+    """Full prompt text and the character offset where ``context`` starts in it.
+
+    Uses the tokenizer's chat template when it has one, else the paper's ``Question: ...\\nAnswer:`` form.
+    """
+    user = DOC_OPEN + context + DOC_CLOSE.format(question=question)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    else:
+        text = (tokenizer.bos_token or "") + user + PLAIN_TAIL
+    return text, text.index(DOC_OPEN) + len(DOC_OPEN)
+
+
+def build_prompt(tokenizer, context: str, needle: Needle, depth_percent: float) -> Prompt:
+    """Insert the needle, render the prompt, tokenise it and locate the needle's token span."""
+    with_needle, n_start, n_end = insert_needle(context, needle.needle, depth_percent)
+    text, offset = render_prompt(tokenizer, with_needle, needle.question)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    span = token_span(enc["offset_mapping"], offset + n_start, offset + n_end)
+    if span is None:
+        needle_ids = tokenizer(needle.needle, add_special_tokens=False)["input_ids"]
+        span = find_needle_span(enc["input_ids"], needle_ids)
+    if span is None:
+        raise UserError(f"Needle span not found in the prompt for needle '{needle.needle[:40]}...'")
+    return Prompt(list(enc["input_ids"]), span, text)
+
+
+def token_span(offsets: list[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int] | None:
+    """[start, end) of the tokens overlapping characters [char_start, char_end), or None."""
+    hits = [i for i, (s, e) in enumerate(offsets) if e > char_start and s < char_end and e > s]
+    return (hits[0], hits[-1] + 1) if hits else None
+
+
+def find_needle_span(prompt_ids: list[int], needle_ids: list[int], min_overlap: float = 0.9) -> tuple[int, int] | None:
+    """The paper's fallback lookup: first window whose token set covers > ``min_overlap`` of the needle's."""
+    wanted = set(needle_ids)
+    n = len(needle_ids)
+    if not wanted:
+        return None
+    for i in range(len(prompt_ids) - n + 1):
+        if len(wanted & set(prompt_ids[i : i + n])) / len(wanted) > min_overlap:
+            return i, i + n
+    return None

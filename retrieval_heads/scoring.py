@@ -1,0 +1,55 @@
+"""The paper's retrieval score for one sample, and its ROUGE success filter.
+
+Definition (Wu et al. 2024, Sec. 2): while the model decodes greedily, at each step every head
+looks at its top-1 attended key ``j`` (last query row). If ``j`` lies in the needle span and the
+prompt token at ``j`` equals the token produced at this step, the head copied one needle token and
+gains ``1 / |span|``. A sample counts only when ROUGE-1 recall of the response against the
+expected answer exceeds 0.5.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+SUCCESS_THRESHOLD = 0.5
+RETRIEVAL_THRESHOLD = 0.1
+
+
+def retrieval_scores(
+    top1: torch.Tensor, generated: torch.Tensor, prompt_ids: torch.Tensor, span: tuple[int, int]
+) -> torch.Tensor:
+    """Per-head retrieval score of one sample.
+
+    Args:
+        top1: (steps, layers, heads) absolute key positions attended most at each decode step.
+        generated: (steps,) the token produced at each step.
+        prompt_ids: (prompt_len,) the prompt's token ids.
+        span: [start, end) token range of the needle in the prompt.
+    Returns:
+        (layers, heads) float32: number of copy events / span length.
+    """
+    start, end = span
+    if not 0 <= start < end <= prompt_ids.numel():
+        raise ValueError(f"needle span {span} outside a prompt of {prompt_ids.numel()} tokens")
+    in_span = (top1 >= start) & (top1 < end)  # (S, L, H)
+    attended_token = prompt_ids[top1.clamp(0, prompt_ids.numel() - 1)]  # (S, L, H)
+    copied = attended_token == generated.view(-1, 1, 1)
+    return (in_span & copied).sum(dim=0).float() / (end - start)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1_recall(answer: str, response: str) -> float:
+    """ROUGE-1 recall of ``response`` against ``answer`` (rouge-score, Porter stemming), in [0, 1]."""
+    return float(_rouge_scorer().score(answer, response)["rouge1"].recall)
+
+
+def is_success(recall: float) -> bool:
+    return recall > SUCCESS_THRESHOLD
