@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import UserError
 from .scores import HeadScores
-from .scoring import RETRIEVAL_THRESHOLD
+from .scores import RETRIEVAL_THRESHOLD
 
 # The paper's Fig. 3 buckets of the mean score: = 0, (0, 0.1], (0.1, 0.5], > 0.5.
 BUCKET_LABELS = ("= 0", "(0, 0.1]", "(0.1, 0.5]", "> 0.5")
@@ -62,12 +62,17 @@ class Activation:
         frequency: (layers, heads) fraction of samples in which the head scored > 0.
         always_active: heads with a score > 0 in every sample, row-major order.
         retrieval: the retrieval heads, best first, with their active fraction.
+        n_empty_samples: samples in which no head scored at all (often a needle-span mismatch
+            upstream); they alone can empty ``always_active``.
+        n_always_active_nonempty: heads with a score > 0 in every non-empty sample.
     """
 
     n_samples: int
     frequency: np.ndarray
     always_active: list[Head]
     retrieval: list[Head]
+    n_empty_samples: int = 0
+    n_always_active_nonempty: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,18 +151,24 @@ def activation(scores: HeadScores, *, threshold: float = RETRIEVAL_THRESHOLD) ->
     mean = scores.mean
     always = np.argwhere((freq == 1.0) & (scores.num_samples > 0))  # (n, 2), row-major
     retrieval = [h for h in top_heads(scores, scores.num_layers * scores.num_heads) if h.score > threshold]
+    active = scores.samples > 0  # (N, L, H)
+    nonempty = active[active.any(axis=(1, 2))]
     return Activation(
         n_samples=scores.num_samples,
         frequency=freq,
         always_active=[Head(int(l), int(h), float(mean[l, h]), 1.0) for l, h in always],
         retrieval=retrieval,
+        n_empty_samples=scores.num_samples - len(nonempty),
+        n_always_active_nonempty=int(nonempty.all(axis=0).sum()) if len(nonempty) else 0,
     )
 
 
 def top_heads(scores: HeadScores, k: int = 20) -> list[Head]:
-    """The ``k`` best heads by mean score, best first, with their active fraction."""
+    """The ``k`` best heads by mean score, best first, with their active fraction (None without samples)."""
     if k < 0:
         raise UserError(f"--top must be non-negative, not {k}")
+    if not has_per_sample_scores(scores):
+        return [Head(l, h, s) for l, h, s in scores.top(k)]
     freq = active_frequency(scores)
     return [Head(l, h, s, float(freq[l, h])) for l, h, s in scores.top(k)]
 
@@ -245,6 +256,7 @@ def analyze(scores: HeadScores, *, top: int = 20, num_kv_heads: int | None = Non
         "shape": {"layers": scores.num_layers, "heads": scores.num_heads,
                   "level": "kv" if is_kv_level(scores) else "query"},
         "n_samples": scores.num_samples,
+        "aggregate": bool(scores.meta.get("aggregate", False)),
         "threshold": threshold,
         "buckets": [asdict(b) for b in sp.buckets],
         "n_retrieval_heads": sp.n_retrieval,
@@ -254,6 +266,8 @@ def analyze(scores: HeadScores, *, top: int = 20, num_kv_heads: int | None = Non
         "activation": None if act is None else {
             "n_samples": act.n_samples,
             "n_always_active": len(act.always_active),
+            "n_empty_samples": act.n_empty_samples,
+            "n_always_active_nonempty": act.n_always_active_nonempty,
             "retrieval_heads": [asdict(h) for h in act.retrieval],
         },
         "always_active": None if act is None else [asdict(h) for h in act.always_active],

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import Engine, stop_condition
-from .hooks import AttentionControl, attention_control
 from .models import LoadedModel
-from .rundir import RunDir
-from .scores import HeadScores
-from .scoring import RETRIEVAL_THRESHOLD, is_success, retrieval_scores, rouge1_recall
-from .sweep import SweepConfig, prepare
+from .runner import SweepRun, run_sweep
+from .scores import RETRIEVAL_THRESHOLD, HeadScores
+from .scoring import is_success, retrieval_scores, rouge1_recall
+from .sweep import SweepConfig
 
 BUCKETS = (("zero", None, 0.0), ("(0, 0.1]", 0.0, 0.1), ("(0.1, 0.5]", 0.1, 0.5), ("> 0.5", 0.5, None))
 
@@ -51,39 +49,18 @@ def run_detection(
     Writes ``samples.jsonl`` (appended per sample), then ``head_scores.json`` (paper format) and
     ``summary.json``; these two are also written when the run is interrupted.
     """
-    start = time.perf_counter()
-    tokenizer = loaded.tokenizer
-    inputs = prepare(config, tokenizer, loaded.max_context)
-    run = RunDir(out)
-    done = run.start(config.identity(inputs.needles, inputs.haystack_text), config.to_dict(), resume=resume, overwrite=overwrite)
-    todo = sorted((s for s in inputs.specs if s.id not in done), key=lambda s: inputs.prompts[s.id].ids)
-    timing = {"scoring_s": 0.0, "io_s": 0.0}
-    engine = None
-    try:
-        with attention_control(loaded.model, AttentionControl()) as control:
-            engine = Engine(loaded.model, control, stop_condition(tokenizer, loaded.model),
-                            chunk_size=config.chunk_size, share_prefix=config.share_prefix)
-            for spec in _progress(todo, progress, len(done)):
-                prompt, needle = inputs.prompts[spec.id], inputs.needles[spec.needle_index]
-                generation = engine.generate(prompt.ids, config.max_new_tokens)
-                t0 = time.perf_counter()
-                record = _record(loaded, spec, prompt, needle, generation, tokenizer)
-                t1 = time.perf_counter()
-                run.append(record)
-                timing["scoring_s"] += t1 - t0
-                timing["io_s"] += time.perf_counter() - t1
-    finally:
-        if engine is not None:
-            timing.update(engine.timer.seconds)
-            timing["prefilled_tokens"] = engine.timer.prefilled_tokens
-            timing["reused_tokens"] = engine.timer.reused_tokens
-        timing["model_load_s"] = loaded.load_seconds
-        result = finalize(run, loaded, config, timing, time.perf_counter() - start)
-    return result
+    results: list[DetectionResult] = []
+
+    def make_record(spec, generation, inputs):
+        return _record(loaded, spec, inputs.prompts[spec.id], inputs.needles[spec.needle_index], generation)
+
+    run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
+              finalize=lambda sweep: results.append(finalize(sweep, loaded, config)))
+    return results[0]
 
 
-def _record(loaded, spec, prompt, needle, generation, tokenizer) -> dict:
-    response = tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
+def _record(loaded, spec, prompt, needle, generation) -> dict:
+    response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
     recall = rouge1_recall(needle.real_needle, response)
     head = retrieval_scores(
         generation.top1, torch.tensor(generation.generated_ids), torch.tensor(prompt.ids), prompt.needle_span
@@ -112,9 +89,10 @@ def scores_from_records(records: list[dict], shape: tuple[int, int], model: str 
     return HeadScores(samples, model=model)
 
 
-def finalize(run: RunDir, loaded: LoadedModel, config: SweepConfig, timing: dict, wall: float) -> DetectionResult:
+def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig) -> DetectionResult:
     """Aggregate every finished record into ``head_scores.json`` and ``summary.json``."""
     t0 = time.perf_counter()
+    run, timing = sweep.run, sweep.timing
     records = sorted(run.records(), key=lambda r: r["id"])
     scores = scores_from_records(records, (loaded.num_layers, loaded.num_heads), loaded.name)
     scores.save_paper_json(run.path / "head_scores.json")
@@ -131,10 +109,9 @@ def finalize(run: RunDir, loaded: LoadedModel, config: SweepConfig, timing: dict
         "n_retrieval_heads": int((mean > RETRIEVAL_THRESHOLD).sum()),
         "sparsity": sparsity_counts(mean),
         "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
-        "timing": {**timing, "wall_s": wall},
+        "timing": timing,
     }
-    timing["io_s"] = timing.get("io_s", 0.0) + time.perf_counter() - t0
-    summary["timing"]["io_s"] = timing["io_s"]
+    timing["io_s"] += time.perf_counter() - t0
     run.write_json("summary.json", summary)
     return DetectionResult(scores, summary, run.path)
 

@@ -90,18 +90,25 @@ class Engine:
         self.timer = PhaseTimer()
         self._cache = None
         self._cached_ids: list[int] = []
+        self._cache_tag = None
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        """Prefill ``prompt_ids[:-1]``, then decode from the last prompt token, probing every step."""
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, *, probe: bool = True, cache_tag=None) -> Generation:
+        """Prefill ``prompt_ids[:-1]``, then decode from the last prompt token.
+
+        ``probe`` records every head's top-1 key at each step. ``cache_tag`` names anything besides the
+        tokens that changes the prefill (e.g. heads ablated during prefill): a new tag drops the cache.
+        """
+        if cache_tag != self._cache_tag:
+            self._cache, self._cache_tag = None, cache_tag
         cache = self._prefill(prompt_ids[:-1])
         start = time.perf_counter()
         try:
-            return self._decode(cache, prompt_ids, max_new_tokens)
+            return self._decode(cache, prompt_ids, max_new_tokens, probe)
         finally:
             truncate_cache(cache, len(prompt_ids) - 1)
             self.timer.seconds["decode_s"] += time.perf_counter() - start
@@ -127,15 +134,16 @@ class Engine:
         self.timer.seconds["prefill_s"] += time.perf_counter() - start
         return self._cache
 
-    def _decode(self, cache, prompt_ids: list[int], max_new_tokens: int) -> Generation:
-        self.control.probe = True
+    def _decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
+        self.control.probe = probe
         token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
         generated, top1 = [], []
         try:
             for step in range(max_new_tokens):
                 logits = self.model(input_ids=token, cache=cache, use_cache=True).logits  # (1, 1, V)
-                offsets = self.control.take_top1(self.num_layers)[:, 0]  # (L, H), negative
-                top1.append(offsets + (len(prompt_ids) + step))
+                if probe:
+                    offsets = self.control.take_top1(self.num_layers)[:, 0]  # (L, H), negative
+                    top1.append(offsets + (len(prompt_ids) + step))
                 token = logits[:, -1].argmax(dim=-1, keepdim=True)
                 generated.append(int(token))
                 if self.stop(generated[-1]):

@@ -166,6 +166,8 @@ def save_scores(scores: HeadScores, path: str | Path, fmt: str | None = None, *,
 
     p = Path(path)
     fmt = (fmt or p.suffix.lstrip(".")).lower()
+    if not fmt:
+        raise UserError(f"cannot tell the output format of {p} from its name; pass --format json, csv or tsv")
     if fmt not in FORMATS:
         raise UserError(f"unknown score format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "json":
@@ -186,7 +188,7 @@ def to_csv(scores: HeadScores) -> str:
     active = (scores.samples > 0).mean(axis=0) if scores.num_samples else np.zeros(scores.shape)
     lines = ["layer,head,score,active_fraction"]
     lines += [
-        f"{l},{h},{mean[l, h]!r},{active[l, h]!r}"
+        f"{l},{h},{float(mean[l, h])!r},{float(active[l, h])!r}"
         for l in range(scores.num_layers)
         for h in range(scores.num_heads)
     ]

@@ -115,7 +115,9 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
-    path = str(pull(spec)) if zoo.looks_like_zoo_name(spec) else spec
+    if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
+        raise UserError(f"Model directory not found: {spec}")
+    path = str(pull(spec)) if zoo.looks_like_zoo_name(spec) else str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
     if device_map:

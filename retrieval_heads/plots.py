@@ -69,12 +69,14 @@ def activation_frequency(names: Sequence[str], frequency: Sequence[float], path:
     freq = np.asarray(frequency, dtype=np.float64)
     colors = [HIGHLIGHT if f >= 1.0 else ACCENT for f in freq]
     ax.bar(range(len(names)), freq, color=colors)
+    top = 1.05
     if scores is not None:
-        ax.plot(range(len(names)), scores, "o", color="black", markersize=3, label="mean score")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.plot(range(len(names)), scores, "o", color="black", markersize=3, label="mean score (same axis)")
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+        top = max(top, 1.05 * max(scores, default=0))
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, top)
     ax.set_ylabel("fraction of samples with score > 0")
     ax.set_title(title)
     return _save(fig, path)

@@ -54,29 +54,30 @@ def write_plots(scores: HeadScores, out_dir: str | Path, *, top: int = 20,
     name = scores.model or "scores"
     sp = analysis.sparsity(scores)
     level = "KV head" if analysis.is_kv_level(scores) else "head"
-    figures = [
+    written = [
         Plot("Mean retrieval score of every head",
-               plots.heatmap(scores.mean, out / "heatmap.png", title=f"{name}: mean retrieval score", xlabel=level)),
+             plots.heatmap(scores.mean, out / "heatmap.png", title=f"{name}: mean retrieval score", xlabel=level)),
         Plot("Heads by mean score (the paper's Fig. 3 buckets)",
-               plots.bucket_histogram([b.label for b in sp.buckets], [b.count for b in sp.buckets],
-                                      out / "buckets.png", title=f"{name}: heads by mean score")),
+             plots.bucket_histogram([b.label for b in sp.buckets], [b.count for b in sp.buckets],
+                                    out / "buckets.png", title=f"{name}: heads by mean score")),
         Plot("Retrieval heads (mean > 0.1) per layer",
-               plots.layer_distribution(sp.per_layer, out / "layers.png", title=f"{name}: retrieval heads per layer")),
+             plots.layer_distribution(sp.per_layer, out / "layers.png", title=f"{name}: retrieval heads per layer")),
     ]
     if analysis.has_per_sample_scores(scores):
         act = analysis.activation(scores)
         shown = act.retrieval or analysis.top_heads(scores, top)
-        figures.append(Plot(
-            "Fraction of samples in which each retrieval head scored > 0 (orange: every sample)",
+        which = "retrieval head" if act.retrieval else "top head"
+        written.append(Plot(
+            f"Fraction of samples in which each {which} scored > 0 (orange: every sample)",
             plots.activation_frequency([f"L{h.layer}H{h.head}" for h in shown], [h.active_fraction for h in shown],
                                        out / "activation.png", scores=[h.score for h in shown],
-                                       title=f"{name}: how often retrieval heads are active")))
+                                       title=f"{name}: how often {which}s are active")))
     if num_kv_heads and not analysis.is_kv_level(scores) and num_kv_heads < scores.num_heads:
-        figures.append(Plot(
+        written.append(Plot(
             f"Score of each KV head (max over its {scores.num_heads // num_kv_heads} query heads)",
             plots.heatmap(scores.kv_view(num_kv_heads, "max"), out / "kv_heatmap.png",
                           title=f"{name}: KV-head score (max over group)", xlabel="KV head")))
-    return figures
+    return written
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, top: int = 20) -> Path:
@@ -142,7 +143,7 @@ def _config_section(summary: dict) -> str:
 def _detection_section(result: dict, figures: dict[str, str]) -> str:
     buckets = [[b["label"], b["count"], f'{b["percent"]:.2f}%'] for b in result["buckets"]]
     top = [[i + 1, h["layer"], h["head"], h["score"], h["active_fraction"]] for i, h in enumerate(result["top_heads"])]
-    per_layer = [[l, n] for l, n in enumerate(result["retrieval_heads_per_layer"]) if n]
+    per_layer = ", ".join(f"L{l}: {n}" for l, n in enumerate(result["retrieval_heads_per_layer"]) if n)
     return "\n".join([
         "<h2>Detected retrieval heads</h2>",
         f'<p><b>{result["n_retrieval_heads"]}</b> of {result["shape"]["layers"] * result["shape"]["heads"]} heads '
@@ -154,7 +155,7 @@ def _detection_section(result: dict, figures: dict[str, str]) -> str:
         _table(["mean score", "heads", "percent"], buckets),
         figures.get("buckets.png", ""),
         "<h3>Retrieval heads per layer</h3>",
-        _table(["layer", "retrieval heads"], per_layer) if per_layer else '<p class="note">None.</p>',
+        f"<p>{_e(per_layer or 'None.')}</p>",
         figures.get("layers.png", ""),
     ])
 
@@ -162,15 +163,19 @@ def _detection_section(result: dict, figures: dict[str, str]) -> str:
 def _activation_section(result: dict, figures: dict[str, str]) -> str:
     head = "<h2>Dynamic activation</h2>"
     if result["activation"] is None:
-        return head + '<p class="note">These scores are means only (no per-sample scores), so activation cannot be measured.</p>'
+        why = "these scores are means only" if result["aggregate"] else "there are no successful samples"
+        return head + f'<p class="note">Not available: {why}.</p>'
     act = result["activation"]
-    always = [[h["layer"], h["head"], h["score"]] for h in result["always_active"]]
+    always = ", ".join(f'L{h["layer"]}H{h["head"]} ({h["score"]:.3f})' for h in result["always_active"])
     rows = [[h["layer"], h["head"], h["score"], h["active_fraction"]] for h in act["retrieval_heads"]]
     return "\n".join([
         head,
         f'<p>A head is active in a sample when it scores &gt; 0 there. <b>{act["n_always_active"]}</b> heads are '
         f'active in every one of the {act["n_samples"]} samples.</p>',
-        _table(["layer", "head", "mean score"], always) if always else "",
+        f"<p>Always active (mean score): {_e(always)}</p>" if always else "",
+        (f'<p class="note">{act["n_empty_samples"]} samples have no active head at all (a needle-span mismatch?); '
+         f'excluding them, {act["n_always_active_nonempty"]} heads are always active.</p>')
+        if act["n_empty_samples"] else "",
         figures.get("activation.png", ""),
         "<h3>How often each retrieval head is active</h3>",
         _table(["layer", "head", "mean score", "active fraction"], rows) if rows else '<p class="note">No retrieval heads.</p>',

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .scoring import RETRIEVAL_THRESHOLD
 
+RETRIEVAL_THRESHOLD = 0.1  # a head scoring above this (mean over successful samples) is a retrieval head
 KEY = re.compile(r"^(\d+)-(\d+)$")
 
 

@@ -13,8 +13,9 @@ from functools import lru_cache
 
 import torch
 
+
+
 SUCCESS_THRESHOLD = 0.5
-RETRIEVAL_THRESHOLD = 0.1
 
 
 def retrieval_scores(

@@ -86,20 +86,26 @@ class SweepInputs:
     prompts: dict[str, Prompt]
 
 
-def prepare(config: SweepConfig, tokenizer, max_context: int | None) -> SweepInputs:
-    """Validate the config against the model and tokenise every prompt of this shard."""
+def check_inputs(config: SweepConfig) -> tuple[list[Needle], str]:
+    """Read and validate needles, haystack and grid, before any model is loaded."""
     needles = load_needles(config.needles)
     text = load_haystack(config.haystack)
     if not config.lengths or not config.depths:
         raise UserError("need at least one context length and one depth")
+    bad = [d for d in config.depths if not 0 <= d <= 100]
+    if bad:
+        raise UserError(f"depths must lie in [0, 100], got {bad[0]:g}")
+    return needles, text
+
+
+def prepare(config: SweepConfig, tokenizer, max_context: int | None) -> SweepInputs:
+    """Validate the config against the model and tokenise every prompt of this shard."""
+    needles, text = check_inputs(config)
     longest = max(config.lengths)
     if max_context and longest + config.max_new_tokens > max_context:
         raise UserError(
             f"context length {longest} + {config.max_new_tokens} new tokens exceeds the model's maximum of {max_context} tokens"
         )
-    bad = [d for d in config.depths if not 0 <= d <= 100]
-    if bad:
-        raise UserError(f"depths must lie in [0, 100], got {bad[0]:g}")
     haystack = Haystack(text, tokenizer, min_tokens=longest)
     specs = build_grid(len(needles), config.lengths, config.depths, config.shard)
     prompts = {s.id: make_prompt(tokenizer, haystack, needles[s.needle_index], s) for s in specs}

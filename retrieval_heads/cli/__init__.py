@@ -12,7 +12,7 @@ def commands() -> list:
     """Every subcommand, in the order ``--help`` lists them."""
     from . import analyze, detect, models
 
-    found = [detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report()]
+    found = [detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), analyze.Convert()]
     for optional in ("niah", "sweeps", "kv", "tasks"):
         try:
             module = __import__(f"{__name__}.{optional}", fromlist=["COMMANDS"])

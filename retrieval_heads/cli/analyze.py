@@ -6,7 +6,6 @@ import argparse
 import json
 from typing import Any
 
-from ..errors import UserError
 from .base import Command, add_json_flag
 from .tables import format_table as table
 
@@ -77,13 +76,14 @@ class Report(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dir", metavar="RUN_DIR", help="a detection run directory")
-        parser.add_argument("--out", metavar="FILE", help="where to write the HTML (default RUN_DIR/report.html)")
+        parser.add_argument("--out", dest="output", metavar="FILE",
+                            help="where to write the HTML (default RUN_DIR/report.html)")
         _add_top(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from ..report import build_report
 
-        print(build_report(args.run_dir, args.out, top=args.top))
+        print(build_report(args.run_dir, args.output, top=args.top))
         return 0
 
 
@@ -111,9 +111,9 @@ def format_analysis(result: dict) -> str:
     shape = result["shape"]
     unit = "KV heads" if shape["level"] == "kv" else "heads"
     total = shape["layers"] * shape["heads"]
+    samples = "mean scores only" if result["aggregate"] else f"{result['n_samples']} samples"
     lines = [
-        f"{result['model'] or 'scores'}: {shape['layers']} layers x {shape['heads']} {unit}, "
-        f"{result['n_samples']} samples",
+        f"{result['model'] or 'scores'}: {shape['layers']} layers x {shape['heads']} {unit}, {samples}",
         "",
         "Sparsity (mean score per head)",
         table(["mean score", unit, "percent"],
@@ -125,9 +125,7 @@ def format_analysis(result: dict) -> str:
                          or "none"),
         "",
         f"Top {len(result['top_heads'])} heads",
-        table(["rank", "layer", "head", "score", "active"],
-              [[i + 1, h["layer"], h["head"], h["score"], h["active_fraction"]]
-               for i, h in enumerate(result["top_heads"])]),
+        _top_table(result["top_heads"], active=result["activation"] is not None),
     ]
     lines += ["", *_activation_lines(result)]
     if result["kv_heads"]:
@@ -143,15 +141,26 @@ def format_analysis(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _top_table(heads: list[dict], *, active: bool) -> str:
+    headers = ["rank", "layer", "head", "score"] + (["active"] if active else [])
+    rows = [[i + 1, h["layer"], h["head"], h["score"]] + ([h["active_fraction"]] if active else [])
+            for i, h in enumerate(heads)]
+    return table(headers, rows)
+
+
 def _activation_lines(result: dict) -> list[str]:
     act = result["activation"]
     if act is None:
-        return ["Dynamic activation: not available (the file holds mean scores only, no per-sample scores)"]
+        why = "the file holds mean scores only" if result["aggregate"] else "there are no successful samples"
+        return [f"Dynamic activation: not available ({why})"]
     always = ", ".join(f"L{h['layer']}H{h['head']}" for h in result["always_active"]) or "none"
     lines = [
         "Dynamic activation (active = score > 0 in a sample)",
         f"Active in all {act['n_samples']} samples: {act['n_always_active']} heads: {always}",
     ]
+    if act["n_empty_samples"]:
+        lines.append(f"Warning: {act['n_empty_samples']} samples have no active head at all (a needle-span "
+                     f"mismatch?); excluding them, {act['n_always_active_nonempty']} heads are always active")
     if act["retrieval_heads"]:
         lines += ["How often each retrieval head is active",
                   table(["layer", "head", "score", "active"],

@@ -71,11 +71,14 @@ def depths_from_args(args) -> list[float]:
 
 
 def sweep_config_from_args(args) -> SweepConfig:
+    """The sweep flags as a validated SweepConfig (needles and haystack are read and checked here)."""
+    from ..sweep import check_inputs
+
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
     if args.chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")
-    return SweepConfig(
+    config = SweepConfig(
         model=args.model,
         needles=args.needles,
         haystack=args.haystack,
@@ -88,6 +91,8 @@ def sweep_config_from_args(args) -> SweepConfig:
         share_prefix=not args.no_share_prefix,
         shard=parse_shard(args.shard),
     )
+    check_inputs(config)
+    return config
 
 
 def load_for(args):

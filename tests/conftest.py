@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random decoders of several families and a tiny BPE tokenizer, built in-process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _tiny(config_cls, model_cls, **overrides):
+    base = dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=8,
+        num_key_value_heads=2, max_position_embeddings=4096, head_dim=8,
+    )
+    base.update(overrides)
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**base)).eval()
+    if model._supports_sdpa:  # Gemma 2 soft-caps logits: eager only
+        model.set_attn_implementation("sdpa")
+    return model
+
+
+def build_tiny(family: str):
+    """A randomly initialised model of ``family`` small enough for unit tests."""
+    import transformers as tf
+
+    if family == "llama":
+        return _tiny(tf.LlamaConfig, tf.LlamaForCausalLM)
+    if family == "qwen2":
+        return _tiny(tf.Qwen2Config, tf.Qwen2ForCausalLM)
+    if family == "qwen3":
+        return _tiny(tf.Qwen3Config, tf.Qwen3ForCausalLM)
+    if family == "mistral":
+        return _tiny(tf.MistralConfig, tf.MistralForCausalLM, sliding_window=None)
+    if family == "mixtral":
+        return _tiny(tf.MixtralConfig, tf.MixtralForCausalLM, num_local_experts=2, num_experts_per_tok=1)
+    if family == "phi3":
+        return _tiny(tf.Phi3Config, tf.Phi3ForCausalLM, pad_token_id=0)
+    if family == "gemma2":
+        return _tiny(tf.Gemma2Config, tf.Gemma2ForCausalLM, sliding_window=16, attn_logit_softcapping=50.0,
+                     final_logit_softcapping=None, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if family == "gemma3":
+        return _tiny(tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, sliding_window=16,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "mixtral", "phi3", "gemma2", "gemma3"]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A 600-token byte-level BPE trained on the default haystack, with a chat-free plain prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from retrieval_heads.haystack import default_haystack, load_needles
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [default_haystack()[:60000]] + [n.needle for n in load_needles()]
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")

@@ -1,0 +1,138 @@
+"""The registered attention function: probe top-1 equals eager argmax; the model is left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES, build_tiny
+
+from retrieval_heads.engine import new_cache
+from retrieval_heads.hooks import AblationMode, AblationPhase, AttentionControl, attention_control, last_row_top1
+
+
+def eager_top1(model, ids: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Reference: eager attention with output_attentions; (steps, layers, heads) absolute argmax."""
+    original = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        cache = new_cache(model, keep_past=False)
+        model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
+        token, rows, generated = ids[:, -1:], [], []
+        for step in range(steps):
+            out = model(input_ids=token, cache=cache, use_cache=True, output_attentions=True)
+            total = ids.shape[1] + step
+            rows.append(torch.stack([a[0, :, -1].argmax(-1) + total - a.shape[-1] for a in out.attentions]))
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(int(token))
+        return torch.stack(rows), generated
+    finally:
+        model.set_attn_implementation(original)
+
+
+def probe_top1(model, ids: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    layers = model.config.num_hidden_layers
+    with attention_control(model) as control:
+        cache = new_cache(model, keep_past=False)
+        model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
+        control.probe = True
+        token, rows, generated = ids[:, -1:], [], []
+        for step in range(steps):
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            rows.append(control.take_top1(layers)[:, 0] + ids.shape[1] + step)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(int(token))
+    return torch.stack(rows), generated
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_probe_matches_eager_argmax(family):
+    model = build_tiny(family)
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(1))
+    ref, ref_gen = eager_top1(model, ids, steps=4)
+    got, gen = probe_top1(model, ids, steps=4)
+    assert gen == ref_gen
+    mismatch = (ref != got).sum().item()
+    assert mismatch == 0, f"{mismatch} of {ref.numel()} top-1 positions differ\nref={ref}\ngot={got}"
+
+
+@torch.no_grad()
+def test_sliding_window_probe_never_points_outside_window():
+    model = build_tiny("gemma3")  # layers 0 and 2 slide over 16 tokens
+    ids = torch.randint(0, 512, (1, 60), generator=torch.Generator().manual_seed(2))
+    got, _ = probe_top1(model, ids, steps=3)
+    for step in range(3):
+        query_pos = ids.shape[1] - 1 + step
+        for layer in (0, 2):
+            assert (got[step, layer] > query_pos - 16).all(), got[step, layer]
+
+
+@torch.no_grad()
+def test_model_left_exactly_as_it_was():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    model = build_tiny("llama")
+    ids = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(3))
+    before = model(ids).logits
+    keys = set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)
+    with pytest.raises(RuntimeError):
+        with attention_control(model):
+            assert model.config._attn_implementation.startswith("retrieval_heads_")
+            raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+    assert keys == (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping))
+    assert torch.equal(model(ids).logits, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@torch.no_grad()
+def test_no_ablation_leaves_logits_identical_to_sdpa(family):
+    model = build_tiny(family)
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(4))
+    plain = model(ids).logits
+    control = AttentionControl(ablate=torch.zeros(3, 8, dtype=torch.bool), phase=AblationPhase.ALL)
+    with attention_control(model, control):
+        hooked = model(ids).logits
+    max_diff = (hooked - plain).abs().max().item()
+    assert torch.equal(hooked, plain), f"max_diff={max_diff:.2e}"
+
+
+@pytest.mark.parametrize("mode", list(AblationMode))
+@torch.no_grad()
+def test_ablation_changes_only_when_heads_are_ablated(mode):
+    model = build_tiny("llama")
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(5))
+    plain = model(ids).logits
+    ablate = torch.zeros(3, 8, dtype=torch.bool)
+    ablate[1, 2] = True
+    with attention_control(model, AttentionControl(ablate=ablate, mode=mode, phase=AblationPhase.ALL)):
+        hooked = model(ids).logits
+    with attention_control(model, AttentionControl(ablate=ablate, mode=mode, phase=AblationPhase.DECODE)):
+        prefill_only = model(ids).logits  # q_len > 1: decode-phase ablation must not apply
+    assert not torch.allclose(hooked, plain)
+    assert torch.equal(prefill_only, plain)
+
+
+def test_uniform_ablation_attends_uniformly():
+    torch.manual_seed(0)
+    q = torch.zeros(1, 2, 1, 4)
+    k = torch.randn(1, 1, 5, 4)
+    mask = torch.tensor([True, True, False, True, True]).view(1, 1, 1, 5)
+    # a zeroed query scores every visible key 0, so the first visible key wins the argmax
+    assert last_row_top1(q, k, mask, 0.5).tolist() == [[-5, -5]]
+
+
+def test_last_row_top1_handles_gqa_and_masks():
+    q = torch.zeros(1, 4, 1, 2)
+    q[0, 0, 0, 0] = q[0, 1, 0, 1] = q[0, 2, 0, 0] = q[0, 3, 0, 1] = 1.0
+    k = torch.zeros(1, 2, 3, 2)
+    k[0, 0, 1, 0] = 5  # KV head 0: key 1 matches dim 0
+    k[0, 0, 2, 1] = 5  # KV head 0: key 2 matches dim 1
+    k[0, 1, 0, 0] = 5  # KV head 1: key 0 matches dim 0
+    k[0, 1, 1, 1] = 5  # KV head 1: key 1 matches dim 1
+    got = last_row_top1(q, k, None, 1.0) + 3
+    assert got.tolist() == [[1, 2, 0, 1]]
+    float_mask = torch.zeros(1, 1, 1, 3)
+    float_mask[..., 1] = float("-inf")
+    assert (last_row_top1(q, k, float_mask, 1.0) + 3)[0, 0].item() != 1
