@@ -78,14 +78,18 @@ class Engine:
         stop: ``stop(token_id) -> bool``, True for a newline or EOS token.
         chunk_size: prefill chunk (tokens); bounds activation memory and is the reuse granularity.
         share_prefix: reuse the previous prompt's KV for the common prefix.
+        cache_factory: ``() -> Cache`` for a custom KV cache (e.g. a head-wise compressed one); such
+            caches are not truncatable, so prefix sharing is turned off.
     """
 
-    def __init__(self, model, control: AttentionControl, stop, *, chunk_size: int = 512, share_prefix: bool = True):
+    def __init__(self, model, control: AttentionControl, stop, *, chunk_size: int = 512, share_prefix: bool = True,
+                 cache_factory=None):
         self.model = model
         self.control = control
         self.stop = stop
         self.chunk_size = chunk_size
-        self.share_prefix = share_prefix
+        self.share_prefix = share_prefix and cache_factory is None
+        self.cache_factory = cache_factory or (lambda: new_cache(model, keep_past=self.share_prefix))
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.timer = PhaseTimer()
         self._cache = None
@@ -110,7 +114,8 @@ class Engine:
         try:
             return self._decode(cache, prompt_ids, max_new_tokens, probe)
         finally:
-            truncate_cache(cache, len(prompt_ids) - 1)
+            if self.share_prefix:
+                truncate_cache(cache, len(prompt_ids) - 1)
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
     def _prefill(self, ids: list[int]):
@@ -119,8 +124,9 @@ class Engine:
         if self.share_prefix and self._cache is not None:
             reuse = common_prefix_length(self._cached_ids, ids) // self.chunk_size * self.chunk_size
         if reuse == 0:
-            self._cache = new_cache(self.model, keep_past=self.share_prefix)
-        truncate_cache(self._cache, reuse)
+            self._cache = self.cache_factory()
+        else:
+            truncate_cache(self._cache, reuse)
         self._cached_ids = list(ids)
         self.control.probe = False
         tokens = torch.tensor(ids, device=self.device).unsqueeze(0)  # (1, P-1)

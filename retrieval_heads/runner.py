@@ -40,12 +40,14 @@ def run_sweep(
     overwrite: bool = False,
     progress: bool = True,
     finalize: Callable[[SweepRun], object] | None = None,
+    cache_factory: Callable[[], object] | None = None,
 ) -> SweepRun:
     """Generate every unfinished sample of ``config`` and append ``make_record(spec, generation, inputs)``.
 
     Samples run in lexicographic order of their prompt tokens so consecutive prompts share the
     longest prefixes. ``ablation_for(grid_index)`` may set per-sample heads on ``control``.
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
+    ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
     """
     start = time.perf_counter()
     inputs = prepare(config, loaded.tokenizer, loaded.max_context)
@@ -60,7 +62,7 @@ def run_sweep(
     try:
         with attention_control(loaded.model, control):
             engine = Engine(loaded.model, control, stop_condition(loaded.tokenizer, loaded.model),
-                            chunk_size=config.chunk_size, share_prefix=config.share_prefix)
+                            chunk_size=config.chunk_size, share_prefix=config.share_prefix, cache_factory=cache_factory)
             for spec in _progress(todo, progress, len(done)):
                 tag = ablation_for(index[spec.id]) if ablation_for else None
                 prefill_tag = tag if control.phase is AblationPhase.ALL else None

@@ -38,7 +38,7 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _numbers(text: str, kind, flag: str) -> list:
+def numbers(text: str, kind, flag: str) -> list:
     try:
         values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -50,7 +50,7 @@ def _numbers(text: str, kind, flag: str) -> list:
 
 def lengths_from_args(args) -> list[int]:
     if args.lengths:
-        lengths = _numbers(args.lengths, int, "--lengths")
+        lengths = numbers(args.lengths, int, "--lengths")
     elif args.min_length is not None or args.max_length is not None or args.num_lengths is not None:
         if args.min_length is None or args.max_length is None:
             raise UserError("--min-length and --max-length go together")
@@ -64,7 +64,7 @@ def lengths_from_args(args) -> list[int]:
 
 def depths_from_args(args) -> list[float]:
     if args.depths:
-        return _numbers(args.depths, float, "--depths")
+        return numbers(args.depths, float, "--depths")
     if args.num_depths is not None:
         return [round(d, 2) for d in linear_grid(0.0, 100.0, args.num_depths)]
     return list(DEFAULT_DEPTHS)
@@ -109,3 +109,38 @@ def out_dir(args, command: str) -> str:
     safe = args.model.replace("/", "_").strip("._") or "model"
     args.out = f"runs/{safe}/{command}"
     return args.out
+
+
+def add_mask_args(parser: argparse.ArgumentParser) -> None:
+    """The head-masking flags shared by ``niah``, ``mask-sweep`` and ``tasks``."""
+    g = parser.add_argument_group("head masking")
+    g.add_argument("--scores", default=None, help="head scores: a detection run directory or a score file (JSON/CSV)")
+    g.add_argument("--mask-top", type=int, default=None, metavar="K", help="ablate the K best retrieval heads")
+    g.add_argument("--mask-random", type=int, default=None, metavar="K",
+                   help="ablate K random heads drawn from the non-retrieval heads (score <= 0.1)")
+    g.add_argument("--mask-heads", default=None, metavar="L-H,...", help="ablate these heads, e.g. 16-19,11-15")
+    g.add_argument("--mask-mode", default="uniform", choices=["uniform", "zero"],
+                   help="uniform: zero the query (attend uniformly, the paper's); zero: zero the head's output")
+    g.add_argument("--mask-phase", default="decode", choices=["decode", "all"],
+                   help="decode: only while generating (the paper's); all: prefill too")
+    g.add_argument("--random-per-sample", action="store_true", help="draw new random heads for every sample")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random head draw")
+
+
+def mask_plan_from_args(args, num_layers: int, num_heads: int):
+    """The masking flags as a MaskPlan, checked against the model's shape."""
+    from ..formats import load_scores
+    from ..masking import plan_masking
+
+    scores = load_scores(args.scores) if args.scores else None
+    return plan_masking(
+        num_layers=num_layers, num_heads=num_heads, scores=scores, mask_top=args.mask_top,
+        mask_random=args.mask_random, mask_heads=args.mask_heads, seed=args.seed, per_sample=args.random_per_sample,
+    )
+
+
+def control_from_args(args):
+    """An AttentionControl carrying ``--mask-mode`` and ``--mask-phase`` (heads are set per run)."""
+    from ..hooks import AblationMode, AblationPhase, AttentionControl
+
+    return AttentionControl(mode=AblationMode(args.mask_mode), phase=AblationPhase(args.mask_phase))

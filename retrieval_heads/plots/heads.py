@@ -11,10 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-CMAP = "viridis"
-ACCENT = "#3b6ea8"
-HIGHLIGHT = "#d9822b"
-DPI = 110
+from .style import ACCENT, CMAP, HIGHLIGHT, figure as _figure, save as _save
 
 
 def heatmap(values: np.ndarray, path: str | Path, *, title: str = "Retrieval score per head",
@@ -101,20 +98,6 @@ def comparison_scatter(a: np.ndarray, b: np.ndarray, path: str | Path, *, label_
     return _save(fig, path)
 
 
-def _figure(size: tuple[float, float]):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
-    return fig, fig.add_subplot()
-
-
 def _integer_ticks(ax, heads: int, layers: int) -> None:
     ax.set_xticks(range(0, heads, max(1, heads // 16)))
     ax.set_yticks(range(0, layers, max(1, layers // 16)))
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path

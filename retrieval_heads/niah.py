@@ -1,0 +1,109 @@
+"""Needle-in-a-haystack evaluation, optionally with heads ablated (the paper's causal test)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .failures import classify, contains_answer
+from .hooks import AttentionControl
+from .masking import MaskPlan, head_mask
+from .models import LoadedModel
+from .runner import SweepRun, run_sweep
+from .scoring import rouge1_recall
+from .sweep import SweepConfig
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class NiahResult:
+    summary: dict
+    out: Path
+
+
+def run_niah(
+    loaded: LoadedModel,
+    config: SweepConfig,
+    out: str | Path,
+    *,
+    plan: MaskPlan | None = None,
+    control: AttentionControl | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    cache_factory=None,
+) -> NiahResult:
+    """Answer every needle question of the sweep with ``plan``'s heads ablated; score and classify answers.
+
+    Writes ``results.jsonl`` (appended per sample), ``summary.json`` and ``heatmap.png`` under ``out``.
+    ``cache_factory`` runs the model on a custom KV cache (see ``Engine``).
+    """
+    plan = plan or MaskPlan()
+    control = control or AttentionControl()
+    shape = (loaded.num_layers, loaded.num_heads)
+    current: list = []  # heads ablated for the sample being generated
+
+    def ablation_for(index: int):
+        current[:] = plan.heads_for(index)
+        control.ablate = head_mask(current, *shape) if current else None
+        return tuple(current)
+
+    def make_record(spec, generation, inputs):
+        needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
+        response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
+        failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question, context=prompt.text)
+        return {
+            "id": spec.id, "model": loaded.name, "context_length": spec.context_length, "prompt_tokens": len(prompt.ids),
+            "depth_percent": spec.depth_percent, "needle_index": spec.needle_index, "response": response,
+            "score": 100 * rouge1_recall(needle.real_needle, response),
+            "contains_answer": contains_answer(response, needle.real_needle),
+            "failure": failure.value if failure else None,
+            "masked_heads": [f"{l}-{h}" for l, h in current],
+        }
+
+    results: list[NiahResult] = []
+    identity = {"masking": plan.describe(), "mask_mode": control.mode.value, "mask_phase": control.phase.value}
+    run_sweep(loaded, config, out, make_record, records_name=RESULTS, probe=False, control=control,
+              ablation_for=ablation_for, extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
+              cache_factory=cache_factory,
+              finalize=lambda sweep: results.append(finalize(sweep, loaded, config, identity)))
+    return results[0]
+
+
+def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig, masking: dict) -> NiahResult:
+    """Summarise finished results into ``summary.json`` and draw the length x depth heatmap."""
+    from .plots.niah import niah_heatmap
+
+    t0 = time.perf_counter()
+    rows = sweep.run.records()
+    grid = grid_means(rows)
+    mean = sum(r["score"] for r in rows) / len(rows) if rows else None
+    summary = {
+        "model": loaded.name,
+        "config": config.to_dict(),
+        **masking,
+        "samples": len(rows),
+        "mean_score": mean,
+        "contains_rate": sum(r["contains_answer"] for r in rows) / len(rows) if rows else None,
+        "failures": dict(Counter(r["failure"] for r in rows if r["failure"])),
+        "grid": [{"context_length": l, "depth_percent": d, "mean_score": s} for (l, d), s in sorted(grid.items())],
+        "timing": sweep.timing,
+    }
+    if rows:
+        label = masking["masking"]["selection"]
+        title = f"{loaded.name}: mean score {mean:.1f}" + ("" if label == "none" else f" ({label}-{masking['masking']['k']} masked)")
+        niah_heatmap(grid, sweep.run.path / "heatmap.png", title=title)
+    sweep.timing["io_s"] += time.perf_counter() - t0
+    sweep.run.write_json("summary.json", summary)
+    return NiahResult(summary, sweep.run.path)
+
+
+def grid_means(rows: list[dict]) -> dict[tuple[int, float], float]:
+    """Mean score per (context_length, depth_percent) cell, over needles."""
+    cells: dict[tuple[int, float], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["context_length"], r["depth_percent"]), []).append(r["score"])
+    return {cell: sum(v) / len(v) for cell, v in cells.items()}
