@@ -89,6 +89,7 @@ class Engine:
         self.stop = stop
         self.chunk_size = chunk_size
         self.share_prefix = share_prefix and cache_factory is None
+        self.cache_factory_is_default = cache_factory is None
         self.cache_factory = cache_factory or (lambda: new_cache(model, keep_past=self.share_prefix))
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.timer = PhaseTimer()
@@ -140,6 +141,73 @@ class Engine:
         self.timer.seconds["prefill_s"] += time.perf_counter() - start
         return self._cache
 
+    @property
+    def can_batch(self) -> bool:
+        """Batched decoding needs plain full-attention caches (no sliding windows, no custom cache)."""
+        types = getattr(self.model.config.get_text_config(), "layer_types", None) or []
+        return self.cache_factory_is_default and all(t == "full_attention" for t in types)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, *, probe: bool = True, cache_tag=None) -> list[Generation]:
+        """Generate for several prompts: each prefilled on its own (sharing prefixes), then decoded together.
+
+        The prompts' caches are left-padded into one batch; a sample leaves the batch when it stops.
+        Results equal ``generate`` per prompt up to float rounding of batched kernels (see tests).
+        """
+        if len(prompts) == 1 or not self.can_batch:
+            return [self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag) for p in prompts]
+        if cache_tag != self._cache_tag:
+            self._cache, self._cache_tag = None, cache_tag
+        snapshots = []
+        for ids in prompts:
+            cache = self._prefill(ids[:-1])
+            snapshots.append([(layer.keys, layer.values) for layer in cache.layers])  # (1, Hkv, P_i - 1, D)
+            if self.share_prefix:
+                snapshots[-1] = [(k.clone(), v.clone()) for k, v in snapshots[-1]]
+        start = time.perf_counter()
+        try:
+            return self._decode_batch(left_padded_cache(snapshots), prompts, max_new_tokens, probe)
+        finally:
+            self.timer.seconds["decode_s"] += time.perf_counter() - start
+
+    def _decode_batch(self, cache, prompts: list[list[int]], max_new_tokens: int, probe: bool) -> list[Generation]:
+        lengths = torch.tensor([len(p) for p in prompts])  # P_i
+        padded = int(lengths.max()) - 1
+        mask = (torch.arange(padded + 1) >= (padded + 1 - lengths).unsqueeze(1)).long()  # (B, T + 1), 0 = pad
+        tokens = torch.tensor([[p[-1]] for p in prompts])  # (B, 1)
+        positions = (lengths - 1).unsqueeze(1)  # (B, 1)
+        alive = list(range(len(prompts)))
+        generated: list[list[int]] = [[] for _ in prompts]
+        top1: list[list[torch.Tensor]] = [[] for _ in prompts]
+        self.control.probe = probe
+        try:
+            for step in range(max_new_tokens):
+                out = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device),
+                                 position_ids=positions.to(self.device), cache=cache, use_cache=True)
+                next_tokens = out.logits[:, -1].argmax(dim=-1).cpu()  # (B_alive,)
+                offsets = self.control.take_top1(self.num_layers).cpu() if probe else None  # (L, B_alive, H)
+                keep = []
+                for row, i in enumerate(alive):
+                    generated[i].append(int(next_tokens[row]))
+                    if probe:
+                        top1[i].append(offsets[:, row] + int(lengths[i]) + step)
+                    if not self.stop(generated[i][-1]):
+                        keep.append(row)
+                if not keep or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(alive):
+                    rows = torch.tensor(keep)
+                    cache.batch_select_indices(rows.to(self.device))
+                    mask, positions, next_tokens = mask[rows], positions[rows], next_tokens[rows]
+                    alive = [alive[r] for r in keep]
+                mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=mask.dtype)], dim=1)
+                positions = positions + 1
+                tokens = next_tokens.unsqueeze(1)
+        finally:
+            self.control.probe = False
+        empty = torch.zeros((0, self.num_layers, 0), dtype=torch.long)
+        return [Generation(g, torch.stack(t) if t else empty) for g, t in zip(generated, top1)]
+
     def _decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
         self.control.probe = probe
         token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
@@ -158,6 +226,27 @@ class Engine:
             self.control.probe = False
         stacked = torch.stack(top1).cpu() if top1 else torch.zeros((0, self.num_layers, 0), dtype=torch.long)
         return Generation(generated, stacked)
+
+
+def left_padded_cache(snapshots: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """One DynamicCache holding every sample's (keys, values), left-padded with zeros to the longest.
+
+    Args:
+        snapshots: per sample, per layer, (keys, values) of shape (1, Hkv, T_i, D).
+    """
+    from transformers import DynamicCache
+
+    longest = max(k.shape[2] for k, _ in (s[0] for s in snapshots))
+    layers = []
+    for per_layer in zip(*snapshots):
+        k0 = per_layer[0][0]
+        keys = k0.new_zeros((len(per_layer), k0.shape[1], longest, k0.shape[3]))
+        values = keys.clone()
+        for row, (k, v) in enumerate(per_layer):
+            keys[row, :, longest - k.shape[2]:] = k[0]
+            values[row, :, longest - v.shape[2]:] = v[0]
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)
 
 
 def stop_condition(tokenizer, model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,11 @@ class MaskPlan:
     seed: int = 0
     scores: HeadScores | None = None
 
-    def heads_for(self, sample_index: int) -> list[Head]:
-        """Heads ablated for sample number ``sample_index`` of the grid."""
+    def heads_for(self, sample_id: str) -> tuple[Head, ...]:
+        """Heads ablated for the sample ``sample_id`` (a per-sample draw depends on the id, not on sharding)."""
         if self.selection is Selection.RANDOM and self.per_sample:
-            return random_heads(self.scores, self.k, seed=self.seed * 1_000_003 + sample_index)
-        return list(self.heads)
+            return tuple(random_heads(self.scores, self.k, seed=self.seed * 1_000_003 + zlib.crc32(sample_id.encode())))
+        return self.heads
 
     def describe(self) -> dict:
         return {"selection": self.selection.value, "k": self.k, "per_sample": self.per_sample, "seed": self.seed,

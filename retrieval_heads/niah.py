@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .failures import classify, contains_answer
 from .hooks import AttentionControl
-from .masking import MaskPlan, head_mask
+from .masking import MaskPlan
 from .models import LoadedModel
 from .runner import SweepRun, run_sweep
 from .scoring import rouge1_recall
@@ -43,14 +43,6 @@ def run_niah(
     """
     plan = plan or MaskPlan()
     control = control or AttentionControl()
-    shape = (loaded.num_layers, loaded.num_heads)
-    current: list = []  # heads ablated for the sample being generated
-
-    def ablation_for(index: int):
-        current[:] = plan.heads_for(index)
-        control.ablate = head_mask(current, *shape) if current else None
-        return tuple(current)
-
     def make_record(spec, generation, inputs):
         needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
         response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
@@ -61,13 +53,13 @@ def run_niah(
             "score": 100 * rouge1_recall(needle.real_needle, response),
             "contains_answer": contains_answer(response, needle.real_needle),
             "failure": failure.value if failure else None,
-            "masked_heads": [f"{l}-{h}" for l, h in current],
+            "masked_heads": [f"{l}-{h}" for l, h in plan.heads_for(spec.id)],
         }
 
     results: list[NiahResult] = []
     identity = {"masking": plan.describe(), "mask_mode": control.mode.value, "mask_phase": control.phase.value}
     run_sweep(loaded, config, out, make_record, records_name=RESULTS, probe=False, control=control,
-              ablation_for=ablation_for, extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
+              heads_for=lambda spec: plan.heads_for(spec.id), extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
               cache_factory=cache_factory,
               finalize=lambda sweep: results.append(finalize(sweep, loaded, config, identity)))
     return results[0]

@@ -9,6 +9,7 @@ from typing import Callable
 
 from .engine import Engine, Generation, stop_condition
 from .hooks import AblationPhase, AttentionControl, attention_control
+from .masking import head_mask
 from .models import LoadedModel
 from .rundir import RunDir
 from .sweep import SampleSpec, SweepConfig, SweepInputs, prepare
@@ -34,7 +35,7 @@ def run_sweep(
     records_name: str = "samples.jsonl",
     probe: bool = True,
     control: AttentionControl | None = None,
-    ablation_for: Callable[[int], object] | None = None,
+    heads_for: Callable[[SampleSpec], tuple] | None = None,
     extra_identity: dict | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -45,7 +46,8 @@ def run_sweep(
     """Generate every unfinished sample of ``config`` and append ``make_record(spec, generation, inputs)``.
 
     Samples run in lexicographic order of their prompt tokens so consecutive prompts share the
-    longest prefixes. ``ablation_for(grid_index)`` may set per-sample heads on ``control``.
+    longest prefixes, and are decoded ``config.batch_size`` at a time. ``heads_for(spec)`` names the
+    (layer, head) pairs to ablate for a sample; only samples with the same heads share a batch.
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
     ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
     """
@@ -54,8 +56,9 @@ def run_sweep(
     run = RunDir(out, records_name)
     identity = {**config.identity(inputs.needles, inputs.haystack_text), **(extra_identity or {})}
     done = run.start(identity, config.to_dict(), resume=resume, overwrite=overwrite)
-    index = {spec.id: i for i, spec in enumerate(inputs.specs)}
     todo = sorted((s for s in inputs.specs if s.id not in done), key=lambda s: inputs.prompts[s.id].ids)
+    heads_for = heads_for or (lambda spec: ())
+    shape = (loaded.num_layers, loaded.num_heads)
     result = SweepRun(run, inputs, {"scoring_s": 0.0, "io_s": 0.0, "model_load_s": loaded.load_seconds})
     control = control or AttentionControl()
     engine = None
@@ -63,16 +66,21 @@ def run_sweep(
         with attention_control(loaded.model, control):
             engine = Engine(loaded.model, control, stop_condition(loaded.tokenizer, loaded.model),
                             chunk_size=config.chunk_size, share_prefix=config.share_prefix, cache_factory=cache_factory)
-            for spec in _progress(todo, progress, len(done)):
-                tag = ablation_for(index[spec.id]) if ablation_for else None
-                prefill_tag = tag if control.phase is AblationPhase.ALL else None
-                generation = engine.generate(inputs.prompts[spec.id].ids, config.max_new_tokens, probe=probe, cache_tag=prefill_tag)
-                t0 = time.perf_counter()
-                record = make_record(spec, generation, inputs)
-                t1 = time.perf_counter()
-                run.append(record)
-                result.timing["scoring_s"] += t1 - t0
-                result.timing["io_s"] += time.perf_counter() - t1
+            bar = _progress(len(todo), progress, len(done))
+            for batch, heads in batches(todo, heads_for, config.batch_size):
+                control.ablate = head_mask(list(heads), *shape) if heads else None
+                prompts = [inputs.prompts[spec.id].ids for spec in batch]
+                tag = heads if control.phase is AblationPhase.ALL else None
+                generations = engine.generate_batch(prompts, config.max_new_tokens, probe=probe, cache_tag=tag)
+                for spec, generation in zip(batch, generations):
+                    t0 = time.perf_counter()
+                    record = make_record(spec, generation, inputs)
+                    t1 = time.perf_counter()
+                    run.append(record)
+                    result.timing["scoring_s"] += t1 - t0
+                    result.timing["io_s"] += time.perf_counter() - t1
+                bar.update(len(batch))
+            bar.close()
     finally:
         if engine is not None:
             result.timing.update(engine.timer.seconds)
@@ -84,8 +92,23 @@ def run_sweep(
     return result
 
 
-def _progress(items, enabled: bool, already: int):
+def batches(specs: list[SampleSpec], heads_for, size: int):
+    """Consecutive runs of at most ``size`` specs that ablate the same heads, with those heads."""
+    batch: list[SampleSpec] = []
+    heads = None
+    for spec in specs:
+        these = tuple(heads_for(spec))
+        if batch and (these != heads or len(batch) == size):
+            yield batch, heads
+            batch = []
+        batch.append(spec)
+        heads = these
+    if batch:
+        yield batch, heads
+
+
+def _progress(total: int, enabled: bool, already: int):
     from tqdm.auto import tqdm
 
     postfix = {"resumed": already} if already else None
-    return tqdm(items, desc="samples", unit="sample", disable=not enabled, postfix=postfix)
+    return tqdm(total=total, desc="samples", unit="sample", disable=not enabled, postfix=postfix)

@@ -27,6 +27,7 @@ class SweepConfig:
     device: str = "cpu"
     chunk_size: int = 512
     share_prefix: bool = True
+    batch_size: int = 4  # samples decoded together
     shard: tuple[int, int] = (0, 1)  # (index, count)
 
     def to_dict(self) -> dict:

@@ -61,7 +61,7 @@ def test_interrupted_run_keeps_finished_samples(loaded, tmp_path, monkeypatch):
     from retrieval_heads import engine
 
     calls = {"n": 0}
-    original = engine.Engine.generate
+    original = engine.Engine.generate_batch
 
     def flaky(self, *args, **kwargs):
         calls["n"] += 1
@@ -69,12 +69,12 @@ def test_interrupted_run_keeps_finished_samples(loaded, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.Engine, "generate", flaky)
+    monkeypatch.setattr(engine.Engine, "generate_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_detection(loaded, config(lengths=[200]), tmp_path, progress=False)
-    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2
-    assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 2
-    monkeypatch.setattr(engine.Engine, "generate", original)
+        run_detection(loaded, config(lengths=[200], batch_size=2), tmp_path, progress=False)
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 4
+    monkeypatch.setattr(engine.Engine, "generate_batch", original)
     run_detection(loaded, config(lengths=[200]), tmp_path, resume=True, progress=False)
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 16
 

@@ -56,3 +56,31 @@ def test_stop_token_ends_generation():
         stopped = Engine(model, control, lambda t: t == stop_at).generate(prompt, max_new_tokens=6)
     assert stopped.generated_ids == first.generated_ids[: first.generated_ids.index(stop_at) + 1]
     assert stopped.top1.shape[0] == len(stopped.generated_ids)
+
+
+def peaked_llama():
+    """A tiny Llama with large weights, so logits and attention have clear winners (no float ties)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                            num_attention_heads=8, num_key_value_heads=2, head_dim=8, initializer_range=0.3)
+    return tf.LlamaForCausalLM(config).eval()
+
+
+def test_batched_decoding_matches_one_at_a_time():
+    model = peaked_llama()
+    prompts = sorted(prompts_sharing_prefixes(seed=3))
+    stop_token = {"id": None}
+    with attention_control(model) as control:
+        single = Engine(model, control, never_stop, chunk_size=32)
+        ref = [single.generate(p, max_new_tokens=6) for p in prompts]
+        stop_token["id"] = ref[1].generated_ids[2]  # one sample stops early and leaves the batch
+        stop = lambda t: t == stop_token["id"]
+        ref = [Engine(model, control, stop, chunk_size=32).generate(p, max_new_tokens=6) for p in prompts]
+        got = Engine(model, control, stop, chunk_size=32).generate_batch(prompts, max_new_tokens=6)
+    assert len(ref[1].generated_ids) < 6
+    for a, b in zip(ref, got):
+        assert a.generated_ids == b.generated_ids
+        mismatch = (a.top1 != b.top1).sum().item()
+        assert mismatch == 0, f"{mismatch} top-1 positions differ"

@@ -53,8 +53,8 @@ def test_masking_errors_are_user_errors():
 
 def test_random_heads_per_sample_differ():
     plan = plan_masking(num_layers=3, num_heads=8, scores=scores_3x8(), mask_random=4, per_sample=True, seed=3)
-    assert plan.heads_for(0) != plan.heads_for(1)
-    assert plan.heads_for(0) == plan.heads_for(0)
+    assert plan.heads_for("n0-L100-d0") != plan.heads_for("n1-L100-d0")
+    assert plan.heads_for("n0-L100-d0") == plan.heads_for("n0-L100-d0")
 
 
 @pytest.mark.parametrize(

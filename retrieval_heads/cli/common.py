@@ -31,6 +31,7 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--max-new-tokens", type=int, default=50)
     g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
     g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
+    g.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
     g.add_argument("--shard", default="0/1", help="run part i of n of the grid, e.g. 1/4")
     g.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
     g.add_argument("--resume", action="store_true", help="skip samples already finished in --out")
@@ -76,8 +77,8 @@ def sweep_config_from_args(args) -> SweepConfig:
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
-    if args.chunk_size < 1:
-        raise UserError("--chunk-size must be at least 1")
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise UserError("--chunk-size and --batch-size must be at least 1")
     config = SweepConfig(
         model=args.model,
         needles=args.needles,
@@ -89,6 +90,7 @@ def sweep_config_from_args(args) -> SweepConfig:
         device=args.device,
         chunk_size=args.chunk_size,
         share_prefix=not args.no_share_prefix,
+        batch_size=args.batch_size,
         shard=parse_shard(args.shard),
     )
     check_inputs(config)
