@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from .models import LoadedModel, ModelInfo
 from .runner import SweepRun, run_sweep
 from .scores import RETRIEVAL_THRESHOLD, HeadScores
 from .scoring import is_success, retrieval_scores, rouge1_recall
@@ -55,7 +55,7 @@ def run_detection(
         return _record(loaded, spec, inputs.prompts[spec.id], inputs.needles[spec.needle_index], generation)
 
     run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
-              finalize=lambda sweep: results.append(finalize(sweep, loaded, config)))
+              finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config)))
     return results[0]
 
 
@@ -89,19 +89,19 @@ def scores_from_records(records: list[dict], shape: tuple[int, int], model: str 
     return HeadScores(samples, model=model)
 
 
-def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig) -> DetectionResult:
+def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig) -> DetectionResult:
     """Aggregate every finished record into ``head_scores.json`` and ``summary.json``."""
     t0 = time.perf_counter()
     run, timing = sweep.run, sweep.timing
     records = sorted(run.records(), key=lambda r: r["id"])
-    scores = scores_from_records(records, (loaded.num_layers, loaded.num_heads), loaded.name)
+    scores = scores_from_records(records, (model.num_layers, model.num_heads), model.name)
     scores.save_paper_json(run.path / "head_scores.json")
     mean = scores.mean
     summary = {
-        "model": loaded.name,
-        "num_layers": loaded.num_layers,
-        "num_heads": loaded.num_heads,
-        "num_kv_heads": loaded.num_kv_heads,
+        "model": model.name,
+        "num_layers": model.num_layers,
+        "num_heads": model.num_heads,
+        "num_kv_heads": model.num_kv_heads,
         "config": config.to_dict(),
         "samples": len(records),
         "successes": scores.num_samples,

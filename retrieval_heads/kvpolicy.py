@@ -88,7 +88,7 @@ def heads_for_fraction(fraction: float, eligible_heads: int) -> int:
     """Number of KV heads a budget ``fraction`` keeps full (round half up)."""
     if not 0 <= fraction <= 1:
         raise UserError(f"a budget is a fraction of KV heads in [0, 1], got {fraction:g}")
-    return int(math.floor(fraction * eligible_heads + 0.5))
+    return int(math.floor(fraction * eligible_heads + 0.5 + 1e-9))  # 0.35 * 90 is 31.499999...
 
 
 def top_fraction(kv_scores: np.ndarray, fraction: float, *, eligible: np.ndarray, sink: int = 4,

@@ -14,6 +14,20 @@ from .errors import UserError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What results need to know about a model: its name and attention shape."""
+
+    name: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> "ModelInfo":
+        return cls(summary["model"], summary["num_layers"], summary["num_heads"], summary["num_kv_heads"])
+
+
 @dataclass
 class LoadedModel:
     """A model ready for sweeps. ``name`` is what users typed (zoo name, hub id or path)."""
@@ -35,6 +49,10 @@ class LoadedModel:
     def num_kv_heads(self) -> int:
         cfg = self.model.config.get_text_config()
         return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, self.num_layers, self.num_heads, self.num_kv_heads)
 
     @property
     def max_context(self) -> int | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .failures import classify, contains_answer
 from .hooks import AttentionControl
 from .masking import MaskPlan
-from .models import LoadedModel
+from .models import LoadedModel, ModelInfo
 from .runner import SweepRun, run_sweep
 from .scoring import rouge1_recall
 from .sweep import SweepConfig
@@ -61,11 +61,11 @@ def run_niah(
     run_sweep(loaded, config, out, make_record, records_name=RESULTS, probe=False, control=control,
               heads_for=lambda spec: plan.heads_for(spec.id), extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
               cache_factory=cache_factory,
-              finalize=lambda sweep: results.append(finalize(sweep, loaded, config, identity)))
+              finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, identity)))
     return results[0]
 
 
-def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig, masking: dict) -> NiahResult:
+def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: dict) -> NiahResult:
     """Summarise finished results into ``summary.json`` and draw the length x depth heatmap."""
     from .plots.niah import niah_heatmap
 
@@ -74,7 +74,10 @@ def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig, masking:
     grid = grid_means(rows)
     mean = sum(r["score"] for r in rows) / len(rows) if rows else None
     summary = {
-        "model": loaded.name,
+        "model": model.name,
+        "num_layers": model.num_layers,
+        "num_heads": model.num_heads,
+        "num_kv_heads": model.num_kv_heads,
         "config": config.to_dict(),
         **masking,
         "samples": len(rows),
@@ -86,7 +89,7 @@ def finalize(sweep: SweepRun, loaded: LoadedModel, config: SweepConfig, masking:
     }
     if rows:
         label = masking["masking"]["selection"]
-        title = f"{loaded.name}: mean score {mean:.1f}" + ("" if label == "none" else f" ({label}-{masking['masking']['k']} masked)")
+        title = f"{model.name}: mean score {mean:.1f}" + ("" if label == "none" else f" ({label}-{masking['masking']['k']} masked)")
         niah_heatmap(grid, sweep.run.path / "heatmap.png", title=title)
     sweep.timing["io_s"] += time.perf_counter() - t0
     sweep.run.write_json("summary.json", summary)

@@ -13,7 +13,7 @@ def commands() -> list:
     from . import analyze, detect, models
 
     found = [detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), analyze.Convert()]
-    for optional in ("niah", "sweeps", "kv", "tasks"):
+    for optional in ("niah", "merge", "kv", "tasks"):
         try:
             module = __import__(f"{__name__}.{optional}", fromlist=["COMMANDS"])
         except ModuleNotFoundError:

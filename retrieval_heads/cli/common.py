@@ -146,3 +146,19 @@ def control_from_args(args):
     from ..hooks import AblationMode, AblationPhase, AttentionControl
 
     return AttentionControl(mode=AblationMode(args.mask_mode), phase=AblationPhase(args.mask_phase))
+
+
+def shard_for_launch(args, config, command: str):
+    """Under torchrun/accelerate, give this rank its shard, its GPU and its own output directory.
+
+    Returns (output directory of this process, Launch or None). An explicit ``--shard`` wins.
+    """
+    from ..distributed import current_launch
+
+    out = out_dir(args, command)
+    launch = current_launch()
+    if launch is None or args.shard != "0/1":
+        return out, None
+    config.shard = (launch.rank, launch.world_size)
+    args.device = config.device = launch.device(args.device)
+    return str(launch.shard_dir(out)), launch

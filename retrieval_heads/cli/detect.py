@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Command
-from .common import add_sweep_args, load_for, out_dir, sweep_config_from_args
+from .common import add_sweep_args, load_for, shard_for_launch, sweep_config_from_args
 from .tables import print_top_heads
 
 
@@ -16,14 +16,22 @@ class Detect(Command):
 
     def run(self, args) -> int:
         from ..detection import run_detection
+        from ..distributed import finish
+        from ..formats import load_scores
+        from ..merge import merge_runs
 
         config = sweep_config_from_args(args)
-        out = out_dir(args, "detect")
+        out, launch = shard_for_launch(args, config, "detect")
         loaded = load_for(args)
         result = run_detection(loaded, config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-        s = result.summary
-        print(f"{s['successes']}/{s['samples']} samples retrieved the needle; "
-              f"{s['n_retrieval_heads']} of {s['num_layers'] * s['num_heads']} heads score > {s['retrieval_threshold']}")
-        print_top_heads(result.scores, k=10)
-        print(f"results in {result.out}/ (samples.jsonl, head_scores.json, summary.json)")
+        summary, scores = result.summary, result.scores
+        if launch is not None:
+            summary = finish(launch, args.out, merge_runs)
+            if not launch.is_main:
+                return 0
+            scores = load_scores(args.out)
+        print(f"{summary['successes']}/{summary['samples']} samples retrieved the needle; "
+              f"{summary['n_retrieval_heads']} of {summary['num_layers'] * summary['num_heads']} heads score > {summary['retrieval_threshold']}")
+        print_top_heads(scores, k=10)
+        print(f"results in {args.out}/ (samples.jsonl, head_scores.json, summary.json)")
         return 0

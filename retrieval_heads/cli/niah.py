@@ -10,6 +10,7 @@ from .common import (
     load_for,
     mask_plan_from_args,
     out_dir,
+    shard_for_launch,
     sweep_config_from_args,
 )
 from .tables import format_table
@@ -24,21 +25,28 @@ class Niah(Command):
         add_mask_args(parser)
 
     def run(self, args) -> int:
+        from ..distributed import finish
+        from ..merge import merge_runs
         from ..niah import run_niah
 
         config = sweep_config_from_args(args)
+        out, launch = shard_for_launch(args, config, "niah")
         loaded = load_for(args)
         plan = mask_plan_from_args(args, loaded.num_layers, loaded.num_heads)
-        result = run_niah(loaded, config, out_dir(args, "niah"), plan=plan, control=control_from_args(args),
+        result = run_niah(loaded, config, out, plan=plan, control=control_from_args(args),
                           resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
         s = result.summary
+        if launch is not None:
+            s = finish(launch, args.out, merge_runs)
+            if not launch.is_main:
+                return 0
         masked = s["masking"]["heads"]
         print(f"mean score {s['mean_score']:.1f} over {s['samples']} samples; answer contained in {100 * s['contains_rate']:.0f}%")
         if masked:
             print(f"masked ({s['masking']['selection']}): {', '.join(masked)}")
         if s["failures"]:
             print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s["failures"].items())))
-        print(f"results in {result.out}/ (results.jsonl, summary.json, heatmap.png)")
+        print(f"results in {args.out}/ (results.jsonl, summary.json, heatmap.png)")
         return 0
 
 

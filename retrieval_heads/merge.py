@@ -1,0 +1,77 @@
+"""Combine shard run directories into one, as if the whole grid had run in one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .io import write_text_atomic
+from .models import ModelInfo
+from .rundir import CONFIG, RunDir
+from .runner import SweepRun
+from .sweep import SweepConfig
+
+KINDS = {"samples.jsonl": "detect", "results.jsonl": "niah"}
+PHASES = ("prefill_s", "decode_s", "scoring_s", "io_s", "prefilled_tokens", "reused_tokens")
+
+
+def read_shard(path: Path) -> tuple[str, dict, dict]:
+    """(records file name, config.json, summary.json) of one shard directory."""
+    names = [name for name in KINDS if (path / name).exists()]
+    if len(names) != 1 or not (path / CONFIG).exists():
+        raise UserError(f"{path} is not a finished run directory (needs config.json and samples.jsonl or results.jsonl)")
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    return names[0], json.loads((path / CONFIG).read_text(encoding="utf-8")), summary
+
+
+def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
+    """Merge shard directories into ``out``; refuses shards of different models, inputs or settings.
+
+    Records are united by sample id (a sample present in two shards counts once); the summary is
+    recomputed from the merged records. Returns the merged summary.
+    """
+    if not dirs:
+        raise UserError("merge needs at least one run directory")
+    shards = [(Path(d), *read_shard(Path(d))) for d in dirs]
+    records_name, first_config, first_summary = shards[0][1], shards[0][2], shards[0][3]
+    for path, name, config, _ in shards[1:]:
+        if name != records_name:
+            raise UserError(f"{path} holds {KINDS[name]} results, {shards[0][0]} holds {KINDS[records_name]} results")
+        diff = sorted(k for k in set(config["identity"]) | set(first_config["identity"])
+                      if config["identity"].get(k) != first_config["identity"].get(k))
+        if diff:
+            raise UserError(f"cannot merge {path} with {shards[0][0]}: their {', '.join(diff)} differ")
+    run = RunDir(out, records_name)
+    records: dict[str, dict] = {}
+    for path, *_ in shards:
+        for row in RunDir(path, records_name).records():
+            records.setdefault(row["id"], row)
+    ordered = [records[k] for k in sorted(records)]
+    write_text_atomic(run.records_path, "".join(json.dumps(r) + "\n" for r in ordered))
+    settings = {**first_config["config"], "shard": [0, 1]}
+    run.write_json(CONFIG, {"identity": first_config["identity"], "config": settings, "merged_from": [str(p) for p, *_ in shards]})
+    timing = merged_timing([s for *_, s in shards])
+    config = SweepConfig(**{**settings, "shard": (0, 1)})
+    sweep = SweepRun(run, inputs=None, timing=timing)
+    info = ModelInfo.from_summary(first_summary)
+    if records_name == "samples.jsonl":
+        from .detection import finalize
+
+        return finalize(sweep, info, config).summary
+    from .niah import finalize
+
+    identity = first_config["identity"]
+    masking = {k: identity[k] for k in ("masking", "mask_mode", "mask_phase")}
+    return finalize(sweep, info, config, masking).summary
+
+
+def merged_timing(summaries: list[dict]) -> dict:
+    """Phase seconds summed over shards; wall time of the slowest shard (they run in parallel)."""
+    timings = [s.get("timing", {}) for s in summaries]
+    merged = {key: sum(t.get(key, 0) for t in timings) for key in PHASES}
+    merged["wall_s"] = max((t.get("wall_s", 0.0) for t in timings), default=0.0)
+    merged["model_load_s"] = max((t.get("model_load_s", 0.0) for t in timings), default=0.0)
+    merged["shards"] = len(summaries)
+    return merged

@@ -1,0 +1,298 @@
+"""Head-wise KV cache: exact against DynamicCache when all heads are full, against a per-head masked
+reference otherwise; bytes by hand; eviction; GQA and Gemma 3 sliding layers; policies; kv-eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import DynamicSlidingWindowLayer
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from retrieval_heads.engine import Engine
+from retrieval_heads.hooks import attention_control
+from retrieval_heads.kvcache import HeadwiseAttention, HeadwiseCache, HeadwiseCacheFactory, HeadwiseLayer, kept_positions
+from retrieval_heads.kvpolicy import (
+    above_threshold,
+    eligible_layers,
+    explicit,
+    heads_for_fraction,
+    matching_uniform,
+    random_plan,
+    top_fraction,
+)
+
+SINK, WINDOW = 3, 7
+
+
+def ids_of(length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def mixed_plan(model) -> np.ndarray:
+    """(layers, kv_heads): a full head, a streaming head, and an all-streaming layer (3 layers x 2 KV heads)."""
+    return np.array([[True, False], [False, True], [False, False]])
+
+
+@torch.no_grad()
+def run_chunked(model, cache, ids: torch.Tensor, chunk: int, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Chunked prefill then greedy decode; (positions, vocab) logits of every prompt token and step."""
+    logits = []
+    for start in range(0, ids.shape[1], chunk):
+        logits.append(model(input_ids=ids[:, start:start + chunk], cache=cache, use_cache=True).logits[0])
+    token, generated = logits[-1][-1].argmax().view(1, 1), []
+    for _ in range(steps):
+        generated.append(int(token))
+        step = model(input_ids=token, cache=cache, use_cache=True).logits[0]
+        logits.append(step)
+        token = step[-1].argmax().view(1, 1)
+    return torch.cat(logits), generated
+
+
+def reference_attention(full: np.ndarray, sink: int, window: int):
+    """Slow reference on a dense cache: per-head masks, streaming heads see j <= i and (j < sink or j >= i - window)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if kwargs.get("sliding_window"):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        b, h, q_len, _ = query.shape
+        k_len, n_rep = key.shape[2], module.num_key_value_groups
+        q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+        k_pos = torch.arange(k_len)[None, :]
+        causal = k_pos <= q_pos
+        lam = causal & ((k_pos < sink) | (k_pos >= q_pos - window))
+        streaming = torch.tensor(~full[module.layer_idx]).repeat_interleave(n_rep)  # (H,)
+        visible = torch.where(streaming[:, None, None], lam, causal)  # (H, Q, K)
+        scores = query @ repeat_kv(key, n_rep).transpose(2, 3) * scaling
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        return (probs @ repeat_kv(value, n_rep)).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+@torch.no_grad()
+def reference_run(model, full, ids, steps, sink=SINK, window=WINDOW):
+    original = model.config._attn_implementation
+    AttentionInterface.register("kv_reference", reference_attention(full, sink, window))
+    AttentionMaskInterface.register("kv_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    try:
+        model.set_attn_implementation("kv_reference")
+        return run_chunked(model, DynamicCache(config=model.config), ids, chunk=ids.shape[1], steps=steps)
+    finally:
+        model.set_attn_implementation(original)
+        AttentionInterface._global_mapping.pop("kv_reference", None)
+        AttentionMaskInterface._global_mapping.pop("kv_reference", None)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_all_full_equals_dynamic_cache_exactly(family):
+    model = build_tiny(family)
+    ids = ids_of(50)
+    ref_logits, ref_tokens = run_chunked(model, DynamicCache(config=model.config), ids, chunk=16, steps=6)
+    full = np.ones((3, 2), dtype=bool)
+    with HeadwiseAttention(model):
+        logits, tokens = run_chunked(model, HeadwiseCache(model.config, full, sink=SINK, window=WINDOW), ids, chunk=16, steps=6)
+        generated = model.generate(ids, max_new_tokens=6, do_sample=False, cache=HeadwiseCache(model.config, full))
+    reference = model.generate(ids, max_new_tokens=6, do_sample=False, cache=DynamicCache(config=model.config))
+    assert tokens == ref_tokens
+    assert torch.equal(logits, ref_logits), f"max_diff={(logits - ref_logits).abs().max().item():.2e}"
+    assert torch.equal(generated, reference)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("chunk", [5, 16, 64])
+def test_streaming_heads_match_per_head_masked_reference(family, chunk):
+    model = build_tiny(family)  # GQA: 8 query heads read 2 KV heads
+    full = mixed_plan(model)
+    ids = ids_of(45, seed=2)
+    ref_logits, ref_tokens = reference_run(model, full, ids, steps=5)
+    with HeadwiseAttention(model):
+        logits, tokens = run_chunked(model, HeadwiseCache(model.config, full, sink=SINK, window=WINDOW), ids, chunk=chunk, steps=5)
+    max_diff = (logits - ref_logits).abs().max().item()
+    assert torch.allclose(logits, ref_logits, atol=1e-5), f"max_diff={max_diff:.2e}"
+    assert tokens == ref_tokens
+
+
+def test_streaming_changes_outputs():
+    """Guards the reference test against a no-op: a streaming plan must differ from the full cache."""
+    model = build_tiny("llama")
+    ids = ids_of(45, seed=2)
+    full_logits, _ = run_chunked(model, DynamicCache(config=model.config), ids, chunk=16, steps=2)
+    with HeadwiseAttention(model):
+        logits, _ = run_chunked(model, HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW), ids, chunk=16, steps=2)
+    assert (logits - full_logits).abs().max().item() > 1e-3
+
+
+def test_bytes_match_per_head_lengths():
+    model = build_tiny("llama")  # 3 layers, 2 KV heads, head_dim 8, float32
+    full = mixed_plan(model)
+    prompt, steps = 60, 4
+    with HeadwiseAttention(model):
+        cache = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW)
+        run_chunked(model, cache, ids_of(prompt), chunk=16, steps=steps)
+    tokens = prompt + steps
+    per_token = 2 * 8 * 4  # keys + values, head_dim 8, 4 bytes
+    expected = sum(int(row.sum()) * tokens * per_token + int((~row).sum()) * (SINK + WINDOW) * per_token for row in full)
+    stored = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in layer.stored())
+    assert cache.get_seq_length() == tokens
+    assert cache.kv_bytes() == expected == stored
+    assert cache.dense_kv_bytes() == 3 * 2 * tokens * per_token
+    assert cache.peak_kv_bytes == expected
+    assert cache.decode_steps == steps
+
+
+def test_streaming_heads_hold_exactly_sink_plus_window_after_long_prefill():
+    model = build_tiny("llama")
+    with HeadwiseAttention(model):
+        cache = HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW)
+        run_chunked(model, cache, ids_of(200), chunk=32, steps=0)
+    assert cache.stream_lengths() == {0: SINK + WINDOW, 1: SINK + WINDOW, 2: SINK + WINDOW}
+    assert cache.layers[0].full_keys.shape[-2] == 200
+    assert cache.layers[2].full_keys is None
+    assert kept_positions(200, SINK, WINDOW).tolist() == [0, 1, 2] + list(range(193, 200))
+    # peak stays bounded during chunked prefill: at most what the last state holds (evicted after each chunk)
+    assert cache.peak_kv_bytes == cache.kv_bytes()
+
+
+def test_short_prompt_keeps_everything():
+    model = build_tiny("llama")
+    with HeadwiseAttention(model):
+        cache = HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW)
+        run_chunked(model, cache, ids_of(6), chunk=4, steps=0)
+    assert cache.stream_lengths() == {0: 6, 1: 6, 2: 6}
+    assert cache.kv_bytes() == cache.dense_kv_bytes()
+
+
+def test_gemma3_sliding_layers_untouched():
+    model = build_tiny("gemma3")  # layers: sliding, full, sliding
+    assert eligible_layers(model.config).tolist() == [False, True, False]
+    plan = np.zeros((3, 2), dtype=bool)
+    with HeadwiseAttention(model):
+        cache = HeadwiseCache(model.config, plan, sink=SINK, window=WINDOW)
+        run_chunked(model, cache, ids_of(60), chunk=16, steps=2)
+    assert isinstance(cache.layers[0], DynamicSlidingWindowLayer) and isinstance(cache.layers[2], DynamicSlidingWindowLayer)
+    assert isinstance(cache.layers[1], HeadwiseLayer)
+    assert cache.stream_lengths() == {1: SINK + WINDOW}
+    assert cache.layers[0].keys.shape[-2] <= model.config.sliding_window
+
+
+def test_model_restored_after_context():
+    model = build_tiny("llama")
+    before = set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)
+    with HeadwiseAttention(model) as attention:
+        inside = model.config._attn_implementation
+        assert inside.startswith("retrieval_heads_kv_")
+        attention.install()  # idempotent
+        assert model.config._attn_implementation == inside
+    assert model.config._attn_implementation == "sdpa"
+    assert all(layer.self_attn.config._attn_implementation == "sdpa" for layer in model.model.layers)
+    assert (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)) == before
+    with pytest.raises(RuntimeError), HeadwiseAttention(model):
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+    assert (set(AttentionInterface._global_mapping), set(AttentionMaskInterface._global_mapping)) == before
+
+
+def never_stop(_token: int) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_engine_with_factory_inside_attention_control(family):
+    """The Engine path run_niah uses: the factory wraps attention_control's function; all-full equals plain."""
+    model = build_tiny(family)
+    prompts = [ids_of(70, seed=s)[0].tolist() for s in range(3)]
+    with attention_control(model) as control:
+        plain = [Engine(model, control, never_stop, chunk_size=16, share_prefix=False).generate(p, 5, probe=False)
+                 for p in prompts]
+    stats = []
+    with HeadwiseAttention(model) as attention:
+        with attention_control(model) as control:
+            factory = HeadwiseCacheFactory(attention, np.ones((3, 2), dtype=bool), on_done=stats.append)
+            engine = Engine(model, control, never_stop, chunk_size=16, cache_factory=factory)
+            got = [engine.generate(p, 5, probe=False) for p in prompts]
+            factory.close()
+            streaming = HeadwiseCacheFactory(attention, mixed_plan(model), sink=SINK, window=WINDOW)
+            Engine(model, control, never_stop, chunk_size=16, cache_factory=streaming).generate(prompts[0], 5, probe=False)
+    assert [g.generated_ids for g in got] == [g.generated_ids for g in plain]
+    assert [s["decode_steps"] for s in stats] == [5, 5, 5]
+    assert all(s["kv_bytes"] == s["dense_kv_bytes"] for s in stats)
+    assert model.config._attn_implementation == "sdpa"
+
+
+# ---- policies ----------------------------------------------------------------------------------------
+
+
+def test_top_fraction_and_threshold():
+    kv = np.array([[0.0, 0.9], [0.5, 0.1], [0.3, 0.3]])
+    eligible = np.array([True, True, True])
+    plan = top_fraction(kv, 0.5, eligible=eligible)
+    assert plan.full.tolist() == [[False, True], [True, False], [True, False]]  # tie at 0.3: lower index first
+    assert plan.num_full == 3 and plan.budget == 0.5
+    assert above_threshold(kv, 0.2, eligible=eligible).full_heads() == ["0-1", "1-0", "2-0", "2-1"]
+    assert heads_for_fraction(0.35, 90) == 32 and heads_for_fraction(0.1, 90) == 9
+
+
+def test_policies_skip_sliding_layers():
+    kv = np.array([[9.0, 9.0], [0.5, 0.1], [9.0, 9.0]])
+    eligible = np.array([False, True, False])
+    assert top_fraction(kv, 0.5, eligible=eligible).full_heads() == ["1-0"]
+    plan = random_plan((3, 2), 2, eligible=eligible, seed=1)
+    assert plan.full_heads() == ["1-0", "1-1"] and not plan.full[[0, 2]].any()
+    with pytest.raises(Exception, match="sliding"):
+        explicit("0-1", (3, 2), eligible=eligible)
+
+
+def test_random_plan_is_seeded():
+    eligible = np.ones(30, dtype=bool)
+    a = random_plan((30, 3), 9, eligible=eligible, seed=4)
+    assert a.full.tolist() == random_plan((30, 3), 9, eligible=eligible, seed=4).full.tolist()
+    assert a.num_full == 9
+    assert a.full.tolist() != random_plan((30, 3), 9, eligible=eligible, seed=5).full.tolist()
+
+
+def test_uniform_matches_bytes():
+    kv = np.random.default_rng(0).random((30, 3))
+    plan = top_fraction(kv, 0.2, eligible=np.ones(30, dtype=bool), sink=4, window=64)
+    tokens = 4000
+    uniform = matching_uniform(plan, tokens)
+    assert not uniform.full.any()
+    expected = plan.byte_fraction(tokens)
+    assert expected == pytest.approx((18 * 4000 + 72 * 68) / (90 * 4000))
+    assert uniform.byte_fraction(tokens) == pytest.approx(expected, abs=1 / tokens)
+    assert uniform.sink + uniform.window == round(expected * tokens)
+
+
+# ---- kv-eval end to end ------------------------------------------------------------------------------
+
+
+def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
+    from retrieval_heads.kveval import run_kv_eval
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.sweep import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    scores = HeadScores(np.random.default_rng(0).random((2, 3, 8)), meta={"num_kv_heads": 2})
+    config = SweepConfig(model="tiny-llama", lengths=[200], depths=[50.0], max_new_tokens=4, chunk_size=64)
+    summary = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=16, progress=False)
+    rows = {r["policy"]: r for r in summary["rows"]}
+    assert set(rows) == {"full", "retrieval", "random", "uniform"}
+    for key in ("budget", "kv_bytes", "full_kv_bytes", "mean_score", "peak_rss_mb", "decode_tokens_per_s"):
+        assert all(r[key] is not None for r in rows.values()), key
+    assert rows["full"]["kv_fraction"] == pytest.approx(1.0)
+    assert rows["retrieval"]["num_full_kv_heads"] == rows["random"]["num_full_kv_heads"] == 2
+    assert rows["retrieval"]["kv_fraction"] < 0.6
+    assert rows["uniform"]["kv_fraction"] == pytest.approx(rows["retrieval"]["kv_fraction"], abs=0.05)
+    assert (tmp_path / "kv_frontier.png").stat().st_size > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["policy"] == "full"
+    # a rerun with --resume skips finished samples; another plan in the same directory is refused
+    again = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=16, progress=False, resume=True)
+    assert [r["mean_score"] for r in again["rows"]] == [r["mean_score"] for r in summary["rows"]]
+    with pytest.raises(Exception, match="another KV plan"):
+        run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=8, progress=False, resume=True)
