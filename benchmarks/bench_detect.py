@@ -1,0 +1,194 @@
+"""Detection speed: the paper's one-sample-at-a-time strategy against the sweep engine, same prompts.
+
+(a) baseline, faithful to the paper's code path: one sample at a time, SDPA prefill of the whole
+    prompt (standing in for its FlashAttention) with full logits, then decoding with eager attention
+    and ``output_attentions=True``, top-1 taken from the returned weights (vectorised per layer,
+    which is kinder to the baseline than the paper's Python loop over heads);
+(b) the engine: ``run_detection`` (shared-prefix chunked prefill, batched SDPA decoding with the probe).
+
+Each side runs in its own subprocess so that peak memory (ru_maxrss, or CUDA max allocated) is its
+own. Prints wall time, the ratio, peak memory, the share of time outside forward passes, and the
+largest per-head score difference between the two.
+
+    python benchmarks/bench_detect.py                      # smollm2-135m, 2 needles x {2000,4000} x 10 depths
+    python benchmarks/bench_detect.py --random-llama 1b --device cuda --lengths 16000,32000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RANDOM_SHAPES = {  # Llama-style shapes for timing only (weights are random)
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, max_position_embeddings=65536, rope_theta=500000.0),
+}
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--random-llama", choices=sorted(RANDOM_SHAPES), default=None,
+                   help="time a randomly initialised Llama of this size (tokenizer of --model)")
+    p.add_argument("--needles", type=int, default=2, help="first N built-in needles")
+    p.add_argument("--lengths", default="2000,4000")
+    p.add_argument("--num-depths", type=int, default=10)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--chunk-size", type=int, default=512)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--only", choices=["baseline", "engine"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def load(args):
+    from retrieval_heads.models import LoadedModel, load_model, resolve_dtype
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.random_llama:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        start = time.perf_counter()
+        config = LlamaConfig(vocab_size=len(loaded.tokenizer), **RANDOM_SHAPES[args.random_llama])
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(device=args.device, dtype=resolve_dtype(args.dtype, args.device)).eval()
+        model.set_attn_implementation("sdpa")
+        loaded = LoadedModel(model, loaded.tokenizer, f"random-llama-{args.random_llama}", time.perf_counter() - start)
+    return loaded
+
+
+def sweep_config(args, needles_file: str):
+    from retrieval_heads.sweep import SweepConfig, linear_grid
+
+    return SweepConfig(model=args.model, needles=needles_file, lengths=[int(x) for x in args.lengths.split(",")],
+                       depths=[round(d, 2) for d in linear_grid(0, 100, args.num_depths)], max_new_tokens=args.max_new_tokens,
+                       device=args.device, dtype=args.dtype, chunk_size=args.chunk_size, batch_size=args.batch_size)
+
+
+class ForwardClock:
+    """Seconds spent inside the model's top-level forward (synchronised on CUDA)."""
+
+    def __init__(self, model, device: str):
+        self.seconds, self._start, self.cuda = 0.0, 0.0, device.startswith("cuda")
+        self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _pre(self, *_):
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+
+
+@torch.no_grad()
+def baseline(loaded, config) -> dict[str, list]:
+    """The paper's strategy; returns per-sample head scores and responses by sample id."""
+    from transformers import DynamicCache
+
+    from retrieval_heads.engine import stop_condition
+    from retrieval_heads.scoring import retrieval_scores
+    from retrieval_heads.sweep import prepare
+
+    model, inputs = loaded.model, prepare(config, loaded.tokenizer, loaded.max_context)
+    stop = stop_condition(loaded.tokenizer, model)
+    out = {}
+    for spec in inputs.specs:
+        prompt = inputs.prompts[spec.id]
+        ids = torch.tensor([prompt.ids], device=loaded.device)
+        model.set_attn_implementation("sdpa")
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :-1], cache=cache, use_cache=True)  # full logits, as the paper's code
+        model.set_attn_implementation("eager")
+        token, generated, top1 = ids[:, -1:], [], []
+        for _ in range(config.max_new_tokens):
+            step = model(input_ids=token, cache=cache, use_cache=True, output_attentions=True)
+            top1.append(torch.stack([a[0, :, -1].argmax(-1) for a in step.attentions]).cpu())  # (L, H)
+            token = step.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(int(token))
+            if stop(generated[-1]):
+                break
+        scores = retrieval_scores(torch.stack(top1), torch.tensor(generated), torch.tensor(prompt.ids), prompt.needle_span)
+        out[spec.id] = [scores.tolist(), generated]
+    model.set_attn_implementation("sdpa")
+    return out
+
+
+def engine(loaded, config, out_dir: Path) -> tuple[dict[str, list], dict]:
+    from retrieval_heads.detection import run_detection
+    from retrieval_heads.io import read_jsonl
+
+    result = run_detection(loaded, config, out_dir, overwrite=True, progress=False)
+    rows = {r["id"]: [r["head_scores"], r["generated_ids"]] for r in read_jsonl(out_dir / "samples.jsonl")}
+    return rows, result.summary["timing"]
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(args) -> None:
+    from retrieval_heads.haystack import load_needles
+
+    loaded = load(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        needles = Path(tmp) / "needles.jsonl"
+        needles.write_text("".join(json.dumps(n.__dict__) + "\n" for n in load_needles()[: args.needles]))
+        config = sweep_config(args, str(needles))
+        clock = ForwardClock(loaded.model, args.device)
+        start = time.perf_counter()
+        if args.only == "baseline":
+            rows, timing = baseline(loaded, config), {}
+        else:
+            rows, timing = engine(loaded, config, Path(tmp) / "run")
+        wall = time.perf_counter() - start
+    result = {"wall_s": wall, "forward_s": clock.seconds, "peak_mb": peak_memory_mb(args.device), "rows": rows,
+              "timing": timing, "model": loaded.name, "samples": len(rows)}
+    Path(args.result).write_text(json.dumps(result))
+
+
+def main() -> None:
+    args = parse()
+    if args.only:
+        return run_one(args)
+    results = {}
+    for side in ("baseline", "engine"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", side, "--result", fh.name]
+            subprocess.run(cmd, check=True)
+            results[side] = json.loads(Path(fh.name).read_text())
+    base, eng = results["baseline"], results["engine"]
+    diffs = [np.abs(np.asarray(base["rows"][k][0]) - np.asarray(eng["rows"][k][0])).max() for k in base["rows"]]
+    same_tokens = sum(base["rows"][k][1] == eng["rows"][k][1] for k in base["rows"])
+    outside = (eng["wall_s"] - eng["forward_s"]) / eng["wall_s"]
+    print(f"model {eng['model']}, {eng['samples']} samples, lengths {args.lengths}, {args.num_depths} depths, "
+          f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"baseline: {base['wall_s']:8.1f} s   peak {base['peak_mb']:8.0f} MB")
+    print(f"engine:   {eng['wall_s']:8.1f} s   peak {eng['peak_mb']:8.0f} MB   "
+          f"(prefill {eng['timing'].get('prefill_s', 0):.1f} s, decode {eng['timing'].get('decode_s', 0):.1f} s, "
+          f"reused {eng['timing'].get('reused_tokens', 0)} of {eng['timing'].get('reused_tokens', 0) + eng['timing'].get('prefilled_tokens', 0)} prefill tokens)")
+    print(f"speed-up: {base['wall_s'] / eng['wall_s']:.2f}x")
+    print(f"engine time outside forward passes: {100 * outside:.1f}%")
+    print(f"largest per-head score difference: {max(diffs):.3g}; identical generations: {same_tokens}/{len(diffs)}")
+
+
+if __name__ == "__main__":
+    main()
