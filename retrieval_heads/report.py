@@ -20,7 +20,8 @@ from .errors import UserError
 from .formats import RUN_SCORES, load_run_dir, read_summary
 from .scores import HeadScores
 
-RESULT_PATTERNS = ("niah*/summary.json", "mask_sweep*/summary.json", "kv_eval*/summary.json", "tasks*/summary.json")
+# result directories looked for inside the run directory and beside it (runs/<model>/niah, ...)
+RESULT_DIRS = ("niah*", "mask*sweep*", "kv*eval*", "tasks*")
 MAX_TABLE_ROWS = 500
 # summary.json fields the report recomputes and shows in its own sections
 DERIVED = ("config", "top_heads", "sparsity", "n_retrieval_heads", "retrieval_threshold")
@@ -196,13 +197,19 @@ def _kv_section(result: dict, figures: dict[str, str]) -> str:
     ])
 
 
+def result_summaries(run: Path) -> list[Path]:
+    """``summary.json`` of NIAH, mask-sweep, KV-cache and task runs inside ``run`` or beside it."""
+    roots = (run, run.resolve().parent)
+    return sorted({p.resolve() for root in roots for pattern in RESULT_DIRS for p in root.glob(f"{pattern}/summary.json")})
+
+
 def _results_section(run: Path) -> str:
-    found = sorted({p for pattern in RESULT_PATTERNS for p in run.glob(pattern)})
+    found = result_summaries(run)
     if not found:
         return ""
     parts = ["<h2>Other results</h2>"]
     for path in found:
-        parts.append(f"<h3>{_e(str(path.parent.relative_to(run)))}</h3>")
+        parts.append(f"<h3>{_e(str(path.parent.relative_to(run.resolve().parent)))}</h3>")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -226,11 +233,13 @@ def _result_tables(data: Any) -> str:
 
 
 def _images_section(run: Path) -> str:
-    images = sorted(p for p in run.rglob("*.png") if p.is_file())
+    dirs = [run.resolve()] + [p.parent for p in result_summaries(run)]
+    images = sorted({p.resolve() for d in dirs for p in d.rglob("*.png") if p.is_file()})
     if not images:
         return ""
-    parts = ["<h2>Figures in the run directory</h2>"]
-    parts += [_figure(str(p.relative_to(run)), p) for p in images]
+    base = run.resolve().parent
+    parts = ["<h2>Figures of this run and its NIAH, masking, KV-cache and task results</h2>"]
+    parts += [_figure(str(p.relative_to(base)), p) for p in images]
     return "\n".join(parts)
 
 

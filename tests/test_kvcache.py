@@ -277,9 +277,15 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
     from retrieval_heads.scores import HeadScores
     from retrieval_heads.sweep import SweepConfig
 
+    from importlib import resources
+
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(0).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    config = SweepConfig(model="tiny-llama", lengths=[200], depths=[50.0], max_new_tokens=4, chunk_size=64)
+    needles = tmp_path / "needles.jsonl"
+    needles.write_text("\n".join(resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]) + "\n")
+    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[200], depths=[50.0], max_new_tokens=4,
+                         chunk_size=64)
+    tmp_path = tmp_path / "out"
     summary = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=16, progress=False)
     rows = {r["policy"]: r for r in summary["rows"]}
     assert set(rows) == {"full", "retrieval", "random", "uniform"}
