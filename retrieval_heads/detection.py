@@ -98,10 +98,7 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig) -> Detectio
     scores.save_paper_json(run.path / "head_scores.json")
     mean = scores.mean
     summary = {
-        "model": model.name,
-        "num_layers": model.num_layers,
-        "num_heads": model.num_heads,
-        "num_kv_heads": model.num_kv_heads,
+        **model.to_summary(),
         "config": config.to_dict(),
         "samples": len(records),
         "successes": scores.num_samples,
@@ -109,6 +106,7 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig) -> Detectio
         "n_retrieval_heads": int((mean > RETRIEVAL_THRESHOLD).sum()),
         "sparsity": sparsity_counts(mean),
         "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
+        "kv_head_scores": {reduce: scores.kv_view(model.num_kv_heads, reduce).round(6).tolist() for reduce in ("max", "mean")},
         "timing": timing,
     }
     timing["io_s"] += time.perf_counter() - t0

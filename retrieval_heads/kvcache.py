@@ -11,11 +11,14 @@ so the bytes actually allocated shrink with the streaming heads (``kv_bytes`` su
 prefill chunk, each decode step), so peak KV memory stays bounded during chunked prefill too; only the
 chunk in flight (``q`` extra keys per streaming head) exceeds sink + window.
 
-What a streaming head sees: the query at absolute position ``i`` attends the keys ``j <= i`` with
-``j < sink`` or ``j >= i - window`` (DuoAttention's Lambda-shaped mask), in prefill and decode alike.
-Its output therefore does not depend on the prefill chunk size, and it never sees during prefill what
-it could not see while decoding. RoPE is applied before caching, so kept keys keep their rotation;
-the positions of the kept keys are implicit: ``[0, sink)`` and ``[T - window, T)``.
+What a streaming head sees (``prefill="lambda"``, the default): the query at absolute position ``i``
+attends the keys ``j <= i`` with ``j < sink`` or ``j >= i - window`` (DuoAttention's Lambda-shaped
+mask), in prefill and decode alike. Its output then does not depend on the prefill chunk size, and it
+never sees during prefill what it could not see while decoding. ``prefill="chunk"`` is
+StreamingLLM-style chunked prefill instead: sink + window + the whole current chunk, causally (more
+context while prefilling, results depend on the chunk size; decoding is the same). RoPE is applied
+before caching, so kept keys keep their rotation; the positions of the kept keys are implicit:
+``[0, sink)`` and ``[T - window, T)``.
 
 Attention: a layer with streaming heads hands the attention function a ``HeadwiseKV`` instead of two
 tensors. The function installed by ``HeadwiseAttention`` runs the model's backend (SDPA; the model's
@@ -44,6 +47,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
 
 _names = itertools.count()
+PREFILL_MODES = ("lambda", "chunk")
 
 
 @dataclass
@@ -55,7 +59,7 @@ class HeadwiseKV:
         stream_keys, stream_values: (B, S, n, D) the streaming KV heads, kept + new positions.
         stream_positions: (n,) int64 absolute positions of the streaming keys, ascending.
         full_heads, stream_heads: (F,), (S,) int64 KV-head indices of each group.
-        sink, window: the streaming heads' shape (see the module docstring).
+        sink, window, prefill: the streaming heads' shape and prefill mask (see the module docstring).
     """
 
     full_keys: torch.Tensor | None
@@ -67,6 +71,7 @@ class HeadwiseKV:
     stream_heads: torch.Tensor
     sink: int
     window: int
+    prefill: str = "lambda"
 
 
 def kept_positions(total: int, sink: int, window: int) -> torch.Tensor:
@@ -83,14 +88,16 @@ class HeadwiseLayer(CacheLayerMixin):
     is_croppable = False
     is_compileable = False
 
-    def __init__(self, full_heads: Sequence[int], num_kv_heads: int, *, sink: int, window: int):
+    def __init__(self, full_heads: Sequence[int], num_kv_heads: int, *, sink: int, window: int, prefill: str = "lambda"):
         super().__init__()
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill must be one of {PREFILL_MODES}, not {prefill!r}")
         full = sorted({int(h) for h in full_heads})
         if any(not 0 <= h < num_kv_heads for h in full):
             raise ValueError(f"KV head index out of range 0..{num_kv_heads - 1}: {full}")
         if sink < 0 or window < 0:
             raise ValueError("sink and window must be non-negative")
-        self.num_kv_heads, self.sink, self.window = num_kv_heads, sink, window
+        self.num_kv_heads, self.sink, self.window, self.prefill = num_kv_heads, sink, window, prefill
         self.full_heads = torch.tensor(full, dtype=torch.long)
         self.stream_heads = torch.tensor([h for h in range(num_kv_heads) if h not in full], dtype=torch.long)
         self.cumulative_length = 0
@@ -128,7 +135,7 @@ class HeadwiseLayer(CacheLayerMixin):
         positions = kept_positions(start, self.sink, self.window)
         positions = torch.cat([positions, torch.arange(start, start + q)]).to(self.device)
         kv = HeadwiseKV(self.full_keys, self.full_values, keys, values, positions, self.full_heads,
-                        self.stream_heads, self.sink, self.window)
+                        self.stream_heads, self.sink, self.window, self.prefill)
         self.stream_keys, self.stream_values = self._evict(keys), self._evict(values)
         return kv, kv
 
@@ -207,22 +214,24 @@ class HeadwiseCache(DynamicCache):
         full: (layers, kv_heads) bool, True = keep the full cache for this KV head. Rows of sliding
             layers are ignored (those layers stay ``DynamicSlidingWindowLayer``).
         sink, window: what the other KV heads keep (see the module docstring).
+        prefill: what streaming heads see while prefilling: ``lambda`` (default) or ``chunk``.
 
     Use it under ``HeadwiseAttention(model)`` with ``model(...)``, ``model.generate(cache=...)`` or the
     ``Engine`` (``cache_factory``). ``kv_bytes()`` and ``peak_kv_bytes`` report stored bytes.
     """
 
-    def __init__(self, config, full, *, sink: int = 4, window: int = 64):
+    def __init__(self, config, full, *, sink: int = 4, window: int = 64, prefill: str = "lambda"):
         super().__init__(config=config)
         text = config.get_text_config(decoder=True)
         num_kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         full = np.asarray(full, dtype=bool)
         if full.shape != (len(self.layers), num_kv):
             raise ValueError(f"full must be (layers, kv_heads) = ({len(self.layers)}, {num_kv}), got {full.shape}")
-        self.sink, self.window = sink, window
+        self.sink, self.window, self.prefill = sink, window, prefill
         for i, layer in enumerate(self.layers):
             if type(layer) is DynamicLayer:  # a global attention layer
-                self.layers[i] = HeadwiseLayer(np.flatnonzero(full[i]), num_kv, sink=sink, window=window)
+                self.layers[i] = HeadwiseLayer(np.flatnonzero(full[i]), num_kv, sink=sink, window=window,
+                                              prefill=prefill)
         self.peak_kv_bytes = 0
         self.decode_steps = 0
         self._bytes = [0] * len(self.layers)
@@ -270,8 +279,8 @@ def _group_queries(kv_heads: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def streaming_mask(mask: torch.Tensor | None, positions: torch.Tensor, q_len: int, sink: int, window: int,
-                   *, additive: bool, dtype: torch.dtype) -> torch.Tensor | None:
-    """Mask of the streaming group: (B|1, 1, Q, n) from the layer's full mask and the Lambda rule.
+                   *, additive: bool, dtype: torch.dtype, prefill: str = "lambda") -> torch.Tensor | None:
+    """Mask of the streaming group: (B|1, 1, Q, n) from the layer's full mask and the ``prefill`` rule.
 
     ``mask`` covers absolute key positions ``[0, T + q)`` (None = plain causal, no padding); queries
     sit at ``[T, T + q)``. Returns None when every kept key is visible to every query (decoding).
@@ -279,7 +288,9 @@ def streaming_mask(mask: torch.Tensor | None, positions: torch.Tensor, q_len: in
     end = int(positions[-1]) + 1
     q_pos = torch.arange(end - q_len, end, device=positions.device)[:, None]  # (Q, 1)
     k_pos = positions[None, :]  # (1, n)
-    lam = (k_pos <= q_pos) & ((k_pos < sink) | (k_pos >= q_pos - window))  # (Q, n)
+    lam = k_pos <= q_pos  # (Q, n); "chunk": every kept key and the chunk so far
+    if prefill == "lambda":
+        lam = lam & ((k_pos < sink) | (k_pos >= q_pos - window))
     if mask is None:
         if bool(lam.all()):
             return None
@@ -313,7 +324,7 @@ def headwise_attention_forward(inner, *, eager_default: bool = False):
             out.index_copy_(2, idx, o)
         idx = _group_queries(key.stream_heads, n_rep)
         mask = streaming_mask(attention_mask, key.stream_positions, q_len, key.sink, key.window,
-                              additive=eager, dtype=query.dtype)
+                              additive=eager, dtype=query.dtype, prefill=key.prefill)
         o, _ = backend(module, query.index_select(1, idx), key.stream_keys, key.stream_values, mask,
                        scaling=scaling, dropout=dropout, **kwargs)
         out.index_copy_(2, idx, o)
@@ -414,8 +425,10 @@ class HeadwiseCacheFactory:
             and by ``close()`` for the last one.
     """
 
-    def __init__(self, attention: HeadwiseAttention, full=None, *, sink: int = 4, window: int = 64, on_done=None):
-        self.attention, self.full, self.sink, self.window, self.on_done = attention, full, sink, window, on_done
+    def __init__(self, attention: HeadwiseAttention, full=None, *, sink: int = 4, window: int = 64,
+                 prefill: str = "lambda", on_done=None):
+        self.attention, self.full, self.on_done = attention, full, on_done
+        self.sink, self.window, self.prefill = sink, window, prefill
         self._last = None
 
     def __call__(self):
@@ -425,7 +438,8 @@ class HeadwiseCacheFactory:
         if self.full is None:
             self._last = StatsDynamicCache(config=model.config)
         else:
-            self._last = HeadwiseCache(model.config, self.full, sink=self.sink, window=self.window)
+            self._last = HeadwiseCache(model.config, self.full, sink=self.sink, window=self.window,
+                                       prefill=self.prefill)
         return self._last
 
     def close(self) -> None:

@@ -85,6 +85,7 @@ def run_kv_eval(
     policies: list[str] = list(POLICIES),
     sink: int = 4,
     window: int = 64,
+    prefill: str = "lambda",
     seed: int = 0,
     isolate: bool = False,
     resume: bool = False,
@@ -94,11 +95,15 @@ def run_kv_eval(
     """Run NIAH under every condition and length; write ``summary.json`` and ``kv_frontier.png``.
 
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
+    ``prefill``: what streaming heads see while prefilling, ``lambda`` or ``chunk`` (see ``kvcache``).
     """
+    from .kvcache import PREFILL_MODES
     from .plots.kv import frontier_plot
 
     if sink < 0 or window < 0:
         raise UserError("--sink and --window must be non-negative")
+    if prefill not in PREFILL_MODES:
+        raise UserError(f"--prefill must be one of {', '.join(PREFILL_MODES)}, not {prefill!r}")
     out = Path(out)
     kv_scores = kv_level(scores, loaded.num_kv_heads, "max")
     if kv_scores.shape != (loaded.num_layers, loaded.num_kv_heads):
@@ -107,12 +112,14 @@ def run_kv_eval(
     eligible = eligible_layers(loaded.model.config)
     results = {}
     for cond in conditions(policies, budgets):
-        plans = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window, seed=seed)
+        plans = {length: replace(plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window,
+                                          seed=seed), prefill=prefill)
                  for length in config.lengths}
         job = dict(config=config, out=out / cond.name, plans=plans, resume=resume, overwrite=overwrite, progress=progress)
         results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     rows = summarize(results)
-    summary = {"model": loaded.name, "config": config.to_dict(), "sink": sink, "window": window, "seed": seed,
+    summary = {"model": loaded.name, "config": config.to_dict(), "sink": sink, "window": window, "prefill": prefill,
+               "seed": seed,
                "budgets": list(budgets), "isolated": isolate, "eligible_layers": int(eligible.sum()),
                "kv_heads_per_layer": loaded.num_kv_heads, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
@@ -141,7 +148,8 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, plans:
                 append_jsonl(run_dir / SAMPLES, stats)
 
             full = None if plan.policy == "full" else plan.full
-            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window, on_done=done)
+            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window, prefill=plan.prefill,
+                                           on_done=done)
             one = replace(config, lengths=[length])
             if hasattr(one, "batch_size"):
                 one = replace(one, batch_size=1)  # custom caches decode one prompt at a time anyway
@@ -154,8 +162,14 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, plans:
 
 
 def _check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix plans in one run directory; reset the KV statistics on overwrite."""
+    from .niah import RESULTS
+
     described = plan.describe()
     saved_path = run_dir / PLAN
+    results = run_dir / RESULTS
+    if results.exists() and results.stat().st_size and not (resume or overwrite):
+        raise UserError(f"{run_dir} already holds results; pass --resume to continue them or --overwrite to start again")
     if overwrite:
         for name in (SAMPLES, TIMING):
             (run_dir / name).unlink(missing_ok=True)

@@ -44,6 +44,7 @@ class KvPlan:
     window: int = 64
     budget: float | None = None
     extra: dict = field(default_factory=dict)
+    prefill: str = "lambda"  # what streaming heads see while prefilling (see kvcache)
 
     @property
     def num_full(self) -> int:
@@ -66,6 +67,7 @@ class KvPlan:
 
     def describe(self) -> dict:
         return {"policy": self.policy, "budget": self.budget, "sink": self.sink, "window": self.window,
+                "prefill": self.prefill,
                 "num_full_kv_heads": self.num_full, "num_eligible_kv_heads": self.num_eligible,
                 "full_kv_heads": self.full_heads(), **self.extra}
 

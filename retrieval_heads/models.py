@@ -27,6 +27,11 @@ class ModelInfo:
     def from_summary(cls, summary: dict) -> "ModelInfo":
         return cls(summary["model"], summary["num_layers"], summary["num_heads"], summary["num_kv_heads"])
 
+    def to_summary(self) -> dict:
+        """The fields every ``summary.json`` starts with (read back by ``from_summary``)."""
+        return {"model": self.name, "num_layers": self.num_layers, "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads}
+
 
 @dataclass
 class LoadedModel:

@@ -74,10 +74,7 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: di
     grid = grid_means(rows)
     mean = sum(r["score"] for r in rows) / len(rows) if rows else None
     summary = {
-        "model": model.name,
-        "num_layers": model.num_layers,
-        "num_heads": model.num_heads,
-        "num_kv_heads": model.num_kv_heads,
+        **model.to_summary(),
         "config": config.to_dict(),
         **masking,
         "samples": len(rows),

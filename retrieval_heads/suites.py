@@ -8,28 +8,39 @@ weights; contexts stay short (about 60-150 tokens) so 100 items run in minutes o
 model.
 
 Suites:
-    extractive-qa   4-8 fact sentences about invented people; the question asks for one fact, its
-                    answer is a span of the passage. Facts come from two relation types, so the
-                    passage holds several candidates of the answer's type (the distractors).
-    reasoning       two hops over the passage, answered directly: variable chains
-                    (``Let K = 7. Let P = K.`` -> ``What is the value of P?``, even items) or
-                    person -> town -> land lookups (odd items).
+    extractive-qa   4-6 facts about one invented person, each of a different kind (birthplace,
+                    town, job, cat, boat, friend, drink, lucky number, instrument, street); the
+                    question asks for one, its answer is a span of the passage.
+    reasoning       two hops over the passage, answered directly: ``Anwen lives in Brill. Brill is
+                    a town in Kestria.`` -> ``In which land does Anwen live?``, with one chain (even
+                    items) or two (odd items: the second chain's land is a distractor).
     reasoning-cot   the same items as ``reasoning``, asked with a chain-of-thought prompt.
     knowledge-qa    hand-written well-known facts, no context.
+
+A user's own items come from JSONL (``load_items``), one ``{"context", "question", "answer"}``
+object per line.
+
+Sized for a 135M model: in 30-item pilots, SmolLM2-135M-Instruct (unmasked) answered 4-10 of 30
+harder variants (4-8 facts about several people, two relation types mixed), 6 of 30 two-hop items
+over 2-3 shuffled chains and 7 of 30 variable chains (``Let P = K.``, two candidate values).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
 
 DEFAULT_SEED = 1234
 
 
 @dataclass(frozen=True)
 class Item:
-    """One question. ``answers`` are the accepted spellings; ``distractors`` are other candidates of
-    the same type in the context (a response naming any of them is not credited)."""
+    """One question. ``answers`` are the accepted spellings; ``distractors`` are other candidate
+    answers in the context (a response naming any of them is not credited)."""
 
     id: str
     context: str
@@ -64,75 +75,52 @@ JOBS = ("baker", "potter", "weaver", "sailor", "miner", "tailor", "fisher", "car
         "painter", "cobbler", "brewer", "glassblower", "beekeeper")
 PETS = ("Pip", "Moss", "Juniper", "Biscuit", "Tansy", "Quill", "Nutmeg", "Saffron", "Bramble", "Clover",
         "Pebble", "Thistle", "Marlow", "Ember", "Rook")
-THINGS = ("silver kettle", "red canoe", "old telescope", "brass compass", "green umbrella", "wooden flute",
-          "iron lantern", "striped scarf", "clay teapot", "copper bell", "leather satchel", "glass chessboard")
-LETTERS = "ABCDEFGHJKMNPQRSTUVWXZ"
+BOATS = ("Silver Gull", "Red Otter", "Night Heron", "Lucky Pike", "Blue Wren", "Iron Swan", "Grey Seal",
+         "Morning Tern", "Old Badger", "Quiet Crane")
+DRINKS = ("plum cider", "mint tea", "pear juice", "ginger beer", "barley water", "rose lemonade", "nettle tea",
+          "quince syrup")
+INSTRUMENTS = ("cello", "banjo", "harp", "oboe", "accordion", "trumpet", "fiddle", "bagpipes", "lute")
+STREETS = ("Willow", "Quarry", "Lantern", "Mill", "Chapel", "Heron", "Tanner", "Orchard", "Candle")
 
-# relation: (fact template, question template, slot of the answer)
-RELATIONS = {
-    "town": ("{p} lives in {v}.", "In which town does {p} live?"),
-    "job": ("{p} works as a {v}.", "What is {p}'s job?"),
-    "pet": ("{p} has a cat named {v}.", "What is the name of {p}'s cat?"),
-    "owner": ("The {v} belongs to {p}.", "Who owns the {v}?"),
-}
-VALUES = {"town": TOWNS, "job": JOBS, "pet": PETS, "owner": THINGS}
+# Facts of an invented person: (kind, fact template, question template, values).
+FACTS = (
+    ("place", "{p} was born in the village of {v}.", "In which village was {p} born?", TOWNS[:12]),
+    ("place", "{p} now lives in the town of {v}.", "In which town does {p} live now?", TOWNS[12:]),
+    ("job", "{p} works as a {v}.", "What is {p}'s job?", JOBS),
+    ("pet", "{p} has a cat named {v}.", "What is the name of {p}'s cat?", PETS),
+    ("boat", "{p} owns a boat called the {v}.", "What is the name of {p}'s boat?", BOATS),
+    ("person", "{p}'s best friend is {v}.", "Who is {p}'s best friend?", PEOPLE),
+    ("drink", "{p}'s favorite drink is {v}.", "What is {p}'s favorite drink?", DRINKS),
+    ("number", "{p}'s lucky number is {v}.", "What is {p}'s lucky number?", tuple(str(x) for x in range(13, 99, 6))),
+    ("instrument", "{p} plays the {v}.", "Which instrument does {p} play?", INSTRUMENTS),
+    ("street", "{p}'s house is on {v} Street.", "On which street is {p}'s house?", STREETS),
+)
 
 
 def extractive_item(rng: random.Random, index: int) -> Item:
-    """4-8 facts of two relation types about distinct invented people; one of them is asked."""
-    n_facts = rng.randint(4, 8)
-    kinds = rng.sample(sorted(RELATIONS), 2)
-    people = rng.sample(PEOPLE, n_facts)
-    facts = []  # (kind, person, value)
-    used: dict[str, list[str]] = {k: [] for k in kinds}
-    for i, person in enumerate(people):
-        kind = kinds[i % 2]
-        value = rng.choice([v for v in VALUES[kind] if v not in used[kind]])
-        used[kind].append(value)
-        facts.append((kind, person, value))
-    rng.shuffle(facts)
-    kind, person, value = rng.choice(facts)
-    context = " ".join(RELATIONS[k][0].format(p=p, v=v) for k, p, v in facts)
-    if kind == "owner":  # the answer is the person
-        question, answer = RELATIONS[kind][1].format(v=value), person
-        others = [p for k, p, _ in facts if p != person]
-    else:
-        question, answer = RELATIONS[kind][1].format(p=person), value
-        others = [v for v in used[kind] if v != value]
-    return Item(f"extractive-qa-{index}", context, question, (answer,), tuple(others))
+    """4-6 facts about one invented person, each of a different kind; one of them is asked.
 
-
-def chain_item(rng: random.Random, index: int) -> Item:
-    """Two interleaved variable chains; the question asks for the end of one (2 or 3 hops)."""
-    letters = rng.sample(LETTERS, 6)
-    values = rng.sample(range(2, 10), 2)
-    hops = rng.randint(2, 3)
-    chains = [letters[:hops], letters[3:3 + hops]]
-    lines = [[f"Let {chain[0]} = {value}."] + [f"Let {b} = {a}." for a, b in zip(chain, chain[1:])]
-             for chain, value in zip(chains, values)]
-    statements = [s for pair in zip(*lines) for s in pair]
-    target = rng.randrange(2)
-    question = f"What is the value of {chains[target][-1]}?"
-    return Item(f"reasoning-{index}", " ".join(statements), question, (str(values[target]),),
-                (str(values[1 - target]),))
-
-
-def two_hop_item(rng: random.Random, index: int) -> Item:
-    """People live in towns, towns lie in lands; the question asks for a person's land."""
-    n = rng.randint(2, 3)
-    people, towns, lands = rng.sample(PEOPLE, n), rng.sample(TOWNS, n), rng.sample(LANDS, n)
-    first = [f"{p} lives in {t}." for p, t in zip(people, towns)]
-    second = [f"{t} is a town in {l}." for t, l in zip(towns, lands)]
-    rng.shuffle(first)
-    rng.shuffle(second)
-    target = rng.randrange(n)
-    question = f"In which land does {people[target]} live?"
-    others = tuple(l for i, l in enumerate(lands) if i != target)
-    return Item(f"reasoning-{index}", " ".join(first + second), question, (lands[target],), others)
+    The other facts' values are the distractors: an answer that repeats the passage is not credited."""
+    person = rng.choice(PEOPLE)
+    facts = rng.sample(FACTS, rng.randint(4, 6))
+    values = [rng.choice([v for v in fact[3] if v != person]) for fact in facts]
+    context = " ".join(fact[1].format(p=person, v=v) for fact, v in zip(facts, values))
+    t = rng.randrange(len(facts))
+    others = tuple(v for v in values if v != values[t])
+    return Item(f"extractive-qa-{index}", context, facts[t][2].format(p=person), (values[t],), others)
 
 
 def reasoning_item(rng: random.Random, index: int) -> Item:
-    return chain_item(rng, index) if index % 2 == 0 else two_hop_item(rng, index)
+    """Two hops, person -> town -> land: one chain (even items) or two (odd items, the other a
+    distractor); each person's sentence is followed by their town's, the pairs in random order."""
+    n = 1 + index % 2
+    people, towns, lands = rng.sample(PEOPLE, n), rng.sample(TOWNS, n), rng.sample(LANDS, n)
+    pairs = [f"{p} lives in {t}. {t} is a town in {l}." for p, t, l in zip(people, towns, lands)]
+    rng.shuffle(pairs)
+    target = rng.randrange(n)
+    others = tuple(l for i, l in enumerate(lands) if i != target)
+    return Item(f"reasoning-{index}", " ".join(pairs), f"In which land does {people[target]} live?",
+                (lands[target],), others)
 
 
 # Well-known facts a small instruction-tuned model usually knows: (question, accepted answers).
@@ -233,7 +221,7 @@ KNOWLEDGE: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     ("How many bones are there in the adult human body?", ("206",)),
     ("What is the boiling point of water in degrees Fahrenheit?", ("212",)),
     ("What is the largest country in the world by area?", ("Russia",)),
-    ("What is the most spoken language in the world?", ("Mandarin", "Chinese", "English")),
+    ("What is the most spoken language in the world?", ("Mandarin", "Chinese")),
     ("Which season comes after winter?", ("spring",)),
     ("Which season comes after summer?", ("autumn", "fall")),
     ("What is the first letter of the English alphabet?", ("A",)),
@@ -268,3 +256,54 @@ def suite_items(name: str, n: int, seed: int = DEFAULT_SEED) -> list[Item]:
         random.Random(seed + 2).shuffle(order)
         return [knowledge_item(i) for i in order[:n]]
     raise KeyError(name)
+
+
+# ---- user items -------------------------------------------------------------------------------
+
+def load_items(path: str | Path) -> list[Item]:
+    """Items from JSONL: one ``{"context": ..., "question": ..., "answer": ...}`` per line.
+
+    ``context`` may be empty or absent; ``answer`` is a string or a list of accepted strings;
+    ``distractors`` (list of strings) and ``id`` are optional. Raises UserError naming the line.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"items file not found: {p}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a UTF-8 text file") from None
+    items, seen = [], set()
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            item = _parse_item(line, f"{p}: line {line_no}", default_id=f"line-{line_no}")
+            if item.id in seen:
+                raise UserError(f"{p}: line {line_no}: id {item.id!r} appears twice")
+            seen.add(item.id)
+            items.append(item)
+    if not items:
+        raise UserError(f"{p}: no items")
+    return items
+
+
+def _parse_item(line: str, where: str, default_id: str) -> Item:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    context = row.get("context", "")
+    context = "" if context is None else context
+    question, answer = row.get("question"), row.get("answer")
+    if not isinstance(context, str):
+        raise UserError(f"{where}: 'context' must be a string")
+    if not isinstance(question, str) or not question.strip():
+        raise UserError(f"{where}: 'question' must be a non-empty string")
+    answers = [answer] if isinstance(answer, str) else answer
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise UserError(f"{where}: 'answer' must be a non-empty string or a list of them")
+    distractors = row.get("distractors", [])
+    if not isinstance(distractors, list) or not all(isinstance(d, str) for d in distractors):
+        raise UserError(f"{where}: 'distractors' must be a list of strings")
+    return Item(str(row.get("id", default_id)), context, question, tuple(answers), tuple(distractors))

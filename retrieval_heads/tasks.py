@@ -8,13 +8,14 @@ finishes, and summarises accuracy with Wilson 95% intervals.
 
 Scoring (``score``): text is normalised SQuAD-style (lowercase, punctuation to spaces, the
 articles a/an/the dropped, whitespace collapsed). A response is correct when one accepted answer
-occurs in it as a whole-word span **and** none of the item's distractors (the other candidates of
-the same type in the context) does, so a response that lists every name of the passage earns no
-credit. Direct suites score the whole response (decoding stops at its first line).
-Chain-of-thought suites score the final answer only: the rest of the line after the last
-``Answer:`` in the response (or, when that line is empty, the next non-empty line; when there is
-no ``Answer:``, the last non-empty line); there distractors are not checked, since the reasoning
-that precedes the final answer may name them.
+occurs in the scored text as a whole-word span **and** none of the item's distractors (other
+candidate answers in the context, e.g. the values of the passage's other facts) does, so a
+response that repeats the whole passage earns no credit. Direct suites score the whole response
+(decoding stops at the end of its first line of text, or of the line after a lead-in ending in
+``:`` such as ``The answer is:``). Chain-of-thought suites score the final answer only: the rest
+of the line after the last ``Answer:`` in the response (plus the next non-empty line when that
+rest is empty or ends in ``:``; when there is no ``Answer:``, the last non-empty line), so the
+reasoning before it may name anything.
 
 ``knowledge-qa`` (``Suite.only_known``) measures loss, not ignorance: its items count under the
 masked conditions only when the unmasked model answers them correctly, so the unmasked condition
@@ -23,7 +24,6 @@ runs first and its row reports the ``n`` kept and the accuracy before filtering.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -33,10 +33,10 @@ from typing import Callable
 
 from .errors import UserError
 from .masking import MaskPlan, head_mask
-from .suites import DEFAULT_SEED, Item, suite_items
+from .suites import DEFAULT_SEED, Item, load_items, suite_items
 
 DIRECT_INSTRUCTION = "Answer with a few words only."
-COT_INSTRUCTION = "Think step by step, then give the final answer after 'Answer:'."
+COT_INSTRUCTION = "Reason step by step in a few short sentences, then give the final answer after 'Answer:'."
 Z95 = 1.959963984540054
 RESULTS = "results.jsonl"
 
@@ -56,7 +56,7 @@ SUITES = {
     "extractive-qa": Suite("extractive-qa", lambda n, seed: suite_items("extractive-qa", n, seed)),
     "reasoning": Suite("reasoning", lambda n, seed: suite_items("reasoning", n, seed)),
     "reasoning-cot": Suite("reasoning-cot", lambda n, seed: suite_items("reasoning-cot", n, seed), cot=True,
-                           max_new_tokens=160),
+                           max_new_tokens=128),
     "knowledge-qa": Suite("knowledge-qa", lambda n, seed: suite_items("knowledge-qa", n, seed), only_known=True),
 }
 
@@ -110,16 +110,17 @@ def final_answer(response: str) -> str:
         return rest[-1].strip() if rest else ""
     i, m = marks[-1]
     after = lines[i][m.end():].strip()
-    if after:
-        return after
-    return next((line.strip() for line in lines[i + 1:] if line.strip()), "")
+    following = [line.strip() for line in lines[i + 1:] if line.strip()]
+    if not after or (after.endswith(":") and following):
+        return " ".join([after, *following[:1]]).strip()
+    return after
 
 
 def score(item: Item, response: str, *, cot: bool = False) -> tuple[bool, str]:
     """(correct, the text that was scored) for ``response`` to ``item``."""
     text = final_answer(response) if cot else response
     hit = any(contains(text, a) for a in item.answers)
-    if hit and not cot:
+    if hit:
         hit = not any(contains(text, d) for d in item.distractors if not any(contains(a, d) for a in item.answers))
     return hit, text
 
@@ -132,57 +133,13 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-# ---- user items --------------------------------------------------------------------------------
-
-def load_items(path: str | Path) -> list[Item]:
-    """Items from JSONL: one ``{"context": ..., "question": ..., "answer": ...}`` per line.
-
-    ``context`` may be empty or absent; ``answer`` is a string or a list of accepted strings;
-    ``distractors`` (list of strings) and ``id`` are optional. Raises UserError naming the line.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise UserError(f"items file not found: {p}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{p}: not a UTF-8 text file") from None
-    items = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            items.append(_parse_item(line, f"{p}: line {line_no}", default_id=f"{p.stem}-{line_no}"))
-    if not items:
-        raise UserError(f"{p}: no items")
-    return items
-
-
-def _parse_item(line: str, where: str, default_id: str) -> Item:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    context = row.get("context") or ""
-    question, answer = row.get("question"), row.get("answer")
-    if not isinstance(context, str):
-        raise UserError(f"{where}: 'context' must be a string")
-    if not isinstance(question, str) or not question.strip():
-        raise UserError(f"{where}: 'question' must be a non-empty string")
-    answers = [answer] if isinstance(answer, str) else answer
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and normalize(a) for a in answers):
-        raise UserError(f"{where}: 'answer' must be a non-empty string or a list of them")
-    distractors = row.get("distractors", [])
-    if not isinstance(distractors, list) or not all(isinstance(d, str) for d in distractors):
-        raise UserError(f"{where}: 'distractors' must be a list of strings")
-    return Item(str(row.get("id", default_id)), context, question, tuple(answers), tuple(distractors))
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return low, high
 
 
 def file_suite(path: str | Path) -> Suite:
-    """A suite over a user's JSONL items (answered directly), named after the file."""
+    """A suite over a user's JSONL items (see ``suites.load_items``), answered directly, named after the file."""
     items = load_items(path)
     return Suite(f"file:{Path(path).stem}", lambda n, seed: items[:n])
 
@@ -201,12 +158,14 @@ def render(tokenizer, item: Item, *, cot: bool = False) -> str:
 
 class AnswerStop:
     """``stop(token_id)`` for the Engine: EOS always; otherwise at the first newline that ends a line
-    with text in it (direct answers) or that ends the ``Answer:`` line (chain of thought).
+    of text (direct answers) or a line of text after ``Answer:`` (chain of thought). A line ending
+    in ``:`` (``The answer is:``) is a lead-in, not an answer: decoding goes on to the next line.
     Call ``reset()`` before each generation."""
 
     def __init__(self, tokenizer, model, *, cot: bool):
         eos = set()
-        for source in (getattr(tokenizer, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
+        config = getattr(model, "generation_config", None)
+        for source in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
             eos.update([source] if isinstance(source, int) else source or [])
         self.eos, self.tokenizer, self.cot = eos, tokenizer, cot
         self._pieces: dict[int, str] = {}
@@ -230,7 +189,8 @@ class AnswerStop:
                 return False
             text = text[marks[-1].end():]
         head, _, _ = text.rpartition("\n")
-        return bool(head.strip())
+        lines = [line.strip() for line in head.splitlines() if line.strip()]
+        return bool(lines) and not lines[-1].endswith(":")
 
 
 def item_record(suite: Suite, condition: Condition, item: Item, response: str, heads, **extra) -> dict:
@@ -262,13 +222,14 @@ def summarize(records: list[dict], suites: list[Suite], conditions: list[Conditi
                     row_extra = {"n_before_filter": len(got), "accuracy_before_filter": acc}
                 got = [r for r in got if known is not None and r["item"] in known]
             n, correct = len(got), sum(r["correct"] for r in got)
+            tokens = [r["new_tokens"] for r in got if "new_tokens" in r]
             low, high = wilson(correct, n)
             plan = condition.plan
             rows.append({
                 "suite": suite.name, "condition": condition.name, "accuracy": correct / n if n else None,
                 "ci_low": low, "ci_high": high, "n": n, "correct": correct, "k": plan.k,
                 "masked_heads": "per-sample" if plan.per_sample else [f"{l}-{h}" for l, h in plan.heads],
-                **row_extra,
+                "mean_new_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None, **row_extra,
             })
     return rows
 
@@ -307,12 +268,11 @@ def run_tasks(loaded, suites: list[Suite], conditions: list[Condition], out: str
             _check_length(loaded, prompts, budget, suite.name)
             known = None
             for condition in conditions:
-                todo = [(i, it) for i, it in enumerate(items[suite.name]) if known is None or it.id in known]
-                bar = _progress(todo, progress, f"{suite.name} / {condition.name}")
-                for index, item in bar:
+                todo = [it for it in items[suite.name] if known is None or it.id in known]
+                for item in _progress(todo, progress, f"{suite.name} / {condition.name}"):
                     if f"{suite.name}/{condition.name}/{item.id}" in done:
                         continue
-                    heads = condition.plan.heads_for(index)
+                    heads = condition.plan.heads_for(item.id)  # per-sample draws: the same heads per item id
                     control.ablate = head_mask(heads, loaded.num_layers, loaded.num_heads) if heads else None
                     stop.reset()
                     t0 = time.perf_counter()
@@ -333,7 +293,8 @@ def run_tasks(loaded, suites: list[Suite], conditions: list[Condition], out: str
                "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
     from .plots.tasks import task_accuracy
 
-    summary["plot"] = str(task_accuracy(rows, run.path / "tasks.png", title=f"{loaded.name}: accuracy with heads masked"))
+    title = f"{loaded.name}: accuracy with heads masked"
+    summary["plot"] = str(task_accuracy(rows, run.path / "tasks.png", title=title))
     run.write_json("summary.json", summary)
     return summary
 

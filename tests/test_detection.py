@@ -40,6 +40,7 @@ def test_detection_writes_every_output(loaded, tmp_path):
     assert abs(row["prompt_tokens"] - row["context_length"]) <= 8
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["samples"] == 32 and summary["num_kv_heads"] == 2
+    assert np.asarray(summary["kv_head_scores"]["max"]).shape == (3, 2)
     assert set(summary["timing"]) >= {"wall_s", "model_load_s", "prefill_s", "decode_s", "scoring_s", "io_s"}
     paper = json.loads((tmp_path / "head_scores.json").read_text())
     assert len(paper) == 24 and all(len(v) == summary["successes"] for v in paper.values())

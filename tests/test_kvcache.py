@@ -53,8 +53,12 @@ def run_chunked(model, cache, ids: torch.Tensor, chunk: int, steps: int) -> tupl
     return torch.cat(logits), generated
 
 
-def reference_attention(full: np.ndarray, sink: int, window: int):
-    """Slow reference on a dense cache: per-head masks, streaming heads see j <= i and (j < sink or j >= i - window)."""
+def reference_attention(full: np.ndarray, sink: int, window: int, chunk_of=None):
+    """Slow reference on a dense cache: per-head masks, streaming heads see j <= i and (j < sink or j >= i - window).
+
+    ``chunk_of(i)``: the start of query ``i``'s prefill chunk, for ``prefill="chunk"``, where the window
+    counts back from the chunk's start instead of from ``i``.
+    """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -65,7 +69,8 @@ def reference_attention(full: np.ndarray, sink: int, window: int):
         q_pos = torch.arange(k_len - q_len, k_len)[:, None]
         k_pos = torch.arange(k_len)[None, :]
         causal = k_pos <= q_pos
-        lam = causal & ((k_pos < sink) | (k_pos >= q_pos - window))
+        start = q_pos if chunk_of is None else chunk_of(q_pos)
+        lam = causal & ((k_pos < sink) | (k_pos >= start - window))
         streaming = torch.tensor(~full[module.layer_idx]).repeat_interleave(n_rep)  # (H,)
         visible = torch.where(streaming[:, None, None], lam, causal)  # (H, Q, K)
         scores = query @ repeat_kv(key, n_rep).transpose(2, 3) * scaling
@@ -76,9 +81,9 @@ def reference_attention(full: np.ndarray, sink: int, window: int):
 
 
 @torch.no_grad()
-def reference_run(model, full, ids, steps, sink=SINK, window=WINDOW):
+def reference_run(model, full, ids, steps, sink=SINK, window=WINDOW, chunk_of=None):
     original = model.config._attn_implementation
-    AttentionInterface.register("kv_reference", reference_attention(full, sink, window))
+    AttentionInterface.register("kv_reference", reference_attention(full, sink, window, chunk_of))
     AttentionMaskInterface.register("kv_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     try:
         model.set_attn_implementation("kv_reference")
@@ -104,10 +109,12 @@ def test_all_full_equals_dynamic_cache_exactly(family):
     assert torch.equal(generated, reference)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "llama-eager"])
 @pytest.mark.parametrize("chunk", [5, 16, 64])
 def test_streaming_heads_match_per_head_masked_reference(family, chunk):
-    model = build_tiny(family)  # GQA: 8 query heads read 2 KV heads
+    model = build_tiny(family.removesuffix("-eager"))  # GQA: 8 query heads read 2 KV heads
+    if family.endswith("-eager"):
+        model.set_attn_implementation("eager")  # additive float masks, the eager backend per group
     full = mixed_plan(model)
     ids = ids_of(45, seed=2)
     ref_logits, ref_tokens = reference_run(model, full, ids, steps=5)
@@ -116,6 +123,22 @@ def test_streaming_heads_match_per_head_masked_reference(family, chunk):
     max_diff = (logits - ref_logits).abs().max().item()
     assert torch.allclose(logits, ref_logits, atol=1e-5), f"max_diff={max_diff:.2e}"
     assert tokens == ref_tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_chunk_prefill_matches_reference(family):
+    model = build_tiny(family)
+    full, ids, chunk = mixed_plan(model), ids_of(45, seed=3), 16
+    prompt = ids.shape[1]
+    chunk_of = lambda i: torch.where(i < prompt, i // chunk * chunk, i)  # decode steps: their own position
+    ref_logits, ref_tokens = reference_run(model, full, ids, steps=4, chunk_of=chunk_of)
+    with HeadwiseAttention(model):
+        cache = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW, prefill="chunk")
+        logits, tokens = run_chunked(model, cache, ids, chunk=chunk, steps=4)
+    max_diff = (logits - ref_logits).abs().max().item()
+    assert torch.allclose(logits, ref_logits, atol=1e-5), f"max_diff={max_diff:.2e}"
+    assert tokens == ref_tokens
+    assert set(cache.stream_lengths().values()) == {SINK + WINDOW}
 
 
 def test_streaming_changes_outputs():

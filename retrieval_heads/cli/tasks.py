@@ -28,9 +28,10 @@ class Tasks(Command):
         g.add_argument("--items", default=None, metavar="FILE.jsonl",
                        help='your own items, one {"context": ..., "question": ..., "answer": ...} per line')
         g.add_argument("--n", type=int, default=100, help="items per suite (default 100)")
-        g.add_argument("--item-seed", type=int, default=DEFAULT_SEED, help=f"seed of the generated items (default {DEFAULT_SEED})")
+        g.add_argument("--item-seed", type=int, default=DEFAULT_SEED,
+                       help=f"seed of the generated items (default {DEFAULT_SEED})")
         g.add_argument("--max-new-tokens", type=int, default=None,
-                       help="token budget for every suite (default: 32 direct, 160 chain of thought)")
+                       help="token budget for every suite (default: 32 direct, 128 chain of thought)")
         g.add_argument("--out", default=None, help="output directory (default runs/<model>/tasks)")
         g.add_argument("--resume", action="store_true", help="keep finished items in --out and run the rest")
         g.add_argument("--overwrite", action="store_true", help="discard results already in --out")

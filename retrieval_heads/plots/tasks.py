@@ -25,7 +25,7 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     by_key = {(r["suite"], r["condition"]): r for r in rows}
     width = 0.8 / max(len(conditions), 1)
-    fig, ax = _figure((max(5.0, 1.6 + 1.5 * len(suites) * max(len(conditions), 2) / 3), 4.2))
+    fig, ax = _figure((max(5.5, 2.6 + 1.5 * len(suites) * max(len(conditions), 2) / 3), 4.2))
     for j, condition in enumerate(conditions):
         xs, heights, low, high, ns = [], [], [], [], []
         for i, suite in enumerate(suites):
@@ -51,6 +51,6 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
     ax.set_xlabel("task suite")
     ax.set_ylabel("accuracy (95% Wilson CI)")
     ax.set_title(title)
-    ax.legend(title="heads masked", fontsize=8, title_fontsize=8, loc="upper right", framealpha=0.9)
+    ax.legend(title="heads masked", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
