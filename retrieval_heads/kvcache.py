@@ -16,7 +16,10 @@ attends the keys ``j <= i`` with ``j < sink`` or ``j >= i - window`` (DuoAttenti
 mask), in prefill and decode alike. Its output then does not depend on the prefill chunk size, and it
 never sees during prefill what it could not see while decoding. ``prefill="chunk"`` is
 StreamingLLM-style chunked prefill instead: sink + window + the whole current chunk, causally (more
-context while prefilling, results depend on the chunk size; decoding is the same). RoPE is applied
+context while prefilling, results depend on the chunk size; decoding is the same). ``prefill="full"``
+is a diagnostic, RazorAttention-style: streaming heads see everything while prefilling and are cut to
+sink + window at the first single-token forward, so prefill saves no memory (peak = a full cache);
+it separates what is lost in prefill from what is lost while decoding. RoPE is applied
 before caching, so kept keys keep their rotation; the positions of the kept keys are implicit:
 ``[0, sink)`` and ``[T - window, T)``.
 
@@ -47,7 +50,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
 
 _names = itertools.count()
-PREFILL_MODES = ("lambda", "chunk")
+PREFILL_MODES = ("lambda", "chunk", "full")
 
 
 @dataclass
@@ -101,6 +104,7 @@ class HeadwiseLayer(CacheLayerMixin):
         self.full_heads = torch.tensor(full, dtype=torch.long)
         self.stream_heads = torch.tensor([h for h in range(num_kv_heads) if h not in full], dtype=torch.long)
         self.cumulative_length = 0
+        self._evicted = False
         self.full_keys = self.full_values = self.stream_keys = self.stream_values = None
 
     def __repr__(self):
@@ -130,18 +134,25 @@ class HeadwiseLayer(CacheLayerMixin):
         if self.full_heads.numel():
             self.full_keys = _append(self.full_keys, key_states.index_select(1, self.full_heads))
             self.full_values = _append(self.full_values, value_states.index_select(1, self.full_heads))
+        deferred = self.prefill == "full" and not self._evicted
+        if deferred and q == 1:  # first decode step: drop what the prefill kept
+            self.stream_keys, self.stream_values = self._evict(self.stream_keys, start), self._evict(self.stream_values, start)
+            self._evicted, deferred = True, False
         keys = _append(self.stream_keys, key_states.index_select(1, self.stream_heads))  # (B, S, n, D)
         values = _append(self.stream_values, value_states.index_select(1, self.stream_heads))
-        positions = kept_positions(start, self.sink, self.window)
+        positions = torch.arange(start) if deferred else kept_positions(start, self.sink, self.window)
         positions = torch.cat([positions, torch.arange(start, start + q)]).to(self.device)
         kv = HeadwiseKV(self.full_keys, self.full_values, keys, values, positions, self.full_heads,
                         self.stream_heads, self.sink, self.window, self.prefill)
-        self.stream_keys, self.stream_values = self._evict(keys), self._evict(values)
+        if deferred and q > 1:
+            self.stream_keys, self.stream_values = keys, values
+        else:
+            self.stream_keys, self.stream_values = self._evict(keys, start + q), self._evict(values, start + q)
         return kv, kv
 
-    def _evict(self, states: torch.Tensor) -> torch.Tensor:
-        """Keep sinks + the last ``window`` positions, in a fresh tensor (so the chunk's storage is freed)."""
-        if self.cumulative_length <= self.sink + self.window:
+    def _evict(self, states: torch.Tensor, total: int) -> torch.Tensor:
+        """Keep sinks + the last ``window`` of ``total`` positions, in a fresh tensor (freeing the chunk's storage)."""
+        if states is None or total <= self.sink + self.window:
             return states
         n = states.shape[-2]
         return torch.cat([states.narrow(-2, 0, self.sink), states.narrow(-2, n - self.window, self.window)], dim=-2)
@@ -172,6 +183,7 @@ class HeadwiseLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.full_keys = self.full_values = self.stream_keys = self.stream_values = None
         self.cumulative_length = 0
+        self._evicted = False
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -214,7 +226,7 @@ class HeadwiseCache(DynamicCache):
         full: (layers, kv_heads) bool, True = keep the full cache for this KV head. Rows of sliding
             layers are ignored (those layers stay ``DynamicSlidingWindowLayer``).
         sink, window: what the other KV heads keep (see the module docstring).
-        prefill: what streaming heads see while prefilling: ``lambda`` (default) or ``chunk``.
+        prefill: what streaming heads see while prefilling: ``lambda`` (default), ``chunk`` or ``full``.
 
     Use it under ``HeadwiseAttention(model)`` with ``model(...)``, ``model.generate(cache=...)`` or the
     ``Engine`` (``cache_factory``). ``kv_bytes()`` and ``peak_kv_bytes`` report stored bytes.

@@ -95,7 +95,7 @@ def run_kv_eval(
     """Run NIAH under every condition and length; write ``summary.json`` and ``kv_frontier.png``.
 
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
-    ``prefill``: what streaming heads see while prefilling, ``lambda`` or ``chunk`` (see ``kvcache``).
+    ``prefill``: what streaming heads see while prefilling, ``lambda``, ``chunk`` or ``full`` (see ``kvcache``).
     """
     from .kvcache import PREFILL_MODES
     from .plots.kv import frontier_plot
@@ -112,9 +112,10 @@ def run_kv_eval(
     eligible = eligible_layers(loaded.model.config)
     results = {}
     for cond in conditions(policies, budgets):
-        plans = {length: replace(plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window,
-                                          seed=seed), prefill=prefill)
+        plans = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window, seed=seed)
                  for length in config.lengths}
+        if cond.policy != "full":  # the full cache has no streaming heads: its runs are shared by every --prefill
+            plans = {length: replace(plan, prefill=prefill) for length, plan in plans.items()}
         job = dict(config=config, out=out / cond.name, plans=plans, resume=resume, overwrite=overwrite, progress=progress)
         results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     rows = summarize(results)
@@ -148,8 +149,8 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, plans:
                 append_jsonl(run_dir / SAMPLES, stats)
 
             full = None if plan.policy == "full" else plan.full
-            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window, prefill=plan.prefill,
-                                           on_done=done)
+            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window,
+                                           prefill=plan.prefill or "lambda", on_done=done)
             one = replace(config, lengths=[length])
             if hasattr(one, "batch_size"):
                 one = replace(one, batch_size=1)  # custom caches decode one prompt at a time anyway
@@ -224,6 +225,7 @@ def summarize(results: dict[Condition, dict]) -> list[dict]:
             "num_full_kv_heads": plan["num_full_kv_heads"],
             "window": plan["window"] if cond.policy != "full" else None,
             "sink": plan["sink"] if cond.policy != "full" else None,
+            "prefill": plan["prefill"],
             "samples": n,
             "mean_score": sum(p["mean_score"] * p["samples"] for p in parts if p["samples"]) / n if n else None,
             "kv_bytes": float(np.mean(kv)) if kv else None,

@@ -44,7 +44,7 @@ class KvPlan:
     window: int = 64
     budget: float | None = None
     extra: dict = field(default_factory=dict)
-    prefill: str = "lambda"  # what streaming heads see while prefilling (see kvcache)
+    prefill: str | None = None  # what streaming heads see while prefilling (kvcache); None = "lambda"
 
     @property
     def num_full(self) -> int:

@@ -33,9 +33,8 @@ def ids_of(length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 512, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-def mixed_plan(model) -> np.ndarray:
-    """(layers, kv_heads): a full head, a streaming head, and an all-streaming layer (3 layers x 2 KV heads)."""
-    return np.array([[True, False], [False, True], [False, False]])
+# (layers, kv_heads) of the tiny models: a full KV head, a streaming one, and an all-streaming layer
+MIXED = np.array([[True, False], [False, True], [False, False]])
 
 
 @torch.no_grad()
@@ -115,7 +114,7 @@ def test_streaming_heads_match_per_head_masked_reference(family, chunk):
     model = build_tiny(family.removesuffix("-eager"))  # GQA: 8 query heads read 2 KV heads
     if family.endswith("-eager"):
         model.set_attn_implementation("eager")  # additive float masks, the eager backend per group
-    full = mixed_plan(model)
+    full = MIXED
     ids = ids_of(45, seed=2)
     ref_logits, ref_tokens = reference_run(model, full, ids, steps=5)
     with HeadwiseAttention(model):
@@ -126,14 +125,18 @@ def test_streaming_heads_match_per_head_masked_reference(family, chunk):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_chunk_prefill_matches_reference(family):
+@pytest.mark.parametrize("prefill", ["chunk", "full"])
+def test_other_prefill_modes_match_reference(family, prefill):
     model = build_tiny(family)
-    full, ids, chunk = mixed_plan(model), ids_of(45, seed=3), 16
+    full, ids, chunk = MIXED, ids_of(45, seed=3), 16
     prompt = ids.shape[1]
-    chunk_of = lambda i: torch.where(i < prompt, i // chunk * chunk, i)  # decode steps: their own position
+    if prefill == "chunk":  # the window counts back from the chunk's start; decode steps: from themselves
+        chunk_of = lambda i: torch.where(i < prompt, i // chunk * chunk, i)
+    else:  # everything visible while prefilling
+        chunk_of = lambda i: torch.where(i < prompt, 0, i)
     ref_logits, ref_tokens = reference_run(model, full, ids, steps=4, chunk_of=chunk_of)
     with HeadwiseAttention(model):
-        cache = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW, prefill="chunk")
+        cache = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW, prefill=prefill)
         logits, tokens = run_chunked(model, cache, ids, chunk=chunk, steps=4)
     max_diff = (logits - ref_logits).abs().max().item()
     assert torch.allclose(logits, ref_logits, atol=1e-5), f"max_diff={max_diff:.2e}"
@@ -147,13 +150,13 @@ def test_streaming_changes_outputs():
     ids = ids_of(45, seed=2)
     full_logits, _ = run_chunked(model, DynamicCache(config=model.config), ids, chunk=16, steps=2)
     with HeadwiseAttention(model):
-        logits, _ = run_chunked(model, HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW), ids, chunk=16, steps=2)
+        logits, _ = run_chunked(model, HeadwiseCache(model.config, MIXED, sink=SINK, window=WINDOW), ids, chunk=16, steps=2)
     assert (logits - full_logits).abs().max().item() > 1e-3
 
 
 def test_bytes_match_per_head_lengths():
     model = build_tiny("llama")  # 3 layers, 2 KV heads, head_dim 8, float32
-    full = mixed_plan(model)
+    full = MIXED
     prompt, steps = 60, 4
     with HeadwiseAttention(model):
         cache = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW)
@@ -172,7 +175,7 @@ def test_bytes_match_per_head_lengths():
 def test_streaming_heads_hold_exactly_sink_plus_window_after_long_prefill():
     model = build_tiny("llama")
     with HeadwiseAttention(model):
-        cache = HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW)
+        cache = HeadwiseCache(model.config, MIXED, sink=SINK, window=WINDOW)
         run_chunked(model, cache, ids_of(200), chunk=32, steps=0)
     assert cache.stream_lengths() == {0: SINK + WINDOW, 1: SINK + WINDOW, 2: SINK + WINDOW}
     assert cache.layers[0].full_keys.shape[-2] == 200
@@ -185,7 +188,7 @@ def test_streaming_heads_hold_exactly_sink_plus_window_after_long_prefill():
 def test_short_prompt_keeps_everything():
     model = build_tiny("llama")
     with HeadwiseAttention(model):
-        cache = HeadwiseCache(model.config, mixed_plan(model), sink=SINK, window=WINDOW)
+        cache = HeadwiseCache(model.config, MIXED, sink=SINK, window=WINDOW)
         run_chunked(model, cache, ids_of(6), chunk=4, steps=0)
     assert cache.stream_lengths() == {0: 6, 1: 6, 2: 6}
     assert cache.kv_bytes() == cache.dense_kv_bytes()
@@ -240,7 +243,7 @@ def test_engine_with_factory_inside_attention_control(family):
             engine = Engine(model, control, never_stop, chunk_size=16, cache_factory=factory)
             got = [engine.generate(p, 5, probe=False) for p in prompts]
             factory.close()
-            streaming = HeadwiseCacheFactory(attention, mixed_plan(model), sink=SINK, window=WINDOW)
+            streaming = HeadwiseCacheFactory(attention, MIXED, sink=SINK, window=WINDOW)
             Engine(model, control, never_stop, chunk_size=16, cache_factory=streaming).generate(prompts[0], 5, probe=False)
     assert [g.generated_ids for g in got] == [g.generated_ids for g in plain]
     assert [s["decode_steps"] for s in stats] == [5, 5, 5]

@@ -75,3 +75,25 @@ def test_torchrun_ranks_shard_and_rank0_merges(tiny_tokenizer, tmp_path):
     merged = records(out)
     assert len(merged) == 8 * 2 * 2
     assert json.loads((out / "summary.json").read_text())["timing"]["shards"] == 2
+
+
+def test_kill_keeps_finished_samples_and_writes_the_summary(tiny_tokenizer, tmp_path):
+    import signal
+    import time
+
+    build_tiny("llama").save_pretrained(tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "retrieval_heads", "detect", "--model", str(tmp_path / "tiny"), "--lengths",
+           "1500,2000,2500", "--num-depths", "10", "--max-new-tokens", "3", "--batch-size", "1", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "samples.jsonl").exists() and (out / "samples.jsonl").stat().st_size):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-1000:]
+    assert "--resume" in err
+    finished = len((out / "samples.jsonl").read_text().splitlines())
+    assert 0 < finished < 240
+    assert json.loads((out / "summary.json").read_text())["samples"] == finished

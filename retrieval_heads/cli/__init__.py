@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from contextlib import contextmanager
 
 from ..errors import UserError
 
 
 def commands() -> list:
     """Every subcommand, in the order ``--help`` lists them."""
-    from . import analyze, detect, models
+    from . import analyze, detect, kv, merge, models, niah, tasks
 
-    found = [detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), analyze.Convert()]
-    for optional in ("niah", "merge", "kv", "tasks"):
-        try:
-            module = __import__(f"{__name__}.{optional}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError:
-            continue
-        found.extend(cls() for cls in module.COMMANDS)
-    return found
+    return [
+        detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), analyze.Convert(),
+        *(cls() for module in (niah, merge, kv, tasks) for cls in module.COMMANDS),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """``kill`` stops a run like Ctrl-C does: summaries of the finished samples are still written."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``retrieval-heads`` console script; returns the exit code."""
     parser = build_parser()
@@ -43,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._command.run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._command.run(args) or 0)
     except UserError as exc:
         print(f"retrieval-heads: error: {exc}", file=sys.stderr)
         return 2

@@ -23,10 +23,11 @@ class KvEval(Command):
                        help="fractions of KV heads kept full, comma separated")
         g.add_argument("--sink", type=int, default=4, help="first tokens every streaming head keeps")
         g.add_argument("--window", type=int, default=64, help="recent tokens every streaming head keeps")
-        g.add_argument("--prefill", default="lambda", choices=["lambda", "chunk"],
+        g.add_argument("--prefill", default="lambda", choices=["lambda", "chunk", "full"],
                        help="what streaming heads see while prefilling: lambda = sink + the window before each token "
                             "(chunk-size independent, as when decoding); chunk = sink + window + the whole current "
-                            "chunk (StreamingLLM-style)")
+                            "chunk (StreamingLLM-style); full = everything, evicted when decoding starts "
+                            "(diagnostic: no prefill memory saving)")
         g.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
         g.add_argument("--seed", type=int, default=0, help="seed of the random-heads baseline")
         g.add_argument("--no-isolate", action="store_true",
@@ -47,6 +48,7 @@ class KvEval(Command):
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, prefill=args.prefill, seed=args.seed, isolate=not args.no_isolate,
                               resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, prefill {args.prefill}")
         print(format_table(["policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "peak RSS MB", "decode tok/s"],
                            [[r["policy"], f"{r['budget']:g}", r["num_full_kv_heads"], r["window"] if r["window"] is not None else "-",
                              _pct(r["kv_fraction"]), _num(r["mean_score"]), _num(r["peak_rss_mb"], 0),
