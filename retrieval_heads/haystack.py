@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .io import parse_json_object
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 DOC_OPEN = "This is a very long document: <document>\n"
@@ -57,12 +58,7 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
 
 
 def _parse_needle(line: str, where: str) -> Needle:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object")
+    row = parse_json_object(line, where)
     missing = [k for k in ("needle", "question", "real_needle") if not isinstance(row.get(k), str) or not row[k].strip()]
     if missing:
         raise UserError(f"{where}: missing or empty field(s) {', '.join(missing)}")

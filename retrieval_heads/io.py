@@ -46,6 +46,19 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def parse_json_object(line: str, where: str) -> dict:
+    """One JSONL line as a dict; a UserError naming ``where`` (``file:line``) otherwise."""
+    from .errors import UserError
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    return row
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Rows of a JSONL file; a torn last line (from a kill mid-write) is skipped."""
     path = Path(path)

@@ -27,12 +27,12 @@ over 2-3 shuffled chains and 7 of 30 variable chains (``Let P = K.``, two candid
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .io import parse_json_object
 
 DEFAULT_SEED = 1234
 
@@ -287,12 +287,7 @@ def load_items(path: str | Path) -> list[Item]:
 
 
 def _parse_item(line: str, where: str, default_id: str) -> Item:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object")
+    row = parse_json_object(line, where)
     context = row.get("context", "")
     context = "" if context is None else context
     question, answer = row.get("question"), row.get("answer")

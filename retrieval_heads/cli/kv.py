@@ -46,13 +46,15 @@ class KvEval(Command):
         scores = load_scores(args.scores)
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
-                              sink=args.sink, window=args.window, prefill=args.prefill, seed=args.seed, isolate=not args.no_isolate,
-                              resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+                              sink=args.sink, window=args.window, prefill=args.prefill, seed=args.seed,
+                              isolate=not args.no_isolate, resume=args.resume, overwrite=args.overwrite,
+                              progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, prefill {args.prefill}")
-        print(format_table(["policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "peak RSS MB", "decode tok/s"],
-                           [[r["policy"], f"{r['budget']:g}", r["num_full_kv_heads"], r["window"] if r["window"] is not None else "-",
-                             _pct(r["kv_fraction"]), _num(r["mean_score"]), _num(r["peak_rss_mb"], 0),
-                             _num(r["decode_tokens_per_s"], 2)] for r in summary["rows"]]))
+        headers = ["policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "peak RSS MB", "decode tok/s"]
+        print(format_table(headers, [
+            [r["policy"], f"{r['budget']:g}", r["num_full_kv_heads"], "-" if r["window"] is None else r["window"],
+             _pct(r["kv_fraction"]), _num(r["mean_score"]), _num(r["peak_rss_mb"], 0), _num(r["decode_tokens_per_s"], 2)]
+            for r in summary["rows"]]))
         print(f"results in {args.out}/ (summary.json, kv_frontier.png, one NIAH run per condition and length)")
         return 0
 

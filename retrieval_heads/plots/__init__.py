@@ -5,5 +5,8 @@ when a figure is drawn, and no pyplot state or global backend is touched.
 """
 
 from .heads import activation_frequency, bucket_histogram, comparison_scatter, heatmap, layer_distribution
+from .niah import mask_curve, niah_heatmap
+from .tasks import task_accuracy
 
-__all__ = ["activation_frequency", "bucket_histogram", "comparison_scatter", "heatmap", "layer_distribution"]
+__all__ = ["activation_frequency", "bucket_histogram", "comparison_scatter", "heatmap", "layer_distribution",
+           "mask_curve", "niah_heatmap", "task_accuracy"]

@@ -19,7 +19,7 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
     """Grouped bars of ``accuracy`` per (suite, condition) with ``ci_low``/``ci_high`` whiskers.
 
     ``rows`` are the ``summary.json`` rows of ``retrieval-heads tasks``; each bar is labelled with
-    its n. Rows without items (accuracy None) are drawn as empty slots.
+    its n under the suite's name. Rows without items (accuracy None) are drawn as empty slots.
     """
     suites = list(dict.fromkeys(r["suite"] for r in rows))
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
@@ -27,7 +27,7 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
     width = 0.8 / max(len(conditions), 1)
     fig, ax = _figure((max(5.5, 2.6 + 1.5 * len(suites) * max(len(conditions), 2) / 3), 4.2))
     for j, condition in enumerate(conditions):
-        xs, heights, low, high, ns = [], [], [], [], []
+        xs, heights, low, high = [], [], [], []
         for i, suite in enumerate(suites):
             row = by_key.get((suite, condition))
             if row is None or row.get("accuracy") is None:
@@ -37,15 +37,11 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
             heights.append(acc)
             low.append(max(acc - row["ci_low"], 0.0))
             high.append(max(row["ci_high"] - acc, 0.0))
-            ns.append(row["n"])
         if not xs:
             continue
-        bars = ax.bar(xs, heights, width * 0.92, yerr=[low, high], capsize=3, color=_color(condition, j),
-                      label=condition, error_kw={"elinewidth": 1, "ecolor": "#333333"})
-        for bar, n in zip(bars, ns):
-            ax.annotate(f"n={n}", (bar.get_x() + bar.get_width() / 2, 0.01), ha="center", va="bottom",
-                        fontsize=6, rotation=90, color="white" if bar.get_height() > 0.12 else "#333333")
-    ax.set_xticks(range(len(suites)), suites)
+        ax.bar(xs, heights, width * 0.92, yerr=[low, high], capsize=3, color=_color(condition, j), label=condition,
+               error_kw={"elinewidth": 1, "ecolor": "#333333"})
+    ax.set_xticks(range(len(suites)), [f"{suite}\n{_n_label(rows, suite)}" for suite in suites])
     ax.set_xlim(-0.6, len(suites) - 0.4)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("task suite")
@@ -54,3 +50,8 @@ def task_accuracy(rows: Sequence[dict], path: str | Path, *, title: str = "Task 
     ax.legend(title="heads masked", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def _n_label(rows: Sequence[dict], suite: str) -> str:
+    ns = sorted({r["n"] for r in rows if r["suite"] == suite})
+    return f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}-{ns[-1]}"
