@@ -29,7 +29,7 @@ def retrieval_scores(
         prompt_ids: (prompt_len,) the prompt's token ids.
         span: [start, end) token range of the needle in the prompt.
     Returns:
-        (layers, heads) float32: number of copy events / span length.
+        (layers, heads) float64: number of copy events / span length.
     """
     start, end = span
     if not 0 <= start < end <= prompt_ids.numel():
@@ -37,7 +37,7 @@ def retrieval_scores(
     in_span = (top1 >= start) & (top1 < end)  # (S, L, H)
     attended_token = prompt_ids[top1.clamp(0, prompt_ids.numel() - 1)]  # (S, L, H)
     copied = attended_token == generated.view(-1, 1, 1)
-    return (in_span & copied).sum(dim=0).float() / (end - start)
+    return (in_span & copied).sum(dim=0).double() / (end - start)
 
 
 @lru_cache(maxsize=1)

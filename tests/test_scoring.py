@@ -17,7 +17,7 @@ def test_copy_events_score_one_over_span_length():
     top1[:, 1, 2] = torch.tensor([2, 0, 0, 5])  # copies twice
     top1[:, 1, 0] = torch.tensor([9, 9, 9, 9])  # beyond the prompt (a generated token): never counts
     scores = retrieval_scores(top1, generated, prompt, (2, 6))
-    expected = torch.zeros(2, 3)
+    expected = torch.zeros(2, 3, dtype=torch.float64)
     expected[0, 0], expected[1, 2] = 3 / 4, 2 / 4
     assert torch.equal(scores, expected)
 
