@@ -91,7 +91,8 @@ class HeadwiseLayer(CacheLayerMixin):
     is_croppable = False
     is_compileable = False
 
-    def __init__(self, full_heads: Sequence[int], num_kv_heads: int, *, sink: int, window: int, prefill: str = "lambda"):
+    def __init__(self, full_heads: Sequence[int], num_kv_heads: int, *, sink: int, window: int,
+                 prefill: str = "lambda"):
         super().__init__()
         if prefill not in PREFILL_MODES:
             raise ValueError(f"prefill must be one of {PREFILL_MODES}, not {prefill!r}")
@@ -136,7 +137,8 @@ class HeadwiseLayer(CacheLayerMixin):
             self.full_values = _append(self.full_values, value_states.index_select(1, self.full_heads))
         deferred = self.prefill == "full" and not self._evicted
         if deferred and q == 1:  # first decode step: drop what the prefill kept
-            self.stream_keys, self.stream_values = self._evict(self.stream_keys, start), self._evict(self.stream_values, start)
+            self.stream_keys = self._evict(self.stream_keys, start)
+            self.stream_values = self._evict(self.stream_values, start)
             self._evicted, deferred = True, False
         keys = _append(self.stream_keys, key_states.index_select(1, self.stream_heads))  # (B, S, n, D)
         values = _append(self.stream_values, value_states.index_select(1, self.stream_heads))
@@ -151,7 +153,7 @@ class HeadwiseLayer(CacheLayerMixin):
         return kv, kv
 
     def _evict(self, states: torch.Tensor, total: int) -> torch.Tensor:
-        """Keep sinks + the last ``window`` of ``total`` positions, in a fresh tensor (freeing the chunk's storage)."""
+        """Keep sinks + the last ``window`` of ``total`` positions in a fresh tensor (freeing the chunk's storage)."""
         if states is None or total <= self.sink + self.window:
             return states
         n = states.shape[-2]

@@ -29,7 +29,16 @@ import numpy as np
 from .errors import UserError
 from .formats import kv_level
 from .io import append_jsonl, read_jsonl, write_json_atomic
-from .kvpolicy import POLICIES, KvPlan, eligible_layers, full_plan, heads_for_fraction, matching_uniform, random_plan, top_fraction
+from .kvpolicy import (
+    POLICIES,
+    KvPlan,
+    eligible_layers,
+    full_plan,
+    heads_for_fraction,
+    matching_uniform,
+    random_plan,
+    top_fraction,
+)
 from .models import LoadedModel
 from .scores import HeadScores
 from .sweep import SweepConfig
@@ -71,7 +80,8 @@ def plan_for(condition: Condition, tokens: int, *, kv_scores: np.ndarray, eligib
         return retrieval
     if condition.policy == "random":
         count = heads_for_fraction(condition.budget, retrieval.num_eligible)
-        return random_plan(shape, count, eligible=eligible, seed=seed, sink=sink, window=window, budget=condition.budget)
+        return random_plan(shape, count, eligible=eligible, seed=seed, sink=sink, window=window,
+                           budget=condition.budget)
     return matching_uniform(retrieval, tokens)
 
 
@@ -112,11 +122,12 @@ def run_kv_eval(
     eligible = eligible_layers(loaded.model.config)
     results = {}
     for cond in conditions(policies, budgets):
-        plans = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window, seed=seed)
-                 for length in config.lengths}
+        plans = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window,
+                                  seed=seed) for length in config.lengths}
         if cond.policy != "full":  # the full cache has no streaming heads: its runs are shared by every --prefill
             plans = {length: replace(plan, prefill=prefill) for length, plan in plans.items()}
-        job = dict(config=config, out=out / cond.name, plans=plans, resume=resume, overwrite=overwrite, progress=progress)
+        job = dict(config=config, out=out / cond.name, plans=plans, resume=resume, overwrite=overwrite,
+                   progress=progress)
         results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     rows = summarize(results)
     summary = {"model": loaded.name, "config": config.to_dict(), "sink": sink, "window": window, "prefill": prefill,
@@ -125,7 +136,8 @@ def run_kv_eval(
                "kv_heads_per_layer": loaded.num_kv_heads, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     lengths = "/".join(str(l) for l in config.lengths)
-    frontier_plot(rows, out / "kv_frontier.png", title=f"{loaded.name}: NIAH vs KV cache size ({lengths} tokens)")
+    frontier_plot(rows, out / "kv_frontier.png",
+                  title=f"{loaded.name}: NIAH vs KV bytes ({lengths} tokens, sink {sink}, {prefill} prefill)")
     return summary
 
 
@@ -170,7 +182,8 @@ def _check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -
     saved_path = run_dir / PLAN
     results = run_dir / RESULTS
     if results.exists() and results.stat().st_size and not (resume or overwrite):
-        raise UserError(f"{run_dir} already holds results; pass --resume to continue them or --overwrite to start again")
+        raise UserError(f"{run_dir} already holds results; pass --resume to continue them or --overwrite to start "
+                        "again")
     if overwrite:
         for name in (SAMPLES, TIMING):
             (run_dir / name).unlink(missing_ok=True)
@@ -215,7 +228,8 @@ def summarize(results: dict[Condition, dict]) -> list[dict]:
         parts = result["by_length"]
         n = sum(p["samples"] for p in parts)
         kv = [p["kv_bytes"] for p in parts if p["kv_bytes"] is not None]
-        reference = [full_bytes.get(p["context_length"], p["dense_kv_bytes"]) for p in parts if p["kv_bytes"] is not None]
+        reference = [full_bytes.get(p["context_length"], p["dense_kv_bytes"])
+                     for p in parts if p["kv_bytes"] is not None]
         steps, seconds = sum(p["decode_steps"] for p in parts), sum(p["decode_s"] for p in parts)
         plan = result["plan"]
         rows.append({

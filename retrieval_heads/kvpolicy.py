@@ -59,7 +59,8 @@ class KvPlan:
         if tokens <= 0 or self.num_eligible == 0:
             return 1.0
         streaming = self.num_eligible - self.num_full
-        return (self.num_full * tokens + streaming * min(tokens, self.sink + self.window)) / (self.num_eligible * tokens)
+        kept = self.num_full * tokens + streaming * min(tokens, self.sink + self.window)
+        return kept / (self.num_eligible * tokens)
 
     def full_heads(self) -> list[str]:
         """``"layer-kvhead"`` names of the full KV heads in eligible layers."""
@@ -160,9 +161,8 @@ def uniform_for_bytes(shape: tuple[int, int], byte_fraction: float, tokens: int,
     Per head: ``sink + window = byte_fraction * tokens`` (rounded), window at least 0.
     """
     window = max(0, int(round(byte_fraction * tokens)) - sink)
-    plan = KvPlan("uniform", np.zeros(shape, dtype=bool), _eligible(eligible, shape), sink, window,
+    return KvPlan("uniform", np.zeros(shape, dtype=bool), _eligible(eligible, shape), sink, window,
                   round(byte_fraction, 4), {"matched_tokens": tokens})
-    return plan
 
 
 def matching_uniform(plan: KvPlan, tokens: int) -> KvPlan:
