@@ -8,7 +8,8 @@ its window from the context length so its bytes match the budget. Next to each r
     kv_plan.json     the plan (refuses to resume under a different plan)
     kv_samples.jsonl one line per finished sample: tokens, stored and dense-equivalent KV bytes,
                      peak KV bytes, decode steps
-    kv_timing.json   decode seconds and steps, prefill seconds and tokens, summed over invocations
+    kv_timing.json   decode seconds and steps, prefill seconds and tokens, summed over invocations, and
+                     the peak RSS of the process that ran them
 
 ``OUT/summary.json`` holds ``rows``, one per (policy, budget), and ``OUT/kv_frontier.png`` the
 frontier. With ``isolate`` every condition runs in a fresh spawned process so its peak RSS is its own
@@ -131,8 +132,7 @@ def run_kv_eval(
         results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     rows = summarize(results)
     summary = {"model": loaded.name, "config": config.to_dict(), "sink": sink, "window": window, "prefill": prefill,
-               "seed": seed,
-               "budgets": list(budgets), "isolated": isolate, "eligible_layers": int(eligible.sum()),
+               "seed": seed, "budgets": list(budgets), "isolated": isolate, "eligible_layers": int(eligible.sum()),
                "kv_heads_per_layer": loaded.num_kv_heads, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     lengths = "/".join(str(l) for l in config.lengths)
@@ -195,11 +195,14 @@ def _check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -
 
 
 def _add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
+    """Add this invocation's decode/prefill work to ``kv_timing.json``; keep the peak RSS of invocations that ran."""
     path = run_dir / TIMING
-    total = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     new = {"decode_s": timing.get("decode_s", 0.0), "decode_steps": sum(s["decode_steps"] for s in found),
            "prefill_s": timing.get("prefill_s", 0.0), "prefilled_tokens": timing.get("prefilled_tokens", 0)}
-    total = {k: total.get(k, 0) + v for k, v in new.items()}
+    total = {k: saved.get(k, 0) + v for k, v in new.items()}
+    peaks = [saved.get("peak_rss_mb")] + ([peak_rss_mb()] if found else [])  # a resume with nothing to do: not a peak
+    total["peak_rss_mb"] = max((p for p in peaks if p is not None), default=None)
     write_json_atomic(path, total)
     return total
 
@@ -215,7 +218,7 @@ def _length_stats(length: int, plan: KvPlan, summary: dict, samples: list[dict],
         "planned_byte_fraction": plan.byte_fraction(length),
         "decode_tokens_per_s": timing["decode_steps"] / timing["decode_s"] if timing["decode_s"] else None,
         "prefill_tokens_per_s": timing["prefilled_tokens"] / timing["prefill_s"] if timing["prefill_s"] else None,
-        "decode_s": timing["decode_s"], "decode_steps": timing["decode_steps"],
+        "decode_s": timing["decode_s"], "decode_steps": timing["decode_steps"], "peak_rss_mb": timing["peak_rss_mb"],
     }
 
 
@@ -246,7 +249,8 @@ def summarize(results: dict[Condition, dict]) -> list[dict]:
             "full_kv_bytes": float(np.mean(reference)) if reference else None,
             "kv_fraction": float(np.mean(kv) / np.mean(reference)) if kv and np.mean(reference) else None,
             "peak_kv_bytes": max((p["peak_kv_bytes"] for p in parts if p["peak_kv_bytes"] is not None), default=None),
-            "peak_rss_mb": result["peak_rss_mb"],
+            "peak_rss_mb": max((p["peak_rss_mb"] for p in parts if p["peak_rss_mb"] is not None),
+                               default=result["peak_rss_mb"]),
             "decode_tokens_per_s": steps / seconds if seconds else None,
             "by_length": parts,
             "full_kv_heads": plan["full_kv_heads"],
