@@ -158,15 +158,12 @@ class Engine:
             return [self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag) for p in prompts]
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
-        snapshots = []
-        for ids in prompts:
-            cache = self._prefill(ids[:-1])
-            snapshots.append([(layer.keys, layer.values) for layer in cache.layers])  # (1, Hkv, P_i - 1, D)
-            if self.share_prefix:
-                snapshots[-1] = [(k.clone(), v.clone()) for k, v in snapshots[-1]]
+        batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1)
+        for row, ids in enumerate(prompts):
+            batch.write(row, self._prefill(ids[:-1]))
         start = time.perf_counter()
         try:
-            return self._decode_batch(left_padded_cache(snapshots), prompts, max_new_tokens, probe)
+            return self._decode_batch(batch.cache(), prompts, max_new_tokens, probe)
         finally:
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
@@ -228,25 +225,36 @@ class Engine:
         return Generation(generated, stacked)
 
 
-def left_padded_cache(snapshots: list[list[tuple[torch.Tensor, torch.Tensor]]]):
-    """One DynamicCache holding every sample's (keys, values), left-padded with zeros to the longest.
+class LeftPaddedBatch:
+    """Several prompts' KV caches, left-padded with zeros into one preallocated batch.
+
+    Each prompt's cache is copied into its row right after its prefill, so no per-prompt copy is
+    kept: the batch is the only extra memory (B x the longest prompt).
 
     Args:
-        snapshots: per sample, per layer, (keys, values) of shape (1, Hkv, T_i, D).
+        size: number of prompts B; longest: the longest prefilled length T.
     """
-    from transformers import DynamicCache
 
-    longest = max(k.shape[2] for k, _ in (s[0] for s in snapshots))
-    layers = []
-    for per_layer in zip(*snapshots):
-        k0 = per_layer[0][0]
-        keys = k0.new_zeros((len(per_layer), k0.shape[1], longest, k0.shape[3]))
-        values = keys.clone()
-        for row, (k, v) in enumerate(per_layer):
-            keys[row, :, longest - k.shape[2]:] = k[0]
-            values[row, :, longest - v.shape[2]:] = v[0]
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers)
+    def __init__(self, size: int, longest: int):
+        self.size, self.longest = size, longest
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, Hkv, T, D)
+
+    def write(self, row: int, cache) -> None:
+        """Copy ``cache``'s keys and values, (1, Hkv, T_row, D) per layer, into the right end of ``row``."""
+        for index, layer in enumerate(cache.layers):
+            keys, values = layer.keys, layer.values
+            if index == len(self.layers):
+                shape = (self.size, keys.shape[1], self.longest, keys.shape[3])
+                self.layers.append((keys.new_zeros(shape), values.new_zeros(shape)))
+            length = keys.shape[2]
+            self.layers[index][0][row, :, self.longest - length:] = keys[0]
+            self.layers[index][1][row, :, self.longest - length:] = values[0]
+
+    def cache(self):
+        """A ``DynamicCache`` over the batch (shares its tensors)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=self.layers)
 
 
 def stop_condition(tokenizer, model):

@@ -35,6 +35,7 @@ def run_mask_sweep(
     ks: list[int] = list(DEFAULT_KS),
     control: AttentionControl | None = None,
     seed: int = 0,
+    per_sample: bool = False,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -42,7 +43,8 @@ def run_mask_sweep(
     """Run NIAH with no heads, top-K and random-K heads masked for every K; write the table and the curve.
 
     Each condition is an ordinary NIAH run directory under ``out`` (``none``, ``top-K``, ``random-K``),
-    so an interrupted sweep resumes condition by condition.
+    so an interrupted sweep resumes condition by condition. ``per_sample`` draws new random heads for
+    every sample (keyed by sample id) instead of one set per K.
     """
     from .plots.niah import mask_curve
 
@@ -53,7 +55,8 @@ def run_mask_sweep(
         if selection is Selection.TOP:
             plan = MaskPlan(Selection.TOP, k, tuple(top_heads(scores, k)))
         elif selection is Selection.RANDOM:
-            plan = MaskPlan(Selection.RANDOM, k, tuple(random_heads(scores, k, seed)), seed=seed, scores=scores)
+            plan = MaskPlan(Selection.RANDOM, k, tuple(random_heads(scores, k, seed)), per_sample=per_sample, seed=seed,
+                            scores=scores)
         else:
             plan = MaskPlan()
         name = "none" if k == 0 else f"{selection.value}-{k}"
@@ -63,7 +66,7 @@ def run_mask_sweep(
                      "contains_rate": result.summary["contains_rate"], "failures": result.summary["failures"],
                      "masked_heads": plan.describe()["heads"]})
     summary = {"model": loaded.name, "config": config.to_dict(), "mask_mode": control.mode.value,
-               "mask_phase": control.phase.value, "seed": seed, "rows": rows}
+               "mask_phase": control.phase.value, "seed": seed, "random_per_sample": per_sample, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     mask_curve(rows, out / "mask_sweep.png", title=f"{loaded.name}: masking retrieval heads vs random heads")
     return summary

@@ -118,6 +118,14 @@ def test_mask_sweep_rows_and_curve(loaded, tmp_path):
     assert usable_ks([0, 5, 100], scores_3x8()) == [0, 5]
 
 
+def test_mask_sweep_draws_random_heads_per_sample(loaded, tmp_path):
+    summary = run_mask_sweep(loaded, config(), tmp_path, scores_3x8(), ks=[3], per_sample=True, progress=False)
+    assert summary["random_per_sample"] is True
+    rows = [json.loads(line) for line in (tmp_path / "random-3" / "results.jsonl").read_text().splitlines()]
+    drawn = {tuple(r["masked_heads"]) for r in rows}
+    assert len(drawn) > 1 and all(len(heads) == 3 for heads in drawn)
+
+
 def test_niah_cli_rejects_scores_of_another_shape(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "scores.json"
     bad.write_text(json.dumps({f"{l}-{h}": [0.0] for l in range(4) for h in range(4)}))

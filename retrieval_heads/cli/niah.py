@@ -63,6 +63,8 @@ class MaskSweep(Command):
         g.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="values of K (capped at the model's heads)")
         g.add_argument("--mask-mode", default="uniform", choices=["uniform", "zero"])
         g.add_argument("--mask-phase", default="decode", choices=["decode", "all"])
+        g.add_argument("--random-per-sample", action="store_true",
+                       help="draw new random heads for every sample (averages over many head sets)")
         g.add_argument("--seed", type=int, default=0)
 
     def run(self, args) -> int:
@@ -77,7 +79,8 @@ class MaskSweep(Command):
         loaded = load_for(args)
         check_shape(scores, loaded.num_layers, loaded.num_heads)
         summary = run_mask_sweep(loaded, config, out_dir(args, "mask-sweep"), scores, ks=ks, control=control_from_args(args),
-                                 seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+                                 seed=args.seed, per_sample=args.random_per_sample, resume=args.resume,
+                                 overwrite=args.overwrite, progress=not args.quiet)
         table = {}
         for row in summary["rows"]:
             table.setdefault(row["k"], {})[row["selection"]] = row["mean_score"]
