@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from .hooks import AttentionControl
 
@@ -52,6 +53,9 @@ def truncate_cache(cache, length: int) -> None:
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", False):
             continue
+        if isinstance(layer, PreallocatedLayer):
+            layer.crop(length)
+            continue
         layer.keys = layer.keys[:, :, :length, :]
         layer.values = layer.values[:, :, :length, :]
         if hasattr(layer, "cumulative_length"):
@@ -59,15 +63,24 @@ def truncate_cache(cache, length: int) -> None:
 
 
 def new_cache(model, *, keep_past: bool):
-    """An empty DynamicCache for ``model``; sliding-window layers keep their past when ``keep_past``."""
+    """An empty cache for ``model``: full-attention layers preallocate (``PreallocatedLayer``), and
+    sliding-window layers keep their past when ``keep_past``."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
+    cache.layers = [PreallocatedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if keep_past:
         for layer in cache.layers:
             if hasattr(layer, "activate_past_recording"):
                 layer.activate_past_recording()
     return cache
+
+
+def reserve(cache, length: int) -> None:
+    """Let the preallocated layers of ``cache`` allocate ``length`` positions when they (re)allocate."""
+    for layer in cache.layers:
+        if isinstance(layer, PreallocatedLayer):
+            layer.reserve = max(layer.reserve, length)
 
 
 class Engine:
@@ -110,7 +123,7 @@ class Engine:
         """
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
-        cache = self._prefill(prompt_ids[:-1])
+        cache = self._prefill(prompt_ids[:-1], room=max_new_tokens + 1)
         start = time.perf_counter()
         try:
             return self._decode(cache, prompt_ids, max_new_tokens, probe)
@@ -119,7 +132,8 @@ class Engine:
                 truncate_cache(cache, len(prompt_ids) - 1)
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
-    def _prefill(self, ids: list[int]):
+    def _prefill(self, ids: list[int], room: int = 0):
+        """KV cache of ``ids`` (reusing the previous prompt's prefix), with ``room`` more positions reserved."""
         start = time.perf_counter()
         reuse = 0
         if self.share_prefix and self._cache is not None:
@@ -128,6 +142,7 @@ class Engine:
             self._cache = self.cache_factory()
         else:
             truncate_cache(self._cache, reuse)
+        reserve(self._cache, len(ids) + room)
         self._cached_ids = list(ids)
         self.control.probe = False
         tokens = torch.tensor(ids, device=self.device).unsqueeze(0)  # (1, P-1)
@@ -158,7 +173,7 @@ class Engine:
             return [self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag) for p in prompts]
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
-        batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1)
+        batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1, extra=max_new_tokens)
         for row, ids in enumerate(prompts):
             batch.write(row, self._prefill(ids[:-1]))
         start = time.perf_counter()
@@ -229,32 +244,92 @@ class LeftPaddedBatch:
     """Several prompts' KV caches, left-padded with zeros into one preallocated batch.
 
     Each prompt's cache is copied into its row right after its prefill, so no per-prompt copy is
-    kept: the batch is the only extra memory (B x the longest prompt).
+    kept, and the buffers leave room for the tokens still to be decoded, so decoding writes in
+    place instead of re-concatenating the whole cache at every step.
 
     Args:
-        size: number of prompts B; longest: the longest prefilled length T.
+        size: number of prompts B; longest: the longest prefilled length T; extra: decode steps to
+            make room for (more still work, by growing the buffers).
     """
 
-    def __init__(self, size: int, longest: int):
-        self.size, self.longest = size, longest
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, Hkv, T, D)
+    def __init__(self, size: int, longest: int, extra: int = 0):
+        self.size, self.longest, self.capacity = size, longest, longest + extra
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, Hkv, T + extra, D)
 
     def write(self, row: int, cache) -> None:
-        """Copy ``cache``'s keys and values, (1, Hkv, T_row, D) per layer, into the right end of ``row``."""
+        """Copy ``cache``'s keys and values, (1, Hkv, T_row, D) per layer, to end at position T of ``row``."""
         for index, layer in enumerate(cache.layers):
             keys, values = layer.keys, layer.values
-            if index == len(self.layers):
-                shape = (self.size, keys.shape[1], self.longest, keys.shape[3])
-                self.layers.append((keys.new_zeros(shape), values.new_zeros(shape)))
-            length = keys.shape[2]
-            self.layers[index][0][row, :, self.longest - length:] = keys[0]
-            self.layers[index][1][row, :, self.longest - length:] = values[0]
+            if index == len(self.buffers):
+                shape = (self.size, keys.shape[1], self.capacity, keys.shape[3])
+                self.buffers.append((keys.new_zeros(shape), values.new_zeros(shape)))
+            start = self.longest - keys.shape[2]
+            self.buffers[index][0][row, :, start:self.longest] = keys[0]
+            self.buffers[index][1][row, :, start:self.longest] = values[0]
 
     def cache(self):
-        """A ``DynamicCache`` over the batch (shares its tensors)."""
+        """A ``DynamicCache`` whose layers are views of the buffers (no copy)."""
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=self.layers)
+        cache = DynamicCache()
+        cache.layers = [PreallocatedLayer.over(k, v, self.longest) for k, v in self.buffers]
+        return cache
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` over buffers with spare room: ``update`` writes in place, growing only when full.
+
+    ``keys``/``values`` are always the (B, Hkv, length, D) views of the filled part, as in
+    ``DynamicLayer``, so attention and the probe see the same values; what changes is that the
+    cache is not re-concatenated (copied whole) at every forward pass, which costs time while
+    decoding and leaves the allocator fragmented after long prefills. ``reserve``: positions to
+    allocate at once when (re)allocating.
+    """
+
+    def __init__(self, reserve: int = 0):
+        super().__init__()
+        self.reserve, self.length = reserve, 0
+        self._keys = self._values = None
+
+    @classmethod
+    def over(cls, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> "PreallocatedLayer":
+        """A layer whose first ``length`` positions of the (B, Hkv, capacity, D) buffers are filled."""
+        layer = cls()
+        layer.lazy_initialization(key_buffer, value_buffer)
+        layer._keys, layer._values, layer.length = key_buffer, value_buffer, length
+        layer._expose()
+        return layer
+
+    def _expose(self) -> None:
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self._keys is None or end > self._keys.shape[2]:
+            self._keys, self._values = self._grown(self._keys, key_states, end), self._grown(self._values, value_states, end)
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def _grown(self, buffer: torch.Tensor | None, new: torch.Tensor, end: int) -> torch.Tensor:
+        b, h, _, d = new.shape
+        grown = new.new_zeros((b, h, max(end, self.reserve), d))
+        if buffer is not None:
+            grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._expose()
+
+    def crop(self, max_length: int) -> None:
+        self.length = min(self.length, max_length if max_length >= 0 else self.length + max_length)
+        if self._keys is not None:
+            self._expose()
 
 
 def stop_condition(tokenizer, model):

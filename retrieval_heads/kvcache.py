@@ -17,9 +17,9 @@ mask), in prefill and decode alike. Its output then does not depend on the prefi
 never sees during prefill what it could not see while decoding. ``prefill="chunk"`` is
 StreamingLLM-style chunked prefill instead: sink + window + the whole current chunk, causally (more
 context while prefilling, results depend on the chunk size; decoding is the same). ``prefill="full"``
-is a diagnostic, RazorAttention-style: streaming heads see everything while prefilling and are cut to
-sink + window at the first single-token forward, so prefill saves no memory (peak = a full cache);
-it separates what is lost in prefill from what is lost while decoding. RoPE is applied
+is RazorAttention-style (``kv-eval``'s default, the mode that keeps accuracy on smollm2-135m):
+streaming heads see everything while prefilling and are cut to sink + window at the first
+single-token forward, so prefill saves no memory (peak = a full cache), decoding does. RoPE is applied
 before caching, so kept keys keep their rotation; the positions of the kept keys are implicit:
 ``[0, sink)`` and ``[T - window, T)``.
 

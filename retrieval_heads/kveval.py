@@ -44,7 +44,7 @@ from .models import LoadedModel
 from .scores import HeadScores
 from .sweep import SweepConfig
 
-DEFAULT_BUDGETS = (0.1, 0.2, 0.35)
+DEFAULT_BUDGETS = (0.1, 0.25, 0.5)
 SAMPLES, TIMING, PLAN = "kv_samples.jsonl", "kv_timing.json", "kv_plan.json"
 
 
@@ -74,8 +74,8 @@ def plan_for(condition: Condition, tokens: int, *, kv_scores: np.ndarray, eligib
              window: int, seed: int) -> KvPlan:
     """The plan of ``condition`` for prompts of about ``tokens`` tokens (only ``uniform`` depends on it)."""
     shape = kv_scores.shape
-    if condition.policy == "full":
-        return full_plan(shape, eligible, sink=sink, window=window)
+    if condition.policy == "full":  # no streaming head: sink and window do not apply (nor tie its runs)
+        return full_plan(shape, eligible)
     retrieval = top_fraction(kv_scores, condition.budget, eligible=eligible, sink=sink, window=window)
     if condition.policy == "retrieval":
         return retrieval
@@ -94,9 +94,9 @@ def run_kv_eval(
     *,
     budgets: list[float] = list(DEFAULT_BUDGETS),
     policies: list[str] = list(POLICIES),
-    sink: int = 4,
-    window: int = 64,
-    prefill: str = "lambda",
+    sink: int = 64,
+    window: int = 384,
+    prefill: str = "full",
     seed: int = 0,
     isolate: bool = False,
     resume: bool = False,

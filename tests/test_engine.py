@@ -84,3 +84,26 @@ def test_batched_decoding_matches_one_at_a_time():
         assert a.generated_ids == b.generated_ids
         mismatch = (a.top1 != b.top1).sum().item()
         assert mismatch == 0, f"{mismatch} top-1 positions differ"
+
+
+def test_preallocated_layer_matches_dynamic_layer_and_grows():
+    from transformers.cache_utils import DynamicLayer
+
+    from retrieval_heads.engine import PreallocatedLayer
+
+    torch.manual_seed(0)
+    first = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    plain = DynamicLayer()
+    plain.update(*first)
+    buffers = [torch.cat([t, torch.zeros(2, 3, 2, 4)], dim=2) for t in first]  # room for 2 more
+    grown = PreallocatedLayer.over(*buffers, length=5)
+    for _ in range(4):  # the third step outgrows the buffer
+        step = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        expected, got = plain.update(*step), grown.update(*step)
+        assert all(torch.equal(e, g) for e, g in zip(expected, got))
+    rows = torch.tensor([1])
+    plain.batch_select_indices(rows)
+    grown.batch_select_indices(rows)
+    step = torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4)
+    assert all(torch.equal(e, g) for e, g in zip(plain.update(*step), grown.update(*step)))
+    assert grown.get_seq_length() == plain.get_seq_length() == 10
