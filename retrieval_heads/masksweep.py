@@ -68,7 +68,7 @@ def run_mask_sweep(
     summary = {"model": loaded.name, "config": config.to_dict(), "mask_mode": control.mode.value,
                "mask_phase": control.phase.value, "seed": seed, "random_per_sample": per_sample, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
-    title = f"{loaded.name}: top-K vs random-K heads masked ({control.mode.value}, {control.phase.value})"
+    title = f"{loaded.name}: top-K vs random-K heads masked\n{control.mode.value} mode, {control.phase.value} phase"
     mask_curve(rows, out / "mask_sweep.png", title=title)
     return summary
 
