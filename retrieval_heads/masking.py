@@ -94,6 +94,13 @@ class MaskPlan:
             return tuple(random_heads(self.scores, self.k, seed=self.seed * 1_000_003 + zlib.crc32(sample_id.encode())))
         return self.heads
 
+    @property
+    def masked_heads(self) -> list[str] | str:
+        """``"layer-head"`` names of the masked heads, or ``"per-sample"`` when each sample draws its own."""
+        if self.selection is Selection.RANDOM and self.per_sample:
+            return "per-sample"
+        return [f"{l}-{h}" for l, h in self.heads]
+
     def describe(self) -> dict:
         return {"selection": self.selection.value, "k": self.k, "per_sample": self.per_sample, "seed": self.seed,
                 "heads": [f"{l}-{h}" for l, h in self.heads]}

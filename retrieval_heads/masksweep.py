@@ -64,7 +64,7 @@ def run_mask_sweep(
                           resume=resume, overwrite=overwrite, progress=progress)
         rows.append({"selection": plan.selection.value, "k": k, "mean_score": result.summary["mean_score"],
                      "contains_rate": result.summary["contains_rate"], "failures": result.summary["failures"],
-                     "masked_heads": plan.describe()["heads"]})
+                     "masked_heads": plan.masked_heads})
     summary = {"model": loaded.name, "config": config.to_dict(), "mask_mode": control.mode.value,
                "mask_phase": control.phase.value, "seed": seed, "random_per_sample": per_sample, "rows": rows}
     write_json_atomic(out / "summary.json", summary)

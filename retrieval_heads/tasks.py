@@ -228,7 +228,7 @@ def summarize(records: list[dict], suites: list[Suite], conditions: list[Conditi
             rows.append({
                 "suite": suite.name, "condition": condition.name, "accuracy": correct / n if n else None,
                 "ci_low": low, "ci_high": high, "n": n, "correct": correct, "k": plan.k,
-                "masked_heads": "per-sample" if plan.per_sample else [f"{l}-{h}" for l, h in plan.heads],
+                "masked_heads": plan.masked_heads,
                 "mean_new_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None, **row_extra,
             })
     return rows

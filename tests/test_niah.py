@@ -121,6 +121,7 @@ def test_mask_sweep_rows_and_curve(loaded, tmp_path):
 def test_mask_sweep_draws_random_heads_per_sample(loaded, tmp_path):
     summary = run_mask_sweep(loaded, config(), tmp_path, scores_3x8(), ks=[3], per_sample=True, progress=False)
     assert summary["random_per_sample"] is True
+    assert summary["rows"][1]["masked_heads"] == "per-sample" and len(summary["rows"][0]["masked_heads"]) == 3
     rows = [json.loads(line) for line in (tmp_path / "random-3" / "results.jsonl").read_text().splitlines()]
     drawn = {tuple(r["masked_heads"]) for r in rows}
     assert len(drawn) > 1 and all(len(heads) == 3 for heads in drawn)

@@ -42,7 +42,9 @@ class Niah(Command):
                 return 0
         masked = s["masking"]["heads"]
         print(f"mean score {s['mean_score']:.1f} over {s['samples']} samples; answer contained in {100 * s['contains_rate']:.0f}%")
-        if masked:
+        if s["masking"].get("per_sample"):
+            print(f"masked ({s['masking']['selection']}): {s['masking']['k']} heads drawn per sample (see results.jsonl)")
+        elif masked:
             print(f"masked ({s['masking']['selection']}): {', '.join(masked)}")
         if s["failures"]:
             print("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s["failures"].items())))
