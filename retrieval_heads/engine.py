@@ -123,17 +123,21 @@ class Engine:
         """
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
-        cache = self._prefill(prompt_ids[:-1], room=max_new_tokens + 1)
+        cache = self.prefill(prompt_ids[:-1], room=max_new_tokens + 1)
         start = time.perf_counter()
         try:
-            return self._decode(cache, prompt_ids, max_new_tokens, probe)
+            return self.decode(cache, prompt_ids, max_new_tokens, probe)
         finally:
             if self.share_prefix:
                 truncate_cache(cache, len(prompt_ids) - 1)
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
-    def _prefill(self, ids: list[int], room: int = 0):
-        """KV cache of ``ids`` (reusing the previous prompt's prefix), with ``room`` more positions reserved."""
+    def prefill(self, ids: list[int], room: int = 0):
+        """KV cache of ``ids`` (reusing the previous prompt's prefix), with ``room`` more positions reserved.
+
+        The engine keeps the returned cache for the next prompt's prefix: decode into a copy, or let
+        ``generate`` truncate it back after decoding.
+        """
         start = time.perf_counter()
         reuse = 0
         if self.share_prefix and self._cache is not None:
@@ -175,7 +179,7 @@ class Engine:
             self._cache, self._cache_tag = None, cache_tag
         batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1, extra=max_new_tokens)
         for row, ids in enumerate(prompts):
-            batch.write(row, self._prefill(ids[:-1]))
+            batch.write(row, self.prefill(ids[:-1]))
         start = time.perf_counter()
         try:
             return self._decode_batch(batch.cache(), prompts, max_new_tokens, probe)
@@ -220,7 +224,8 @@ class Engine:
         empty = torch.zeros((0, self.num_layers, 0), dtype=torch.long)
         return [Generation(g, torch.stack(t) if t else empty) for g, t in zip(generated, top1)]
 
-    def _decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
+    def decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
+        """Greedy decoding from ``cache`` (holding ``prompt_ids[:-1]``), starting with the last prompt token."""
         self.control.probe = probe
         token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
         generated, top1 = [], []

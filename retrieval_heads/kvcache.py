@@ -154,6 +154,21 @@ class HeadwiseLayer(CacheLayerMixin):
             self.stream_keys, self.stream_values = self._evict(keys, start + q), self._evict(values, start + q)
         return kv, kv
 
+    def load(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Take a prefilled past (B, Hkv, T, D), as if prefilled with ``prefill="full"`` and then evicted:
+        copies of the full heads' positions, the streaming heads' sinks and recent window."""
+        self.lazy_initialization(keys, values)
+        total = keys.shape[-2]
+        self.cumulative_length, self._evicted = total, True
+        if self.dense:
+            self.full_keys, self.full_values = keys.clone(), values.clone()
+            return
+        if self.full_heads.numel():
+            self.full_keys = keys.index_select(1, self.full_heads)
+            self.full_values = values.index_select(1, self.full_heads)
+        self.stream_keys = self._evict(keys.index_select(1, self.stream_heads), total)
+        self.stream_values = self._evict(values.index_select(1, self.stream_heads), total)
+
     def _evict(self, states: torch.Tensor, total: int) -> torch.Tensor:
         """Keep sinks + the last ``window`` of ``total`` positions in a fresh tensor (freeing the chunk's storage)."""
         if states is None or total <= self.sink + self.window:
@@ -259,6 +274,31 @@ class HeadwiseCache(DynamicCache):
         self._bytes[layer_idx] = layer_bytes(self.layers[layer_idx])
         self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._bytes))
         return out
+
+    @classmethod
+    def from_prefilled(cls, config, prefilled, full, *, sink: int = 4, window: int = 64) -> "HeadwiseCache":
+        """A head-wise copy of ``prefilled`` (a plain cache of T prompt tokens), ready to decode.
+
+        The same state as prefilling with ``prefill="full"`` and evicting at the first decode step: full KV
+        heads keep all T positions, streaming heads their sinks and recent window, sliding layers their
+        window. ``prefilled`` is left untouched and shares no storage with the copy, so one prefill can
+        serve several plans. ``peak_kv_bytes`` starts at ``prefilled``'s bytes (the prefill held them).
+        """
+        cache = cls(config, full, sink=sink, window=window, prefill="full")
+        for index, (mine, theirs) in enumerate(zip(cache.layers, prefilled.layers)):
+            keys, values = getattr(theirs, "keys", None), getattr(theirs, "values", None)
+            if not isinstance(keys, torch.Tensor):
+                continue
+            if isinstance(mine, HeadwiseLayer):
+                mine.load(keys, values)
+            else:  # a sliding-window layer: the last sliding_window - 1 positions, as it would keep
+                mine.lazy_initialization(keys, values)
+                keep = min(keys.shape[-2], mine.sliding_window - 1)
+                mine.keys, mine.values = keys[:, :, -keep:].clone(), values[:, :, -keep:].clone()
+                mine.cumulative_length = theirs.get_seq_length()
+            cache._bytes[index] = layer_bytes(mine)
+        cache.peak_kv_bytes = max(cache_kv_bytes(prefilled), sum(cache._bytes))
+        return cache
 
     def kv_bytes(self) -> int:
         return cache_kv_bytes(self)

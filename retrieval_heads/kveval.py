@@ -99,6 +99,7 @@ def run_kv_eval(
     prefill: str = "full",
     seed: int = 0,
     isolate: bool = False,
+    share_prefill: bool = True,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -107,7 +108,11 @@ def run_kv_eval(
 
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
     ``prefill``: what streaming heads see while prefilling, ``lambda``, ``chunk`` or ``full`` (see ``kvcache``).
+    ``share_prefill``: with ``prefill="full"`` (same prefill under every plan) prefill each prompt once for
+    all conditions, in this process (``kvshared``); otherwise every condition prefills on its own, each in
+    a fresh process when ``isolate`` (so its peak RSS is its own).
     """
+    from .kvshared import run_shared
     from .kvcache import PREFILL_MODES
     from .plots.kv import frontier_plot
 
@@ -121,18 +126,28 @@ def run_kv_eval(
         raise UserError(f"scores are {kv_scores.shape[0]} layers x {kv_scores.shape[1]} KV heads, the model has "
                         f"{loaded.num_layers} x {loaded.num_kv_heads}")
     eligible = eligible_layers(loaded.model.config)
-    results = {}
+    plans = {}
     for cond in conditions(policies, budgets):
-        plans = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window,
-                                  seed=seed) for length in config.lengths}
+        by_length = {length: plan_for(cond, length, kv_scores=kv_scores, eligible=eligible, sink=sink, window=window,
+                                      seed=seed) for length in config.lengths}
         if cond.policy != "full":  # the full cache has no streaming heads: its runs are shared by every --prefill
-            plans = {length: replace(plan, prefill=prefill) for length, plan in plans.items()}
-        job = dict(config=config, out=out / cond.name, plans=plans, resume=resume, overwrite=overwrite,
-                   progress=progress)
-        results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
+            by_length = {length: replace(plan, prefill=prefill) for length, plan in by_length.items()}
+        plans[cond] = by_length
+    shared = share_prefill and prefill == "full"
+    if shared:
+        found = run_shared(loaded, config, out, {cond.name: p for cond, p in plans.items()}, resume=resume,
+                           overwrite=overwrite, progress=progress)
+        results = {cond: found[cond.name] for cond in plans}
+    else:
+        results = {}
+        for cond, by_length in plans.items():
+            job = dict(config=config, out=out / cond.name, plans=by_length, resume=resume, overwrite=overwrite,
+                       progress=progress)
+            results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     rows = summarize(results)
     summary = {"model": loaded.name, "config": config.to_dict(), "sink": sink, "window": window, "prefill": prefill,
-               "seed": seed, "budgets": list(budgets), "isolated": isolate, "eligible_layers": int(eligible.sum()),
+               "seed": seed, "budgets": list(budgets), "shared_prefill": shared, "isolated": isolate and not shared,
+               "eligible_layers": int(eligible.sum()),
                "kv_heads_per_layer": loaded.num_kv_heads, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     lengths = "/".join(str(l) for l in config.lengths)
@@ -148,12 +163,12 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, plans:
     from .niah import run_niah
 
     if reset_rss:
-        _reset_peak_rss()
+        reset_peak_rss()
     by_length = []
     with HeadwiseAttention(loaded.model) as attention:
         for length, plan in plans.items():
             run_dir = Path(out) / f"L{length}"
-            _check_plan(run_dir, plan, resume=resume, overwrite=overwrite)
+            check_plan(run_dir, plan, resume=resume, overwrite=overwrite)
             found: list[dict] = []
 
             def done(stats: dict, run_dir=run_dir, found=found) -> None:
@@ -169,12 +184,12 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, plans:
             result = run_niah(loaded, one, run_dir, resume=resume, overwrite=overwrite, progress=progress,
                               cache_factory=factory)
             factory.close()
-            timing = _add_timing(run_dir, result.summary["timing"], found)
-            by_length.append(_length_stats(length, plan, result.summary, list(read_jsonl(run_dir / SAMPLES)), timing))
+            timing = add_timing(run_dir, result.summary["timing"], found)
+            by_length.append(length_stats(length, plan, result.summary, list(read_jsonl(run_dir / SAMPLES)), timing))
     return {"plan": plans[max(plans)].describe(), "by_length": by_length, "peak_rss_mb": peak_rss_mb()}
 
 
-def _check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -> None:
+def check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix plans in one run directory; reset the KV statistics on overwrite."""
     from .niah import RESULTS
 
@@ -194,7 +209,7 @@ def _check_plan(run_dir: Path, plan: KvPlan, *, resume: bool, overwrite: bool) -
     write_json_atomic(saved_path, described)
 
 
-def _add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
+def add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
     """Add this invocation's decode/prefill work to ``kv_timing.json``; keep the peak RSS of invocations that ran."""
     path = run_dir / TIMING
     saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -207,7 +222,7 @@ def _add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
     return total
 
 
-def _length_stats(length: int, plan: KvPlan, summary: dict, samples: list[dict], timing: dict) -> dict:
+def length_stats(length: int, plan: KvPlan, summary: dict, samples: list[dict], timing: dict) -> dict:
     def mean(key):
         return float(np.mean([s[key] for s in samples])) if samples else None
 
@@ -269,7 +284,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

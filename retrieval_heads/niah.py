@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .failures import classify, contains_answer
@@ -43,26 +44,33 @@ def run_niah(
     """
     plan = plan or MaskPlan()
     control = control or AttentionControl()
-    def make_record(spec, generation, inputs):
-        needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
-        response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
-        failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question, context=prompt.text)
-        return {
-            "id": spec.id, "model": loaded.name, "context_length": spec.context_length, "prompt_tokens": len(prompt.ids),
-            "depth_percent": spec.depth_percent, "needle_index": spec.needle_index, "response": response,
-            "score": 100 * rouge1_recall(needle.real_needle, response),
-            "contains_answer": contains_answer(response, needle.real_needle),
-            "failure": failure.value if failure else None,
-            "masked_heads": [f"{l}-{h}" for l, h in plan.heads_for(spec.id)],
-        }
-
     results: list[NiahResult] = []
-    identity = {"masking": plan.describe(), "mask_mode": control.mode.value, "mask_phase": control.phase.value}
-    run_sweep(loaded, config, out, make_record, records_name=RESULTS, probe=False, control=control,
+    identity = niah_identity(plan, control)
+    run_sweep(loaded, config, out, partial(niah_record, loaded, plan), records_name=RESULTS, probe=False, control=control,
               heads_for=lambda spec: plan.heads_for(spec.id), extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
               cache_factory=cache_factory,
               finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, identity)))
     return results[0]
+
+
+def niah_identity(plan: MaskPlan, control: AttentionControl) -> dict:
+    """What besides the sweep config makes NIAH results comparable: the heads masked, and how."""
+    return {"masking": plan.describe(), "mask_mode": control.mode.value, "mask_phase": control.phase.value}
+
+
+def niah_record(loaded: LoadedModel, plan: MaskPlan, spec, generation, inputs) -> dict:
+    """One sample's result line: the response, its score and failure type, the heads masked."""
+    needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
+    response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
+    failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question, context=prompt.text)
+    return {
+        "id": spec.id, "model": loaded.name, "context_length": spec.context_length, "prompt_tokens": len(prompt.ids),
+        "depth_percent": spec.depth_percent, "needle_index": spec.needle_index, "response": response,
+        "score": 100 * rouge1_recall(needle.real_needle, response),
+        "contains_answer": contains_answer(response, needle.real_needle),
+        "failure": failure.value if failure else None,
+        "masked_heads": [f"{l}-{h}" for l, h in plan.heads_for(spec.id)],
+    }
 
 
 def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: dict) -> NiahResult:

@@ -66,7 +66,7 @@ def run_sweep(
         with attention_control(loaded.model, control):
             engine = Engine(loaded.model, control, stop_condition(loaded.tokenizer, loaded.model),
                             chunk_size=config.chunk_size, share_prefix=config.share_prefix, cache_factory=cache_factory)
-            bar = _progress(len(todo), progress, len(done))
+            bar = progress_bar(len(todo), progress, len(done))
             for batch, heads in batches(todo, heads_for, config.batch_size):
                 control.ablate = head_mask(list(heads), *shape) if heads else None
                 prompts = [inputs.prompts[spec.id].ids for spec in batch]
@@ -107,7 +107,7 @@ def batches(specs: list[SampleSpec], heads_for, size: int):
         yield batch, heads
 
 
-def _progress(total: int, enabled: bool, already: int):
+def progress_bar(total: int, enabled: bool, already: int):
     from tqdm.auto import tqdm
 
     postfix = {"resumed": already} if already else None

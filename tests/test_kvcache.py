@@ -144,6 +144,45 @@ def test_other_prefill_modes_match_reference(family, prefill):
     assert set(cache.stream_lengths().values()) == {SINK + WINDOW}
 
 
+
+@torch.no_grad()
+def decode_steps(model, cache, token: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Greedy decoding from ``cache``; (steps, vocab) logits and the tokens fed."""
+    logits, generated = [], []
+    for _ in range(steps):
+        generated.append(int(token))
+        step = model(input_ids=token, cache=cache, use_cache=True).logits[0]
+        logits.append(step)
+        token = step[-1].argmax().view(1, 1)
+    return torch.cat(logits), generated
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("plan", ["mixed", "all-full"])
+def test_from_prefilled_equals_full_prefill_mode(family, plan):
+    """A head-wise copy of a plain prefilled cache decodes like a cache prefilled with prefill="full",
+    and leaves the prefilled cache as it was (it serves the next plan)."""
+    model = build_tiny(family)
+    full = MIXED if plan == "mixed" else np.ones_like(MIXED)
+    ids = ids_of(45, seed=4)
+    with HeadwiseAttention(model):
+        direct = HeadwiseCache(model.config, full, sink=SINK, window=WINDOW, prefill="full")
+        with torch.no_grad():
+            token = model(input_ids=ids, cache=direct, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+        ref_logits, ref_tokens = decode_steps(model, direct, token, steps=5)
+        prefilled = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(input_ids=ids, cache=prefilled, use_cache=True)
+        before = [layer.keys.clone() for layer in prefilled.layers]
+        copied = HeadwiseCache.from_prefilled(model.config, prefilled, full, sink=SINK, window=WINDOW)
+        logits, tokens = decode_steps(model, copied, token, steps=5)
+    max_diff = (logits - ref_logits).abs().max().item()
+    assert torch.allclose(logits, ref_logits, atol=1e-5), f"max_diff={max_diff:.2e}"
+    assert tokens == ref_tokens
+    assert copied.kv_bytes() == direct.kv_bytes() and copied.dense_kv_bytes() == direct.dense_kv_bytes()
+    assert copied.peak_kv_bytes == direct.peak_kv_bytes
+    assert all(torch.equal(b, layer.keys) for b, layer in zip(before, prefilled.layers))
+
 def test_streaming_changes_outputs():
     """Guards the reference test against a no-op: a streaming plan must differ from the full cache."""
     model = build_tiny("llama")
@@ -329,3 +368,38 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
         assert [r[key] for r in again["rows"]] == [r[key] for r in summary["rows"]], key
     with pytest.raises(Exception, match="another KV plan"):
         run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=8, progress=False, resume=True)
+
+
+def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
+    """kv-eval's one-prefill-per-prompt path gives every condition the answers, scores and KV bytes of
+    a per-condition run (the per-condition path prefills streaming heads through the head-wise
+    attention split, so logits may differ in the last float bits: compared through greedy answers)."""
+    from importlib import resources
+
+    from retrieval_heads.kveval import run_kv_eval
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.sweep import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    scores = HeadScores(np.random.default_rng(1).random((2, 3, 8)), meta={"num_kv_heads": 2})
+    needles = tmp_path / "needles.jsonl"
+    needles.write_text("\n".join(resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]) + "\n")
+    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[220, 300], depths=[20.0, 60.0],
+                         max_new_tokens=5, chunk_size=32)
+    runs = {}
+    for shared in (True, False):
+        out = tmp_path / ("shared" if shared else "separate")
+        summary = run_kv_eval(loaded, config, out, scores, budgets=[0.34], sink=4, window=16, progress=False,
+                              share_prefill=shared)
+        assert summary["shared_prefill"] is shared
+        runs[shared] = (out, summary)
+    for a, b in zip(runs[True][1]["rows"], runs[False][1]["rows"]):
+        assert (a["policy"], a["samples"], a["kv_bytes"], a["mean_score"]) == (b["policy"], b["samples"], b["kv_bytes"], b["mean_score"])
+    for run in (runs[True][0] / "retrieval-0.34").glob("L*"):
+        other = runs[False][0] / "retrieval-0.34" / run.name
+        for name in ("results.jsonl", "kv_samples.jsonl"):
+            mine = sorted((json.loads(l) for l in (run / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
+            theirs = sorted((json.loads(l) for l in (other / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
+            assert mine == theirs, name
+        assert json.loads((run / "summary.json").read_text())["timing"]["prefill_shared_by"] == 4

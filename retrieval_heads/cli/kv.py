@@ -30,8 +30,12 @@ class KvEval(Command):
                             "(the default: keeps accuracy, but the prefill still peaks at a full cache)")
         g.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
         g.add_argument("--seed", type=int, default=0, help="seed of the random-heads baseline")
+        g.add_argument("--prefill-per-condition", action="store_true",
+                       help="prefill every prompt again for each condition (with --prefill full one prefill per prompt "
+                            "serves every condition by default); each condition then runs in its own process, so its "
+                            "peak RSS is its own")
         g.add_argument("--no-isolate", action="store_true",
-                       help="run every condition in this process (faster; peak RSS then carries over between conditions)")
+                       help="with a prefill per condition, run them all in this process (peak RSS then carries over)")
 
     def run(self, args) -> int:
         from ..errors import UserError
@@ -47,7 +51,8 @@ class KvEval(Command):
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, prefill=args.prefill, seed=args.seed,
-                              isolate=not args.no_isolate, resume=args.resume, overwrite=args.overwrite,
+                              isolate=not args.no_isolate,
+                              share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, prefill {args.prefill}")
         headers = ["policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "peak RSS MB", "decode tok/s"]
