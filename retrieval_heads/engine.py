@@ -132,6 +132,7 @@ class Engine:
                 truncate_cache(cache, len(prompt_ids) - 1)
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
+    @torch.no_grad()
     def prefill(self, ids: list[int], room: int = 0):
         """KV cache of ``ids`` (reusing the previous prompt's prefix), with ``room`` more positions reserved.
 
@@ -224,6 +225,7 @@ class Engine:
         empty = torch.zeros((0, self.num_layers, 0), dtype=torch.long)
         return [Generation(g, torch.stack(t) if t else empty) for g, t in zip(generated, top1)]
 
+    @torch.no_grad()
     def decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
         """Greedy decoding from ``cache`` (holding ``prompt_ids[:-1]``), starting with the last prompt token."""
         self.control.probe = probe

@@ -7,7 +7,7 @@ import torch
 from conftest import build_tiny
 
 from retrieval_heads.engine import Engine, common_prefix_length
-from retrieval_heads.hooks import attention_control
+from retrieval_heads.hooks import AttentionControl, attention_control
 
 
 def never_stop(_token: int) -> bool:
@@ -107,3 +107,14 @@ def test_preallocated_layer_matches_dynamic_layer_and_grows():
     step = torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4)
     assert all(torch.equal(e, g) for e, g in zip(plain.update(*step), grown.update(*step)))
     assert grown.get_seq_length() == plain.get_seq_length() == 10
+
+
+def test_prefill_and_decode_track_no_gradients():
+    """Called directly (as kv-eval does), they must not build an autograd graph: it holds every activation."""
+    model = build_tiny("llama")
+    engine = Engine(model, AttentionControl(), stop=lambda token: False)
+    ids = list(range(3, 40))
+    cache = engine.prefill(ids[:-1])
+    assert not any(layer.keys.requires_grad for layer in cache.layers)
+    generation = engine.decode(cache, ids, 3, probe=False)
+    assert len(generation.generated_ids) == 3 and not cache.layers[0].keys.requires_grad
