@@ -1,9 +1,11 @@
 """``kv-eval``: NIAH accuracy against KV bytes for head-wise caches and their same-budget baselines.
 
 For every condition (``full``; then ``retrieval``, ``random`` and ``uniform`` at each budget) and
-every context length, one ordinary NIAH run (``run_niah`` with a ``cache_factory``) goes to
-``OUT/<condition>/L<length>/``. Each length gets its own run because the ``uniform`` baseline sizes
-its window from the context length so its bytes match the budget. Next to each run:
+every context length, one NIAH run goes to ``OUT/<condition>/L<length>/``. Each length gets its own
+run because the ``uniform`` baseline sizes its window from the context length so its bytes match the
+budget. With ``prefill="full"`` (the default) the prefill is the same under every plan, so each prompt
+is prefilled once and every condition decodes from its own head-wise copy (``kvshared``); otherwise
+each condition is an ordinary ``run_niah`` with a ``cache_factory``. Next to each run:
 
     kv_plan.json     the plan (refuses to resume under a different plan)
     kv_samples.jsonl one line per finished sample: tokens, stored and dense-equivalent KV bytes,
@@ -12,9 +14,10 @@ its window from the context length so its bytes match the budget. Next to each r
                      the peak RSS of the process that ran them
 
 ``OUT/summary.json`` holds ``rows``, one per (policy, budget), and ``OUT/kv_frontier.png`` the
-frontier. With ``isolate`` every condition runs in a fresh spawned process so its peak RSS is its own
-(model load included); in-process the peak is reset through ``/proc/self/clear_refs`` where Linux
-allows it and includes allocator memory kept from earlier conditions.
+frontier. With a prefill per condition and ``isolate``, every condition runs in a fresh spawned
+process so its peak RSS is its own (model load included); in-process the peak is reset through
+``/proc/self/clear_refs`` where Linux allows it and includes allocator memory kept from earlier
+conditions (with a shared prefill every row reports the one process's peak).
 """
 
 from __future__ import annotations
