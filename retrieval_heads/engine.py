@@ -109,6 +109,7 @@ class Engine:
         self._cache = None
         self._cached_ids: list[int] = []
         self._cache_tag = None
+        self._batch_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # reused by every decoding batch
 
     @property
     def device(self):
@@ -143,9 +144,9 @@ class Engine:
         reuse = 0
         if self.share_prefix and self._cache is not None:
             reuse = common_prefix_length(self._cached_ids, ids) // self.chunk_size * self.chunk_size
-        if reuse == 0:
+        if reuse == 0 and not (self.share_prefix and self._cache is not None):
             self._cache = self.cache_factory()
-        else:
+        else:  # keep the buffers: reallocating them each prompt fragments the heap (peak RSS)
             truncate_cache(self._cache, reuse)
         reserve(self._cache, len(ids) + room)
         self._cached_ids = list(ids)
@@ -178,7 +179,9 @@ class Engine:
             return [self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag) for p in prompts]
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
-        batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1, extra=max_new_tokens)
+        batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1, extra=max_new_tokens,
+                                spare=self._batch_buffers)
+        self._batch_buffers = batch.buffers
         for row, ids in enumerate(prompts):
             batch.write(row, self.prefill(ids[:-1]))
         start = time.perf_counter()
@@ -257,29 +260,43 @@ class LeftPaddedBatch:
     Args:
         size: number of prompts B; longest: the longest prefilled length T; extra: decode steps to
             make room for (more still work, by growing the buffers).
+        spare: buffers of an earlier batch, per layer, used again (as views) where they are big
+            enough. Their pad positions then hold stale keys instead of zeros: finite values that
+            the attention mask hides, so outputs do not change.
     """
 
-    def __init__(self, size: int, longest: int, extra: int = 0):
+    def __init__(self, size: int, longest: int, extra: int = 0, spare: list | None = None):
         self.size, self.longest, self.capacity = size, longest, longest + extra
-        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (B, Hkv, T + extra, D)
+        self.spare = spare or []
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (>= B, Hkv, >= T + extra, D)
 
     def write(self, row: int, cache) -> None:
         """Copy ``cache``'s keys and values, (1, Hkv, T_row, D) per layer, to end at position T of ``row``."""
         for index, layer in enumerate(cache.layers):
             keys, values = layer.keys, layer.values
             if index == len(self.buffers):
-                shape = (self.size, keys.shape[1], self.capacity, keys.shape[3])
-                self.buffers.append((keys.new_zeros(shape), values.new_zeros(shape)))
+                self.buffers.append(self._allocate(index, keys, values))
             start = self.longest - keys.shape[2]
             self.buffers[index][0][row, :, start:self.longest] = keys[0]
             self.buffers[index][1][row, :, start:self.longest] = values[0]
 
+    def _allocate(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s buffers: the spare ones if they fit (same dtype and head shape), else new zeros."""
+        shape = (self.size, keys.shape[1], self.capacity, keys.shape[3])
+        if index < len(self.spare):
+            k, v = self.spare[index]
+            fits = k.shape[1] == shape[1] and k.shape[3] == shape[3] and k.dtype == keys.dtype and k.device == keys.device
+            if fits and k.shape[0] >= shape[0] and k.shape[2] >= shape[2]:
+                return k, v
+        return keys.new_zeros(shape), values.new_zeros(shape)
+
     def cache(self):
-        """A ``DynamicCache`` whose layers are views of the buffers (no copy)."""
+        """A ``DynamicCache`` whose layers are views of the first B rows and ``T + extra`` positions of the buffers."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        cache.layers = [PreallocatedLayer.over(k, v, self.longest) for k, v in self.buffers]
+        rows, room = self.size, self.capacity
+        cache.layers = [PreallocatedLayer.over(k[:rows, :, :room], v[:rows, :, :room], self.longest) for k, v in self.buffers]
         return cache
 
 

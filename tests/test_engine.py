@@ -86,6 +86,22 @@ def test_batched_decoding_matches_one_at_a_time():
         assert mismatch == 0, f"{mismatch} top-1 positions differ"
 
 
+
+def test_later_batches_reuse_buffers_with_unchanged_results():
+    """A shorter batch after a longer one decodes in the same buffers (stale keys where it pads)."""
+    model = peaked_llama()
+    prompts = sorted(prompts_sharing_prefixes(seed=5), key=len, reverse=True)
+    with attention_control(model) as control:
+        ref = [Engine(model, control, never_stop, chunk_size=32).generate(p, max_new_tokens=5) for p in prompts]
+        engine = Engine(model, control, never_stop, chunk_size=32)
+        got = engine.generate_batch(prompts[:3], max_new_tokens=5)
+        first = engine._batch_buffers[0][0]
+        got += engine.generate_batch(prompts[3:], max_new_tokens=5)
+    assert engine._batch_buffers[0][0] is first
+    for a, b in zip(ref, got):
+        assert a.generated_ids == b.generated_ids
+        assert torch.equal(a.top1, b.top1)
+
 def test_preallocated_layer_matches_dynamic_layer_and_grows():
     from transformers.cache_utils import DynamicLayer
 
