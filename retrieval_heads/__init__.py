@@ -26,6 +26,11 @@ _API = {
     "AttentionControl": "hooks",
     "AblationMode": "hooks",
     "AblationPhase": "hooks",
+    "HeadwiseCache": "kvcache",
+    "HeadwiseAttention": "kvcache",
+    "top_fraction": "kvpolicy",
+    "eligible_layers": "kvpolicy",
+    "run_kv_eval": "kveval",
     "UserError": "errors",
 }
 
