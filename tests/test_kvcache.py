@@ -43,7 +43,15 @@ def run_chunked(model, cache, ids: torch.Tensor, chunk: int, steps: int) -> tupl
     logits = []
     for start in range(0, ids.shape[1], chunk):
         logits.append(model(input_ids=ids[:, start:start + chunk], cache=cache, use_cache=True).logits[0])
-    token, generated = logits[-1][-1].argmax().view(1, 1), []
+    if not steps:
+        return torch.cat(logits), []
+    decoded, generated = decode_steps(model, cache, logits[-1][-1].argmax().view(1, 1), steps)
+    return torch.cat([*logits, decoded]), generated
+
+@torch.no_grad()
+def decode_steps(model, cache, token: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Greedy decoding from ``cache``; (steps, vocab) logits and the tokens fed."""
+    logits, generated = [], []
     for _ in range(steps):
         generated.append(int(token))
         step = model(input_ids=token, cache=cache, use_cache=True).logits[0]
@@ -144,17 +152,6 @@ def test_other_prefill_modes_match_reference(family, prefill):
     assert set(cache.stream_lengths().values()) == {SINK + WINDOW}
 
 
-
-@torch.no_grad()
-def decode_steps(model, cache, token: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[int]]:
-    """Greedy decoding from ``cache``; (steps, vocab) logits and the tokens fed."""
-    logits, generated = [], []
-    for _ in range(steps):
-        generated.append(int(token))
-        step = model(input_ids=token, cache=cache, use_cache=True).logits[0]
-        logits.append(step)
-        token = step[-1].argmax().view(1, 1)
-    return torch.cat(logits), generated
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
