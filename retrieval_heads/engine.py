@@ -142,12 +142,11 @@ class Engine:
         """
         start = time.perf_counter()
         reuse = 0
-        if self.share_prefix and self._cache is not None:
+        if self.share_prefix and self._cache is not None:  # keep the buffers, even with nothing to reuse:
             reuse = common_prefix_length(self._cached_ids, ids) // self.chunk_size * self.chunk_size
-        if reuse == 0 and not (self.share_prefix and self._cache is not None):
+            truncate_cache(self._cache, reuse)  # reallocating them per prompt fragments the heap (peak RSS)
+        else:
             self._cache = self.cache_factory()
-        else:  # keep the buffers: reallocating them each prompt fragments the heap (peak RSS)
-            truncate_cache(self._cache, reuse)
         reserve(self._cache, len(ids) + room)
         self._cached_ids = list(ids)
         self.control.probe = False

@@ -56,8 +56,9 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, plans:
             for name, stats in _run_length(loaded, one, Path(out), {n: p[length] for n, p in plans.items()},
                                            resume=resume, overwrite=overwrite, progress=progress).items():
                 results[name]["by_length"].append(stats)
+    peak = peak_rss_mb()
     for result in results.values():
-        result["peak_rss_mb"] = peak_rss_mb()
+        result["peak_rss_mb"] = peak
     return results
 
 
