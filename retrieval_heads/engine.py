@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .hooks import AttentionControl
 
@@ -46,6 +46,18 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def reuse_blocker(cache) -> str | None:
+    """Why a prefix of ``cache`` cannot be kept and extended, or None when it can.
+
+    Key/value layers can be cut back to any position; recurrent state (linear attention, Mamba,
+    convolutions of hybrid models) summarises every token seen and cannot.
+    """
+    for layer in cache.layers:
+        if type(layer) not in (PreallocatedLayer, DynamicLayer, DynamicSlidingWindowLayer):
+            return f"{type(layer).__name__} holds recurrent state, which cannot be cut back to a shared prefix"
+    return None
 
 
 def truncate_cache(cache, length: int) -> None:
@@ -90,21 +102,26 @@ class Engine:
         model: a causal LM running under ``attention_control`` with ``control``.
         stop: ``stop(token_id) -> bool``, True for a newline or EOS token.
         chunk_size: prefill chunk (tokens); bounds activation memory and is the reuse granularity.
-        share_prefix: reuse the previous prompt's KV for the common prefix.
-        cache_factory: ``() -> Cache`` for a custom KV cache (e.g. a head-wise compressed one); such
-            caches are not truncatable, so prefix sharing is turned off.
+        share_prefix: reuse the previous prompt's KV for the common prefix (turned off, with the
+            reason in ``reuse_off``, for caches that cannot be cut back: custom or recurrent).
+        cache_factory: ``() -> Cache`` for a custom KV cache (e.g. a head-wise compressed one).
+        num_heads: width of the recorded top-1 rows (the most query heads of any layer).
     """
 
     def __init__(self, model, control: AttentionControl, stop, *, chunk_size: int = 512, share_prefix: bool = True,
-                 cache_factory=None):
+                 cache_factory=None, num_heads: int | None = None):
         self.model = model
         self.control = control
         self.stop = stop
         self.chunk_size = chunk_size
-        self.share_prefix = share_prefix and cache_factory is None
         self.cache_factory_is_default = cache_factory is None
+        probe_cache = new_cache(model, keep_past=False)
+        self.reuse_off = "a custom KV cache" if cache_factory is not None else reuse_blocker(probe_cache)
+        self.share_prefix = share_prefix and self.reuse_off is None
+        self.batchable = self.cache_factory_is_default and all(type(l) is PreallocatedLayer for l in probe_cache.layers)
         self.cache_factory = cache_factory or (lambda: new_cache(model, keep_past=self.share_prefix))
         self.num_layers = model.config.get_text_config().num_hidden_layers
+        self.num_heads = num_heads
         self.timer = PhaseTimer()
         self._cache = None
         self._cached_ids: list[int] = []
@@ -149,7 +166,7 @@ class Engine:
             self._cache = self.cache_factory()
         reserve(self._cache, len(ids) + room)
         self._cached_ids = list(ids)
-        self.control.probe = False
+        self.control.probe, self.control.decoding = False, False
         tokens = torch.tensor(ids, device=self.device).unsqueeze(0)  # (1, P-1)
         pos = reuse
         while pos < len(ids):
@@ -163,19 +180,25 @@ class Engine:
 
     @property
     def can_batch(self) -> bool:
-        """Batched decoding needs plain full-attention caches (no sliding windows, no custom cache)."""
-        types = getattr(self.model.config.get_text_config(), "layer_types", None) or []
-        return self.cache_factory_is_default and all(t == "full_attention" for t in types)
+        """Batched decoding needs plain full-attention caches (no sliding windows, recurrent state or custom cache)."""
+        return self.batchable
 
     @torch.no_grad()
-    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, *, probe: bool = True, cache_tag=None) -> list[Generation]:
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, *, probe: bool = True, cache_tag=None,
+                       on_done=None) -> list[Generation]:
         """Generate for several prompts: each prefilled on its own (sharing prefixes), then decoded together.
 
-        The prompts' caches are left-padded into one batch; a sample leaves the batch when it stops.
-        Results equal ``generate`` per prompt up to float rounding of batched kernels (see tests).
+        The prompts' caches are left-padded into one batch; a sample leaves the batch when it stops,
+        and ``on_done(index, generation)`` is called right then (so an interrupt loses no finished
+        sample). Results equal ``generate`` per prompt up to float rounding of batched kernels (see tests).
         """
+        on_done = on_done or (lambda index, generation: None)
         if len(prompts) == 1 or not self.can_batch:
-            return [self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag) for p in prompts]
+            done = []
+            for index, p in enumerate(prompts):
+                done.append(self.generate(p, max_new_tokens, probe=probe, cache_tag=cache_tag))
+                on_done(index, done[-1])
+            return done
         if cache_tag != self._cache_tag:
             self._cache, self._cache_tag = None, cache_tag
         batch = LeftPaddedBatch(len(prompts), max(len(p) for p in prompts) - 1, extra=max_new_tokens,
@@ -185,11 +208,11 @@ class Engine:
             batch.write(row, self.prefill(ids[:-1]))
         start = time.perf_counter()
         try:
-            return self._decode_batch(batch.cache(), prompts, max_new_tokens, probe)
+            return self._decode_batch(batch.cache(), prompts, max_new_tokens, probe, on_done)
         finally:
             self.timer.seconds["decode_s"] += time.perf_counter() - start
 
-    def _decode_batch(self, cache, prompts: list[list[int]], max_new_tokens: int, probe: bool) -> list[Generation]:
+    def _decode_batch(self, cache, prompts: list[list[int]], max_new_tokens: int, probe: bool, on_done) -> list[Generation]:
         lengths = torch.tensor([len(p) for p in prompts])  # P_i
         padded = int(lengths.max()) - 1
         mask = (torch.arange(padded + 1) >= (padded + 1 - lengths).unsqueeze(1)).long()  # (B, T + 1), 0 = pad
@@ -198,21 +221,30 @@ class Engine:
         alive = list(range(len(prompts)))
         generated: list[list[int]] = [[] for _ in prompts]
         top1: list[list[torch.Tensor]] = [[] for _ in prompts]
-        self.control.probe = probe
+        results: list[Generation | None] = [None] * len(prompts)
+
+        def finish(i: int) -> None:
+            results[i] = self._generation(generated[i], top1[i])
+            on_done(i, results[i])
+
+        self.control.probe, self.control.decoding = probe, True
         try:
             for step in range(max_new_tokens):
                 out = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device),
                                  position_ids=positions.to(self.device), cache=cache, use_cache=True)
                 next_tokens = out.logits[:, -1].argmax(dim=-1).cpu()  # (B_alive,)
-                offsets = self.control.take_top1(self.num_layers).cpu() if probe else None  # (L, B_alive, H)
+                offsets = self.control.take_top1(self.num_layers, self.num_heads).cpu() if probe else None  # (L, B_alive, H)
                 keep = []
+                last = step == max_new_tokens - 1
                 for row, i in enumerate(alive):
                     generated[i].append(int(next_tokens[row]))
                     if probe:
                         top1[i].append(offsets[:, row] + int(lengths[i]) + step)
-                    if not self.stop(generated[i][-1]):
+                    if last or self.stop(generated[i][-1]):
+                        finish(i)
+                    else:
                         keep.append(row)
-                if not keep or step == max_new_tokens - 1:
+                if not keep:
                     break
                 if len(keep) < len(alive):
                     rows = torch.tensor(keep)
@@ -223,30 +255,32 @@ class Engine:
                 positions = positions + 1
                 tokens = next_tokens.unsqueeze(1)
         finally:
-            self.control.probe = False
+            self.control.probe, self.control.decoding = False, None
+        return [r if r is not None else self._generation(g, t) for r, g, t in zip(results, generated, top1)]
+
+    def _generation(self, generated: list[int], top1: list[torch.Tensor]) -> Generation:
         empty = torch.zeros((0, self.num_layers, 0), dtype=torch.long)
-        return [Generation(g, torch.stack(t) if t else empty) for g, t in zip(generated, top1)]
+        return Generation(generated, torch.stack(top1).cpu() if top1 else empty)
 
     @torch.no_grad()
     def decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
         """Greedy decoding from ``cache`` (holding ``prompt_ids[:-1]``), starting with the last prompt token."""
-        self.control.probe = probe
+        self.control.probe, self.control.decoding = probe, True
         token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
         generated, top1 = [], []
         try:
             for step in range(max_new_tokens):
                 logits = self.model(input_ids=token, cache=cache, use_cache=True).logits  # (1, 1, V)
                 if probe:
-                    offsets = self.control.take_top1(self.num_layers)[:, 0]  # (L, H), negative
+                    offsets = self.control.take_top1(self.num_layers, self.num_heads)[:, 0]  # (L, H), negative
                     top1.append(offsets + (len(prompt_ids) + step))
                 token = logits[:, -1].argmax(dim=-1, keepdim=True)
                 generated.append(int(token))
                 if self.stop(generated[-1]):
                     break
         finally:
-            self.control.probe = False
-        stacked = torch.stack(top1).cpu() if top1 else torch.zeros((0, self.num_layers, 0), dtype=torch.long)
-        return Generation(generated, stacked)
+            self.control.probe, self.control.decoding = False, None
+        return self._generation(generated, top1)
 
 
 class LeftPaddedBatch:
@@ -280,14 +314,18 @@ class LeftPaddedBatch:
             self.buffers[index][1][row, :, start:self.longest] = values[0]
 
     def _allocate(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``index``'s buffers: the spare ones if they fit (same dtype and head shape), else new zeros."""
-        shape = (self.size, keys.shape[1], self.capacity, keys.shape[3])
+        """Layer ``index``'s buffers: the spare ones if they fit (same dtype and head shapes), else new zeros.
+
+        Keys and values get their own head sizes: multi-head latent attention caches keys of
+        ``qk_nope + qk_rope`` dims and values of ``v_head_dim``.
+        """
+        key_shape = (self.size, keys.shape[1], self.capacity, keys.shape[3])
+        value_shape = (self.size, values.shape[1], self.capacity, values.shape[3])
         if index < len(self.spare):
             k, v = self.spare[index]
-            fits = k.shape[1] == shape[1] and k.shape[3] == shape[3] and k.dtype == keys.dtype and k.device == keys.device
-            if fits and k.shape[0] >= shape[0] and k.shape[2] >= shape[2]:
+            if _fits(k, key_shape, keys) and _fits(v, value_shape, values):
                 return k, v
-        return keys.new_zeros(shape), values.new_zeros(shape)
+        return keys.new_zeros(key_shape), values.new_zeros(value_shape)
 
     def cache(self):
         """A ``DynamicCache`` whose layers are views of the first B rows and ``T + extra`` positions of the buffers."""
@@ -297,6 +335,12 @@ class LeftPaddedBatch:
         rows, room = self.size, self.capacity
         cache.layers = [PreallocatedLayer.over(k[:rows, :, :room], v[:rows, :, :room], self.longest) for k, v in self.buffers]
         return cache
+
+
+def _fits(buffer: torch.Tensor, shape: tuple, like: torch.Tensor) -> bool:
+    """A spare (B', H, T', D) buffer can hold ``shape``: same heads, head size, dtype and device, no smaller."""
+    return (buffer.shape[1] == shape[1] and buffer.shape[3] == shape[3] and buffer.dtype == like.dtype
+            and buffer.device == like.device and buffer.shape[0] >= shape[0] and buffer.shape[2] >= shape[2])
 
 
 class PreallocatedLayer(DynamicLayer):

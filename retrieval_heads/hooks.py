@@ -1,12 +1,16 @@
-"""The registered attention function: per-head top-1 probe and head ablation, on stock transformers.
+"""The registered attention function: per-head top-1 probe and head ablation, around the model's own kernel.
 
 ``attention_control(model, control)`` registers one function through transformers'
-``AttentionInterface`` (plus the matching mask function through ``AttentionMaskInterface``),
-switches the model to it, and restores the model's own implementation on exit. The function
-delegates the real attention to the model's built-in backend (SDPA, or eager where SDPA cannot
-express the model, e.g. logit soft-capping) and, when asked:
+``AttentionInterface`` (plus the mask function of the implementation the model was loaded with,
+through ``AttentionMaskInterface``), switches the model to it, and restores the model's own
+implementation on exit. The function wraps the kernel the model was loaded with (``sdpa``,
+``eager`` from the model's own modeling file, ``flash_attention_2``, ``flex_attention``, a
+kernels-hub function, or another wrapper such as the head-wise KV cache's), so observing a model
+never changes it: soft-caps, sinks and biases stay with the kernel that handles them. When asked it:
 
-* records, for the last query row, each query head's top-1 key from ``q.k^T * scale + mask``;
+* records, for the last query row, each query head's top-1 key of the attention logits, computed
+  as the model computes them: ``q.k^T * scale``, soft-capped, plus any additive ``position_bias``,
+  restricted to the keys the mask and sliding window leave visible (sinks are not keys);
 * ablates chosen heads: ``uniform`` zeroes the head's query (uniform attention over visible keys,
   the paper's masking), ``zero`` zeroes the head's output.
 """
@@ -14,14 +18,17 @@ express the model, e.g. logit soft-capping) and, when asked:
 from __future__ import annotations
 
 import enum
+import importlib
 import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 _names = itertools.count()
+
+NO_KEY = 0  # top-1 offset recorded for layers and heads without softmax attention (never a key position)
 
 
 class AblationMode(str, enum.Enum):
@@ -34,8 +41,18 @@ class AblationMode(str, enum.Enum):
 class AblationPhase(str, enum.Enum):
     """When ablation applies."""
 
-    DECODE = "decode"  # only single-token forward passes (generation), as in the paper
+    DECODE = "decode"  # only while generating, as in the paper
     ALL = "all"  # prefill too
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """What one attention call of a layer looked like: query heads, KV heads, key and value head sizes."""
+
+    heads: int
+    kv_heads: int
+    key_dim: int
+    value_dim: int
 
 
 @dataclass
@@ -48,81 +65,171 @@ class AttentionControl:
             (-1 is the query token itself). Offsets are cache-agnostic: sliding-window caches
             return only their most recent keys, but always end at the current token.
         ablate: (layers, heads) bool, heads to silence, or None.
+        decoding: set by whoever drives the model (the ``Engine``): True while generating, False
+            while prefilling. None (e.g. under ``model.generate``) infers it: one query = decoding.
+        seen: every layer that called the attention function, with the shape of its last call.
     """
 
     probe: bool = False
     ablate: torch.Tensor | None = None
     mode: AblationMode = AblationMode.UNIFORM
     phase: AblationPhase = AblationPhase.DECODE
+    decoding: bool | None = None
     top1: dict[int, torch.Tensor] = field(default_factory=dict)
+    seen: dict[int, CallShape] = field(default_factory=dict)
+
+    def is_decoding(self, q_len: int) -> bool:
+        return self.decoding if self.decoding is not None else q_len == 1
 
     def ablated_heads(self, layer: int, q_len: int) -> torch.Tensor | None:
         """Indices of the heads to silence in ``layer`` for a call with ``q_len`` queries, or None."""
-        if self.ablate is None or (self.phase is AblationPhase.DECODE and q_len != 1):
+        if self.ablate is None or (self.phase is AblationPhase.DECODE and not self.is_decoding(q_len)):
+            return None
+        if layer >= self.ablate.shape[0]:
             return None
         heads = self.ablate[layer].nonzero().flatten()
         return heads if heads.numel() else None
 
-    def take_top1(self, num_layers: int) -> torch.Tensor:
-        """Pop the recorded offsets as a (layers, batch, heads) tensor."""
-        stacked = torch.stack([self.top1[i] for i in range(num_layers)])
+    def take_top1(self, num_layers: int, num_heads: int | None = None) -> torch.Tensor:
+        """Pop the recorded offsets as a (layers, batch, heads) tensor.
+
+        Layers that recorded nothing (no softmax attention: linear-attention, Mamba or convolution
+        layers of hybrid models) and heads beyond a layer's own head count hold ``NO_KEY``.
+        """
+        if not self.top1:
+            raise RuntimeError("no attention layer recorded a top-1 key: is the model running under attention_control?")
+        some = next(iter(self.top1.values()))
+        width = num_heads or max(t.shape[1] for t in self.top1.values())
+        out = torch.full((num_layers, some.shape[0], width), NO_KEY, dtype=torch.long, device=some.device)
+        for layer, offsets in self.top1.items():
+            out[layer, :, : offsets.shape[1]] = offsets
         self.top1.clear()
-        return stacked
+        return out
 
 
-def last_row_top1(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
+def last_row_logits(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float, *,
+    softcap: float | None = None, position_bias: torch.Tensor | None = None, sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Top-1 key of the last query row for every query head.
+    """Attention logits of the last query row of every query head, invisible keys at -inf.
 
     Args:
         query: (B, H, Q, D); key: (B, Hkv, K, D) with H a multiple of Hkv (grouped-query attention:
             query head h reads KV head h // (H // Hkv)).
-        mask: None (every key visible), bool (B|1, 1|H, Q, K) with True = visible, or additive float.
+        mask: None (causal, every key visible to the last row), bool (B|1, 1|H, Q, K) with
+            True = visible, additive float (B|1, 1|H, Q, K), or a (B, K) padding mask (1 = token).
+        softcap: logits become ``softcap * tanh(logits / softcap)`` (Gemma 2).
+        position_bias: additive (B|1, H|1, Q, K) bias (relative-position models).
+        sliding_window: with no 4-D mask, only the last ``sliding_window`` keys are visible.
     Returns:
-        (B, H) int64 offsets from the end of the key sequence, in [-K, -1].
+        (B, H, K) float32.
     """
     b, h, _, d = query.shape
     hkv, k_len = key.shape[1], key.shape[2]
     q = query[:, :, -1, :].reshape(b, hkv, h // hkv, d).float()  # (B, Hkv, R, D)
-    scores = torch.einsum("bgrd,bgkd->bgrk", q, key.float()).reshape(b, h, k_len) * scaling  # (B, H, K)
-    if mask is not None:
+    logits = torch.einsum("bgrd,bgkd->bgrk", q, key.float()).reshape(b, h, k_len) * scaling  # (B, H, K)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if position_bias is not None:
+        logits = logits + position_bias[..., -1, -k_len:].float()
+    if mask is not None and mask.dim() == 4:
         row = mask[:, :, -1, -k_len:]  # (B|1, 1|H, K)
-        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-    return scores.argmax(dim=-1) - k_len
+        return logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
+    if mask is not None and mask.dim() == 2:
+        logits = logits.masked_fill(~mask[:, None, -k_len:].bool(), float("-inf"))
+    if sliding_window is not None and k_len > sliding_window:
+        logits[..., : k_len - sliding_window] = float("-inf")
+    return logits
 
 
-def _base_backend(name: str):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.models.llama.modeling_llama import eager_attention_forward
+def last_row_top1(query, key, mask, scaling: float, **logit_kwargs) -> torch.Tensor:
+    """(B, H) int64 top-1 key of the last query row, as offsets from the end of the keys, in [-K, -1].
 
-    return eager_attention_forward if name == "eager" else sdpa_attention_forward
+    Arguments as ``last_row_logits``; ties go to the earliest key, as in ``argmax`` over eager weights.
+    """
+    logits = last_row_logits(query, key, mask, scaling, **logit_kwargs)
+    return logits.argmax(dim=-1) - key.shape[2]
 
 
-def controlled_attention(control: AttentionControl, base_name: str):
-    """Build the attention function bound to ``control`` (signature of transformers' interface)."""
-    base = _base_backend(base_name)
-    eager = _base_backend("eager")
+def model_kernel(module, implementation: str) -> Callable:
+    """The attention function ``module`` runs under ``implementation``, as its own forward would pick it.
+
+    ``eager`` (and any name not in the registry) is the module's own modeling file's
+    ``eager_attention_forward``, which carries the model's soft-caps and sinks.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if implementation != "eager" and implementation in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[implementation]
+    source = importlib.import_module(type(module).__module__)
+    fn = getattr(source, "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def _probe_kwargs(kwargs: dict) -> dict:
+    """The logit-changing arguments the model passed to its kernel (see ``last_row_logits``)."""
+    return {
+        "softcap": kwargs.get("softcap"),
+        "position_bias": kwargs.get("position_bias"),
+        "sliding_window": kwargs.get("sliding_window"),
+    }
+
+
+def controlled_attention(control: AttentionControl, implementation: str):
+    """Build the attention function bound to ``control``, wrapping the kernel of ``implementation``."""
+    kernels: dict[type, Callable] = {}
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        # query: (B, H, Q, D); key, value: (B, Hkv, K, D)
-        layer, q_len = module.layer_idx, query.shape[2]
-        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        # query: (B, H, Q, D); key: (B, Hkv, K, D); value: (B, Hkv, K, Dv)
+        kernel = kernels.get(type(module)) or kernels.setdefault(type(module), model_kernel(module, implementation))
+        if not isinstance(key, torch.Tensor):  # a wrapper's own key object (head-wise KV cache)
+            return kernel(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        layer, q_len = getattr(module, "layer_idx", None), query.shape[2]
+        control.seen[layer] = CallShape(query.shape[1], key.shape[1], key.shape[-1], value.shape[-1])
+        if layer is None:  # cannot be attributed to a layer (``inspect_attention`` refuses such models)
+            return kernel(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         heads = control.ablated_heads(layer, q_len)
         if heads is not None and control.mode is AblationMode.UNIFORM:
             query = query.clone()
             query[:, heads.to(query.device)] = 0
         if control.probe:
-            control.top1[layer] = last_row_top1(query, key, attention_mask, scaling)
-        needs_eager = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
-        backend = eager if needs_eager else base
-        out, weights = backend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+            control.top1[layer] = last_row_top1(query, key, attention_mask, scale, **_probe_kwargs(kwargs))
+        out, weights = kernel(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if heads is not None and control.mode is AblationMode.ZERO:
             out = out.clone()
-            out[:, :, heads.to(out.device)] = 0  # out: (B, Q, H, D)
+            out[:, :, heads.to(out.device)] = 0  # out: (B, Q, H, Dv)
         return out, weights
 
     return attention
+
+
+def register_wrapper(model, wrapper: Callable[[str], Callable], prefix: str) -> str:
+    """Register ``wrapper(current_implementation)`` and the current mask function under a fresh name.
+
+    The name keeps the wrapped implementation as a suffix, so transformers' checks on the name
+    (``"flash" in name`` for FlashAttention's unpadded inputs) still see what runs underneath.
+    Returns the name; the caller switches the model to it and unregisters it afterwards.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    current = model.config._attn_implementation or "sdpa"
+    name = f"{prefix}_{next(_names)}_{current}"
+    AttentionInterface.register(name, wrapper(current))
+    mask_name = current if current in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_name])
+    return name
+
+
+def unregister(name: str) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface._global_mapping.pop(name, None)
+    AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 @contextmanager
@@ -131,20 +238,13 @@ def attention_control(model, control: AttentionControl | None = None) -> Iterato
 
     Yields the control object, whose fields may be changed between forward passes.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     control = control or AttentionControl()
     original = model.config._attn_implementation
-    base_name = original if original in ("sdpa", "eager") else "sdpa"
-    name = f"retrieval_heads_{next(_names)}"
-    AttentionInterface.register(name, controlled_attention(control, base_name))
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base_name])
+    name = register_wrapper(model, lambda current: controlled_attention(control, current), "retrieval_heads")
     try:
         model.set_attn_implementation(name)
         yield control
     finally:
         model.set_attn_implementation(original)
-        AttentionInterface._global_mapping.pop(name, None)
-        AttentionMaskInterface._global_mapping.pop(name, None)
+        unregister(name)
         control.top1.clear()

@@ -24,8 +24,8 @@ before caching, so kept keys keep their rotation; the positions of the kept keys
 ``[0, sink)`` and ``[T - window, T)``.
 
 Attention: a layer with streaming heads hands the attention function a ``HeadwiseKV`` instead of two
-tensors. The function installed by ``HeadwiseAttention`` runs the model's backend (SDPA; the model's
-eager function for soft-capped logits) once for the full group and once for the streaming group and
+tensors. The function installed by ``HeadwiseAttention`` runs the model's own kernel (the one it was
+loaded with, ``hooks.model_kernel``) once for the full group and once for the streaming group and
 scatters the outputs back to head order; with grouped-query attention query head ``h`` follows KV
 head ``h // (H // Hkv)``. Layers without streaming heads return plain tensors, which go to the model's
 own attention function untouched, so an all-full cache reproduces ``DynamicCache`` exactly.
@@ -42,8 +42,6 @@ A layer holding both groups runs two attention calls instead of one.
 
 from __future__ import annotations
 
-import importlib
-import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,7 +49,6 @@ import numpy as np
 import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
 
-_names = itertools.count()
 PREFILL_MODES = ("lambda", "chunk", "full")
 
 
@@ -108,6 +105,7 @@ class HeadwiseLayer(CacheLayerMixin):
         self.stream_heads = torch.tensor([h for h in range(num_kv_heads) if h not in full], dtype=torch.long)
         self.cumulative_length = 0
         self._evicted = False
+        self.decoding: bool | None = None  # set by the driver (see ``HeadwiseCache.decoding``)
         self.full_keys = self.full_values = self.stream_keys = self.stream_values = None
 
     def __repr__(self):
@@ -138,7 +136,8 @@ class HeadwiseLayer(CacheLayerMixin):
             self.full_keys = _append(self.full_keys, key_states.index_select(1, self.full_heads))
             self.full_values = _append(self.full_values, value_states.index_select(1, self.full_heads))
         deferred = self.prefill == "full" and not self._evicted
-        if deferred and q == 1:  # first decode step: drop what the prefill kept
+        decoding = q == 1 if self.decoding is None else self.decoding
+        if deferred and decoding:  # first decode step: drop what the prefill kept
             self.stream_keys = self._evict(self.stream_keys, start)
             self.stream_values = self._evict(self.stream_values, start)
             self._evicted, deferred = True, False
@@ -148,7 +147,7 @@ class HeadwiseLayer(CacheLayerMixin):
         positions = torch.cat([positions, torch.arange(start, start + q)]).to(self.device)
         kv = HeadwiseKV(self.full_keys, self.full_values, keys, values, positions, self.full_heads,
                         self.stream_heads, self.sink, self.window, self.prefill)
-        if deferred and q > 1:
+        if deferred:
             self.stream_keys, self.stream_values = keys, values
         else:
             self.stream_keys, self.stream_values = self._evict(keys, start + q), self._evict(values, start + q)
@@ -266,10 +265,25 @@ class HeadwiseCache(DynamicCache):
         self.peak_kv_bytes = 0
         self.decode_steps = 0
         self._bytes = [0] * len(self.layers)
+        self._decoding: bool | None = None
+
+    @property
+    def decoding(self) -> bool | None:
+        """Phase of the next forward pass, set by whoever drives the model (the ``Engine``): True while
+        generating, False while prefilling. None infers it from the query length (1 = decoding), which
+        mistakes a one-token last prefill chunk for the first decode step."""
+        return self._decoding
+
+    @decoding.setter
+    def decoding(self, value: bool | None) -> None:
+        self._decoding = value
+        for layer in self.layers:
+            if isinstance(layer, HeadwiseLayer):
+                layer.decoding = value
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        if layer_idx == 0 and key_states.shape[-2] == 1:
+        if layer_idx == 0 and is_decode_step(self, key_states):
             self.decode_steps += 1
         self._bytes[layer_idx] = layer_bytes(self.layers[layer_idx])
         self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._bytes))
@@ -311,6 +325,12 @@ class HeadwiseCache(DynamicCache):
         """Tokens held per streaming head, by layer (only layers with streaming heads)."""
         return {i: l.stream_keys.shape[-2] for i, l in enumerate(self.layers)
                 if isinstance(l, HeadwiseLayer) and l.stream_keys is not None}
+
+
+def is_decode_step(cache, key_states: torch.Tensor) -> bool:
+    """Whether ``cache`` is being updated by a decode step (its ``decoding`` flag, else one new token)."""
+    flag = getattr(cache, "decoding", None)
+    return key_states.shape[-2] == 1 if flag is None else flag
 
 
 def layer_bytes(layer) -> int:
@@ -358,9 +378,13 @@ def streaming_mask(mask: torch.Tensor | None, positions: torch.Tensor, q_len: in
     return _as_additive(visible, dtype) if additive else visible
 
 
-def headwise_attention_forward(inner, *, eager_default: bool = False):
-    """Wrap the attention function ``inner``: plain tensors go to it; a ``HeadwiseKV`` runs per group."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def headwise_attention_forward(inner, kernel_name: str):
+    """Wrap the attention function ``inner``: plain tensors go to it; a ``HeadwiseKV`` runs per group.
+
+    Each group runs on the model's own kernel for ``kernel_name`` (``hooks.model_kernel``: SDPA, the
+    modeling file's eager function with its soft-caps and sinks, FlashAttention, ...).
+    """
+    from .hooks import model_kernel
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if not isinstance(key, HeadwiseKV):
@@ -368,22 +392,24 @@ def headwise_attention_forward(inner, *, eager_default: bool = False):
         # query: (B, H, Q, D); key.full_*: (B, F, K, D); key.stream_*: (B, S, n, D)
         b, h, q_len, d = query.shape
         n_rep = module.num_key_value_groups
-        eager = eager_default or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
-        backend = _eager_for(module) if eager else sdpa_attention_forward
+        kernel = model_kernel(module, kernel_name)
+        additive = kernel_name == "eager" or (attention_mask is not None and attention_mask.dtype != torch.bool)
         kwargs.pop("sliding_window", None)  # global layer
+        sinks = kwargs.pop("s_aux", None)  # (H,): per query head, split with the heads
         out = query.new_empty(b, q_len, h, value.stream_values.shape[-1])  # (B, Q, H, D)
-        if key.full_heads.numel():
-            idx = _group_queries(key.full_heads, n_rep)
-            mask = _as_additive(attention_mask, query.dtype) if eager else attention_mask
-            o, _ = backend(module, query.index_select(1, idx), key.full_keys, key.full_values, mask,
-                           scaling=scaling, dropout=dropout, **kwargs)
+
+        def run(idx, keys, values, mask):
+            extra = {"s_aux": sinks.index_select(0, idx)} if sinks is not None else {}
+            o, _ = kernel(module, query.index_select(1, idx), keys, values, mask, scaling=scaling, dropout=dropout,
+                          **kwargs, **extra)
             out.index_copy_(2, idx, o)
-        idx = _group_queries(key.stream_heads, n_rep)
+
+        if key.full_heads.numel():
+            mask = _as_additive(attention_mask, query.dtype) if additive else attention_mask
+            run(_group_queries(key.full_heads, n_rep), key.full_keys, key.full_values, mask)
         mask = streaming_mask(attention_mask, key.stream_positions, q_len, key.sink, key.window,
-                              additive=eager, dtype=query.dtype, prefill=key.prefill)
-        o, _ = backend(module, query.index_select(1, idx), key.stream_keys, key.stream_values, mask,
-                       scaling=scaling, dropout=dropout, **kwargs)
-        out.index_copy_(2, idx, o)
+                              additive=additive, dtype=query.dtype, prefill=key.prefill)
+        run(_group_queries(key.stream_heads, n_rep), key.stream_keys, key.stream_values, mask)
         return out, None
 
     return attention
@@ -393,15 +419,6 @@ def _as_additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor 
     if mask is None or mask.dtype != torch.bool:
         return mask
     return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
-
-
-def _eager_for(module):
-    """The eager attention function of ``module``'s modeling file (Gemma's soft-caps; Llama's otherwise)."""
-    source = importlib.import_module(type(module).__module__)
-    fn = getattr(source, "eager_attention_forward", None)
-    if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
-    return fn
 
 
 class HeadwiseAttention:
@@ -429,46 +446,35 @@ class HeadwiseAttention:
         return self
 
     def install(self) -> None:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from .hooks import model_kernel, register_wrapper
 
         current = self.model.config._attn_implementation
         if current in self._names:
             return
         if self._original is None:
             raise RuntimeError("HeadwiseAttention.install() runs inside its `with` block")
-        inner = _base_function(current, ALL_ATTENTION_FUNCTIONS)
-        mask_name = current if current in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"
-        name = f"retrieval_heads_kv_{next(_names)}"
-        AttentionInterface.register(name, headwise_attention_forward(inner, eager_default=current == "eager"))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask_name])
+        kernel_name = self._original
+
+        def wrapper(implementation: str):
+            def inner(module, *args, **kwargs):
+                return model_kernel(module, implementation)(module, *args, **kwargs)
+            return headwise_attention_forward(inner, kernel_name)
+
+        name = register_wrapper(self.model, wrapper, "retrieval_heads_kv")
         self._names.append(name)
         self.model.set_attn_implementation(name)
 
     def __exit__(self, *exc) -> None:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
+        from .hooks import unregister
 
         try:
             if self._original is not None:
                 self.model.set_attn_implementation(self._original)
         finally:
             for name in self._names:
-                AttentionInterface._global_mapping.pop(name, None)
-                AttentionMaskInterface._global_mapping.pop(name, None)
+                unregister(name)
             self._names.clear()
             self._original = None
-
-
-def _base_function(name: str, registry):
-    if name == "eager":
-        def eager(module, *args, **kwargs):
-            return _eager_for(module)(module, *args, **kwargs)
-        return eager
-    if name in registry:
-        return registry[name]
-    raise ValueError(f"attention implementation {name!r} is not registered")
 
 
 class HeadwiseCacheFactory:
@@ -512,11 +518,12 @@ class StatsDynamicCache(DynamicCache):
         super().__init__(*args, **kwargs)
         self.peak_kv_bytes = 0
         self.decode_steps = 0
+        self.decoding: bool | None = None  # as ``HeadwiseCache.decoding``
         self._bytes: dict[int, int] = {}
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        if layer_idx == 0 and key_states.shape[-2] == 1:
+        if layer_idx == 0 and is_decode_step(self, key_states):
             self.decode_steps += 1
         self._bytes[layer_idx] = layer_bytes(self.layers[layer_idx])
         self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._bytes.values()))
