@@ -22,6 +22,7 @@ _API = {
     "load_scores": "formats",
     "merge_runs": "merge",
     "HeadScores": "scores",
+    "StopRule": "stability",
     "attention_control": "hooks",
     "AttentionControl": "hooks",
     "AblationMode": "hooks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
+from .haystack import load_needles
 from .models import LoadedModel, ModelInfo
 from .runner import SweepRun, run_sweep
 from .scores import RETRIEVAL_THRESHOLD, HeadScores
 from .scoring import is_success, retrieval_scores, rouge1_recall
-from .sweep import SweepConfig
+from .stability import CurvePoint, StopRule, bootstrap, checkpoint_seed, measure, run_curve, successes_by_id
+from .sweep import DEFAULT_BLOCK_SIZE, SampleSpec, SweepConfig, build_grid, sample_blocks
 
-BUCKETS = (("zero", None, 0.0), ("(0, 0.1]", 0.0, 0.1), ("(0.1, 0.5]", 0.1, 0.5), ("> 0.5", 0.5, None))
+STABILITY_PLOT = "stability.png"
 
 
 @dataclass
@@ -43,20 +47,57 @@ def run_detection(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    until_stable: StopRule | None = None,
 ) -> DetectionResult:
     """Detect retrieval heads of ``loaded`` over the sweep ``config``; results go to ``out``.
 
-    Writes ``samples.jsonl`` (appended per sample), then ``head_scores.json`` (paper format) and
-    ``summary.json``; these two are also written when the run is interrupted.
+    Writes ``samples.jsonl`` (appended per sample), then ``head_scores.json`` (paper format),
+    ``summary.json`` and ``stability.png``; these are also written when the run is interrupted.
+    With ``until_stable``, the grid runs in balanced blocks (``config.block_size``, default
+    ``DEFAULT_BLOCK_SIZE``) and stops after the first block at which the rule is met; ``resume``
+    continues such a run over the rest of the grid.
     """
     results: list[DetectionResult] = []
+    watch = StabilityWatch(until_stable, (loaded.num_layers, loaded.num_heads)) if until_stable else None
+    if until_stable and not config.block_size:
+        config = dataclasses.replace(config, block_size=DEFAULT_BLOCK_SIZE)
 
     def make_record(spec, generation, inputs):
-        return _record(loaded, spec, inputs.prompts[spec.id], inputs.needles[spec.needle_index], generation)
+        record = _record(loaded, spec, inputs.prompts[spec.id], inputs.needles[spec.needle_index], generation)
+        if watch is not None:
+            watch.add(record)
+        return record
 
     run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
-              finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config)))
+              should_stop=watch, finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, until_stable)))
     return results[0]
+
+
+class StabilityWatch:
+    """``should_stop`` for ``run_sweep``: ``rule`` over the successful samples finished so far.
+
+    Records are added as they are made; at the first check, those already on disk (a resumed
+    run) are read once. Samples are taken in id order, like ``stability_summary``'s curve.
+    """
+
+    def __init__(self, rule: StopRule, shape: tuple[int, int]):
+        self.rule, self.shape = rule, shape
+        self.scores: dict[str, list | None] = {}  # id -> (layers, heads) scores, None when failed
+        self.synced = False
+        self.last: CurvePoint | None = None
+
+    def add(self, record: dict) -> None:
+        self.scores[record["id"]] = record["head_scores"] if record["success"] else None
+
+    def __call__(self, sweep: SweepRun) -> bool:
+        if not self.synced:
+            for record in sweep.run.records():
+                self.add(record)
+            self.synced = True
+        ids = sorted(i for i, s in self.scores.items() if s is not None)
+        samples = np.asarray([self.scores[i] for i in ids], dtype=np.float64).reshape(len(ids), *self.shape)
+        self.last = measure(samples, len(self.scores), self.rule)
+        return self.rule.met(self.last)
 
 
 def _record(loaded, spec, prompt, needle, generation) -> dict:
@@ -89,12 +130,18 @@ def scores_from_records(records: list[dict], shape: tuple[int, int], model: str 
     return HeadScores(samples, model=model)
 
 
-def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig) -> DetectionResult:
-    """Aggregate every finished record into ``head_scores.json`` and ``summary.json``."""
+def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stable: StopRule | None = None,
+             *, stopped_early: bool | None = None) -> DetectionResult:
+    """Aggregate every finished record into ``head_scores.json``, ``summary.json`` and ``stability.png``.
+
+    The stability fields use ``until_stable``'s rule, or the default ``StopRule`` (then with no
+    target). ``stopped_early`` defaults to ``sweep.stopped_early``.
+    """
     t0 = time.perf_counter()
     run, timing = sweep.run, sweep.timing
     records = sorted(run.records(), key=lambda r: r["id"])
-    scores = scores_from_records(records, (model.num_layers, model.num_heads), model.name)
+    shape = (model.num_layers, model.num_heads)
+    scores = scores_from_records(records, shape, model.name)
     scores.save_paper_json(run.path / "head_scores.json")
     mean = scores.mean
     summary = {
@@ -107,15 +154,88 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig) -> Detectio
         "sparsity": sparsity_counts(mean),
         "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
         "kv_head_scores": {reduce: scores.kv_view(model.num_kv_heads, reduce).round(6).tolist() for reduce in ("max", "mean")},
+        "stopped_early": sweep.stopped_early if stopped_early is None else stopped_early,
+        **stability_summary(records, grid_specs(sweep, config), config, shape, until_stable),
         "timing": timing,
     }
+    _plot_stability(run.path / STABILITY_PLOT, summary, model.name)
     timing["io_s"] += time.perf_counter() - t0
     run.write_json("summary.json", summary)
     return DetectionResult(scores, summary, run.path)
 
 
-def _progress(items, enabled: bool, already: int):
-    from tqdm.auto import tqdm
+def grid_specs(sweep: SweepRun, config: SweepConfig) -> list[SampleSpec] | None:
+    """The samples of this run's grid (its shard), or None when the needles can no longer be read."""
+    if sweep.inputs is not None:
+        return sweep.inputs.specs
+    try:
+        needles = load_needles(config.needles)
+    except UserError:
+        return None
+    return build_grid(len(needles), config.lengths, config.depths, tuple(config.shard))
 
-    postfix = {"resumed": already} if already else None
-    return tqdm(items, desc="samples", unit="sample", disable=not enabled, postfix=postfix)
+
+def stability_summary(records: list[dict], specs: list[SampleSpec] | None, config: SweepConfig,
+                      shape: tuple[int, int], until_stable: StopRule | None) -> dict:
+    """``samples_run``, ``grid_samples``, ``stability`` and ``stability_curve`` of a run's records.
+
+    The curve takes the records block by block in the balanced order of ``config``'s grid (blocks
+    of ``config.block_size``, or ``DEFAULT_BLOCK_SIZE``), whatever order they ran in. Without
+    ``until_stable``, ``target`` is None and ``stable`` says whether the default rule is met.
+    """
+    rule = until_stable or StopRule()
+    block_size = config.block_size or DEFAULT_BLOCK_SIZE
+    ids, blocks, success, samples = _in_block_order(records, specs or [], block_size, shape)
+    curve = run_curve(ids, blocks, success, samples, rule)
+    last = curve[-1] if curve else CurvePoint(0, 0, float("nan"), float("nan"))
+    chosen = samples[successes_by_id(ids, success)]  # (successes, L, H)
+    final = bootstrap(chosen, k=rule.k, draws=rule.draws, seed=checkpoint_seed(rule.seed, len(ids)))
+    top = [h for h in HeadScores(chosen).top(rule.k) if h[2] > 0]
+    return {
+        "samples_run": len(records),
+        "grid_samples": len(specs) if specs is not None else None,
+        "stability": {
+            "k": rule.k, "target": until_stable.stability if until_stable else None,
+            "min_successes": rule.min_successes, "draws": rule.draws, "seed": rule.seed, "block_size": block_size,
+            **_point_dict(last), "stable": rule.met(last), "top_heads": final.head_intervals(top),
+        },
+        "stability_curve": [_point_dict(p) for p in curve],
+    }
+
+
+def _in_block_order(records: list[dict], specs: list[SampleSpec], block_size: int, shape: tuple[int, int]):
+    """(ids, blocks, success, samples (n, L, H)) of ``records`` sorted by block, then id.
+
+    Records outside the grid go into one block after the last.
+    """
+    block_of = sample_blocks(specs, block_size)
+    after = max(block_of.values(), default=0) + 1
+    ordered = sorted(records, key=lambda r: (block_of.get(r["id"], after), r["id"]))
+    ids = [r["id"] for r in ordered]
+    samples = np.asarray([r["head_scores"] for r in ordered], dtype=np.float64).reshape(len(ordered), *shape)
+    return ids, [block_of.get(i, after) for i in ids], [bool(r["success"]) for r in ordered], samples
+
+
+def _point_dict(point: CurvePoint) -> dict:
+    """A curve point for JSON: NaN (no successful sample yet) as None."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in point.to_dict().items()}
+
+
+def stop_rule_of(summary: dict) -> StopRule | None:
+    """The ``until_stable`` rule a run's summary records, or None when it ran without one."""
+    info = summary.get("stability") or {}
+    if info.get("target") is None:
+        return None
+    return StopRule(k=info["k"], stability=info["target"], min_successes=info["min_successes"],
+                    draws=info["draws"], seed=info["seed"])
+
+
+def _plot_stability(path: Path, summary: dict, name: str) -> None:
+    """``stability.png`` from the summary's curve (nothing when there is no curve)."""
+    from .plots import stability_plot
+
+    curve, info = summary["stability_curve"], summary["stability"]
+    if curve:
+        stop = summary["samples_run"] if summary["stopped_early"] else None
+        stability_plot(curve, path, k=info["k"], target=info["target"], stop=stop,
+                       title=f"{name}: stability of the detected heads")

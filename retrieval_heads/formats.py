@@ -7,8 +7,12 @@ Formats:
     csv            header ``layer,head,score[,...]``, one row per head, the mean score.
     tsv            DuoAttention's attention-pattern file: one line per layer, one tab-separated
                    value per KV head.
-CSV and TSV hold means only: they load as one "sample" with ``meta["aggregate"] = True``, and
-a TSV loads with ``meta["level"] = "kv"`` (its columns are KV heads).
+    duo            a DuoAttention pattern directory: ``full_attention_heads.tsv`` + ``config.json``
+                   (``sink_size``, ``recent_size``); see ``exports``.
+    headkv         (output only) the paper's JSON on one line, ordered and checked for HeadKV's
+                   loader; see ``exports``.
+CSV, TSV and duo hold means only: they load as one "sample" with ``meta["aggregate"] = True``, and
+TSV and duo load with ``meta["level"] = "kv"`` (their columns are KV heads).
 """
 
 from __future__ import annotations
@@ -21,19 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
+from . import exports
 from .errors import UserError
 from .scores import HeadScores
 
-FORMATS = ("json", "csv", "tsv")
+FORMATS = ("json", "csv", "tsv")  # files, told apart by suffix or content
+OUTPUT_FORMATS = (*FORMATS, "duo", "headkv")
 RUN_SCORES = "head_scores.json"
 RUN_SUMMARY = "summary.json"
 
 
 def detect_format(path: str | Path) -> str:
-    """``run``, ``json``, ``csv`` or ``tsv``: by directory, then suffix, then the first line."""
+    """``run``, ``duo``, ``json``, ``csv`` or ``tsv``: by directory, then suffix, then the first line."""
     p = Path(path)
     if p.is_dir():
-        return "run"
+        is_duo = (p / exports.DUO_SCORES).is_file() and not (p / RUN_SCORES).is_file()
+        return "duo" if is_duo else "run"
     if not p.exists():
         raise UserError(f"score file not found: {p}")
     suffix = p.suffix.lower().lstrip(".")
@@ -51,13 +58,14 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_scores(path: str | Path, *, num_kv_heads: int | None = None) -> HeadScores:
-    """Head scores from a run directory or a json/csv/tsv file (see the module docstring).
+    """Head scores from a run or DuoAttention directory or a json/csv/tsv file (see the module docstring).
 
     ``num_kv_heads`` overrides or supplies ``meta["num_kv_heads"]``; it is checked against the
     file. Raises UserError, naming the file and line, on anything malformed.
     """
     fmt = detect_format(path)
-    loader = {"run": load_run_dir, "json": load_paper_json, "csv": load_csv, "tsv": load_tsv}[fmt]
+    loader = {"run": load_run_dir, "duo": load_duo_dir, "json": load_paper_json, "csv": load_csv,
+              "tsv": load_tsv}[fmt]
     scores = loader(Path(path))
     scores.meta.setdefault("format", fmt)
     scores.meta.setdefault("source", str(path))
@@ -155,21 +163,42 @@ def load_tsv(path: Path) -> HeadScores:
     return HeadScores(kv[None], model=path.stem, meta=meta)
 
 
-def save_scores(scores: HeadScores, path: str | Path, fmt: str | None = None, *,
-                num_kv_heads: int | None = None) -> Path:
-    """Write ``scores`` as json, csv or tsv (default: from the suffix); returns the path.
+def load_duo_dir(path: Path) -> HeadScores:
+    """A DuoAttention pattern directory as KV-level scores; ``meta`` gains ``sink_size``, ``recent_size``."""
+    config = exports.read_duo_config(path)
+    scores = load_tsv(path / exports.DUO_SCORES)
+    ours = config.get("retrieval_heads")
+    model = config.get("model_name") or (ours.get("model") if isinstance(ours, dict) else None) or path.name
+    scores.model = str(model)
+    scores.meta.update(format="duo", source=str(path), sink_size=config["sink_size"],
+                       recent_size=config["recent_size"])
+    return scores
 
-    The TSV holds one value per KV head, the max over its query-head group; it needs the number of
-    KV heads (``num_kv_heads`` or ``meta["num_kv_heads"]``). DuoAttention clips values to [0, 1].
+
+def save_scores(scores: HeadScores, path: str | Path, fmt: str | None = None, *,
+                num_kv_heads: int | None = None, sink: int | None = None, recent: int | None = None) -> Path:
+    """Write ``scores`` as json, csv, tsv, duo or headkv (default: from the suffix); returns the path.
+
+    tsv and duo hold one value per KV head, the max over its query-head group; they need the number
+    of KV heads (``num_kv_heads`` or ``meta["num_kv_heads"]``). duo writes the directory ``path``
+    with ``sink``/``recent`` in its config.json (defaults ``exports.DUO_SINK``/``DUO_RECENT``);
+    DuoAttention clips values to [0, 1].
     """
     from .io import write_text_atomic
 
     p = Path(path)
     fmt = (fmt or p.suffix.lstrip(".")).lower()
     if not fmt:
-        raise UserError(f"cannot tell the output format of {p} from its name; pass --format json, csv or tsv")
-    if fmt not in FORMATS:
-        raise UserError(f"unknown score format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UserError(f"cannot tell the output format of {p} from its name; pass --format "
+                        f"{', '.join(OUTPUT_FORMATS)}")
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"unknown score format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt != "duo" and (sink is not None or recent is not None):
+        raise UserError("sink and recent sizes apply to the duo format only")
+    if fmt == "duo":
+        return save_duo(scores, p, num_kv_heads=num_kv_heads, sink=sink, recent=recent)
+    if fmt == "headkv":
+        return exports.write_headkv(scores, p)
     if fmt == "json":
         if scores.meta.get("level") == "kv":
             raise UserError("KV-level scores (from a TSV) cannot be written as the paper's per-head JSON")
@@ -180,6 +209,21 @@ def save_scores(scores: HeadScores, path: str | Path, fmt: str | None = None, *,
         text = to_tsv(kv_level(scores, num_kv_heads))
     write_text_atomic(p, text)
     return p
+
+
+def save_duo(scores: HeadScores, directory: Path, *, num_kv_heads: int | None = None,
+             sink: int | None = None, recent: int | None = None) -> Path:
+    """A DuoAttention pattern directory of ``scores``' KV-head view (max over each group)."""
+    kv = kv_level(scores, num_kv_heads)  # (L, KV)
+    info = {"model": scores.model, "source": scores.meta.get("source"),
+            "num_layers": kv.shape[0], "num_kv_heads": kv.shape[1]}
+    if scores.meta.get("level") != "kv":
+        info["reduce"] = "max over each KV head's query heads"
+    return exports.write_duo_pattern(
+        kv, directory, info=info,
+        sink=exports.DUO_SINK if sink is None else sink,
+        recent=exports.DUO_RECENT if recent is None else recent,
+    )
 
 
 def to_csv(scores: HeadScores) -> str:
@@ -197,7 +241,7 @@ def to_csv(scores: HeadScores) -> str:
 
 def to_tsv(kv: np.ndarray) -> str:
     """(layers, kv_heads) scores as tab-separated lines, one per layer."""
-    return "".join("\t".join(repr(float(x)) for x in row) + "\n" for row in kv)
+    return exports.duo_tsv(kv)
 
 
 def kv_level(scores: HeadScores, num_kv_heads: int | None = None, reduce: str = "max") -> np.ndarray:

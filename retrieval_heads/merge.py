@@ -57,9 +57,10 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
     sweep = SweepRun(run, inputs=None, timing=timing)
     info = ModelInfo.from_summary(first_summary)
     if records_name == "samples.jsonl":
-        from .detection import finalize
+        from .detection import finalize, stop_rule_of
 
-        return finalize(sweep, info, config).summary
+        stopped = any(summary.get("stopped_early") for *_, summary in shards)
+        return finalize(sweep, info, config, stop_rule_of(first_summary), stopped_early=stopped).summary
     from .niah import finalize
 
     identity = first_config["identity"]

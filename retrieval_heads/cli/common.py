@@ -15,6 +15,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     g.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a large model over several GPUs")
+    g.add_argument("--attn-implementation", default=None, metavar="NAME",
+                   help="attention kernel to load the model with: sdpa, eager, flash_attention_2, flex_attention or a "
+                        "kernels-hub name (default: what transformers picks for the model); the hooks wrap it")
 
 
 def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
@@ -33,6 +36,9 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
     g.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
     g.add_argument("--shard", default="0/1", help="run part i of n of the grid, e.g. 1/4")
+    g.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="run the grid in blocks of N samples, each balanced over needles, lengths and depths "
+                        "(default: 20 with detect --until-stable, else one block in prompt order, which shares most prefix)")
     g.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
     g.add_argument("--resume", action="store_true", help="skip samples already finished in --out")
     g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
@@ -79,6 +85,8 @@ def sweep_config_from_args(args) -> SweepConfig:
         raise UserError("--max-new-tokens must be at least 1")
     if args.chunk_size < 1 or args.batch_size < 1:
         raise UserError("--chunk-size and --batch-size must be at least 1")
+    if args.block_size is not None and args.block_size < 0:
+        raise UserError("--block-size must be 0 (one block) or positive")
     config = SweepConfig(
         model=args.model,
         needles=args.needles,
@@ -92,6 +100,7 @@ def sweep_config_from_args(args) -> SweepConfig:
         share_prefix=not args.no_share_prefix,
         batch_size=args.batch_size,
         shard=parse_shard(args.shard),
+        block_size=args.block_size or 0,
     )
     check_inputs(config)
     return config
@@ -101,7 +110,8 @@ def load_for(args):
     """Load the model named by ``--model`` with the device flags."""
     from ..models import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    return load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                      attn_implementation=args.attn_implementation)
 
 
 def out_dir(args, command: str) -> str:

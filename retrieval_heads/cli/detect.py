@@ -13,6 +13,7 @@ class Detect(Command):
 
     def add_arguments(self, parser):
         add_sweep_args(parser, command="detect")
+        add_stop_args(parser)
 
     def run(self, args) -> int:
         from ..detection import run_detection
@@ -22,8 +23,10 @@ class Detect(Command):
 
         config = sweep_config_from_args(args)
         out, launch = shard_for_launch(args, config, "detect")
+        rule = stop_rule_from_args(args)
         loaded = load_for(args)
-        result = run_detection(loaded, config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        result = run_detection(loaded, config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                               until_stable=rule)
         summary, scores = result.summary, result.scores
         if launch is not None:
             summary = finish(launch, args.out, merge_runs)
@@ -33,5 +36,39 @@ class Detect(Command):
         print(f"{summary['successes']}/{summary['samples']} samples retrieved the needle; "
               f"{summary['n_retrieval_heads']} of {summary['num_layers'] * summary['num_heads']} heads score > {summary['retrieval_threshold']}")
         print_top_heads(scores, k=10)
-        print(f"results in {args.out}/ (samples.jsonl, head_scores.json, summary.json)")
+        print(stability_line(summary))
+        print(f"results in {args.out}/ (samples.jsonl, head_scores.json, summary.json, stability.png)")
         return 0
+
+
+def add_stop_args(parser) -> None:
+    g = parser.add_argument_group("stopping early")
+    g.add_argument("--until-stable", action="store_true",
+                   help="stop after the first block of samples at which the top-K heads are stable under a bootstrap")
+    g.add_argument("--stable-k", type=int, default=20, metavar="K", help="size of the top-K set checked (default 20)")
+    g.add_argument("--stability", type=float, default=0.95, metavar="S",
+                   help="mean bootstrap Jaccard of the top-K set to reach (default 0.95)")
+    g.add_argument("--min-successes", type=int, default=20, metavar="N",
+                   help="never stop with fewer successful samples (default 20)")
+
+
+def stop_rule_from_args(args):
+    """The stop rule of ``--until-stable`` (None without it); bad values are a UserError."""
+    from ..stability import StopRule
+
+    if not args.until_stable:
+        return None
+    return StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes)
+
+
+def stability_line(summary: dict) -> str:
+    """One line: how stable the result is, and whether (and where) the run stopped early."""
+    info = summary["stability"]
+    if info["topk_jaccard"] is None:
+        return "stability: no successful samples yet"
+    line = (f"stability after {info['samples']} samples ({info['successes']} successful): top-{info['k']} "
+            f"{info['topk_jaccard']:.3f}, retrieval set {info['retrieval_jaccard']:.3f} (bootstrap Jaccard)")
+    if summary["stopped_early"]:
+        line += (f"; stopped early after {summary['samples_run']} of {summary['grid_samples']} samples "
+                 f"(--resume without --until-stable runs the rest)")
+    return line
