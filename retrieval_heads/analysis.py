@@ -127,13 +127,13 @@ def bucket_counts(mean: np.ndarray) -> list[Bucket]:
 def sparsity(scores: HeadScores, *, threshold: float = RETRIEVAL_THRESHOLD) -> Sparsity:
     """Bucket counts, number of retrieval heads (mean > ``threshold``) and their spread over layers."""
     mask = scores.retrieval_mask(threshold)  # (L, H)
-    n = int(mask.sum())
+    n, existing = int(mask.sum()), scores.num_applicable  # heads of layers without attention are not counted
     return Sparsity(
-        n_heads=mask.size,
+        n_heads=existing,
         n_retrieval=n,
-        percent_retrieval=100.0 * n / max(mask.size, 1),
+        percent_retrieval=100.0 * n / max(existing, 1),
         threshold=threshold,
-        buckets=bucket_counts(scores.mean),
+        buckets=bucket_counts(scores.mean[scores.applicable]),
         per_layer=[int(x) for x in mask.sum(axis=1)],
     )
 
@@ -149,10 +149,10 @@ def activation(scores: HeadScores, *, threshold: float = RETRIEVAL_THRESHOLD) ->
     """Dynamic activation: per-head active fraction, always-active heads, retrieval heads' frequency."""
     freq = active_frequency(scores)
     mean = scores.mean
-    always = np.argwhere((freq == 1.0) & (scores.num_samples > 0))  # (n, 2), row-major
+    always = np.argwhere((freq == 1.0) & (scores.num_samples > 0) & scores.applicable)  # (n, 2), row-major
     retrieval = [h for h in top_heads(scores, scores.num_layers * scores.num_heads) if h.score > threshold]
     active = scores.samples > 0  # (N, L, H)
-    nonempty = active[active.any(axis=(1, 2))]
+    nonempty = active[active.any(axis=(1, 2))][:, scores.attention_layers]  # layers with attention only
     return Activation(
         n_samples=scores.num_samples,
         frequency=freq,

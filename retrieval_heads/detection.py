@@ -123,11 +123,15 @@ def _record(loaded, spec, prompt, needle, generation) -> dict:
     }
 
 
-def scores_from_records(records: list[dict], shape: tuple[int, int], model: str | None = None) -> HeadScores:
-    """HeadScores over the successful records (the paper averages over successful samples only)."""
+def scores_from_records(records: list[dict], shape: tuple[int, int], model: str | None = None,
+                        applicable: np.ndarray | None = None) -> HeadScores:
+    """HeadScores over the successful records (the paper averages over successful samples only).
+
+    ``applicable``: (layers, heads) bool, the heads that exist (``ModelInfo.applicable``).
+    """
     matrices = [r["head_scores"] for r in records if r["success"]]
     samples = np.asarray(matrices, dtype=np.float64).reshape(len(matrices), *shape)
-    return HeadScores(samples, model=model)
+    return HeadScores(samples, model=model, applicable=applicable)
 
 
 def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stable: StopRule | None = None,
@@ -141,16 +145,17 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stabl
     run, timing = sweep.run, sweep.timing
     records = sorted(run.records(), key=lambda r: r["id"])
     shape = (model.num_layers, model.num_heads)
-    scores = scores_from_records(records, shape, model.name)
+    scores = scores_from_records(records, shape, model.name, model.applicable())
     scores.save_paper_json(run.path / "head_scores.json")
-    mean = scores.mean
+    mean = scores.mean[scores.applicable]  # (existing heads,)
     summary = {
         **model.to_summary(),
         "config": config.to_dict(),
+        **run.grid_summary(),
         "samples": len(records),
         "successes": scores.num_samples,
         "retrieval_threshold": RETRIEVAL_THRESHOLD,
-        "n_retrieval_heads": int((mean > RETRIEVAL_THRESHOLD).sum()),
+        "n_retrieval_heads": int(scores.retrieval_mask().sum()),
         "sparsity": sparsity_counts(mean),
         "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
         "kv_head_scores": {reduce: scores.kv_view(model.num_kv_heads, reduce).round(6).tolist() for reduce in ("max", "mean")},

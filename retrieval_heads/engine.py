@@ -166,7 +166,8 @@ class Engine:
             self._cache = self.cache_factory()
         reserve(self._cache, len(ids) + room)
         self._cached_ids = list(ids)
-        self.control.probe, self.control.decoding = False, False
+        self.control.probe = False
+        self._phase(self._cache, decoding=False)
         tokens = torch.tensor(ids, device=self.device).unsqueeze(0)  # (1, P-1)
         pos = reuse
         while pos < len(ids):
@@ -227,7 +228,8 @@ class Engine:
             results[i] = self._generation(generated[i], top1[i])
             on_done(i, results[i])
 
-        self.control.probe, self.control.decoding = probe, True
+        self.control.probe = probe
+        self._phase(cache, decoding=True)
         try:
             for step in range(max_new_tokens):
                 out = self.model(input_ids=tokens.to(self.device), attention_mask=mask.to(self.device),
@@ -258,6 +260,13 @@ class Engine:
             self.control.probe, self.control.decoding = False, None
         return [r if r is not None else self._generation(g, t) for r, g, t in zip(results, generated, top1)]
 
+    def _phase(self, cache, *, decoding: bool) -> None:
+        """Tell the hook and the cache which phase the next forward passes are (a one-token prefill chunk
+        is not a decode step): ``AttentionControl.decoding`` and a cache's ``decoding`` flag (head-wise caches)."""
+        self.control.decoding = decoding
+        if hasattr(cache, "decoding"):
+            cache.decoding = decoding
+
     def _generation(self, generated: list[int], top1: list[torch.Tensor]) -> Generation:
         empty = torch.zeros((0, self.num_layers, 0), dtype=torch.long)
         return Generation(generated, torch.stack(top1).cpu() if top1 else empty)
@@ -265,7 +274,8 @@ class Engine:
     @torch.no_grad()
     def decode(self, cache, prompt_ids: list[int], max_new_tokens: int, probe: bool) -> Generation:
         """Greedy decoding from ``cache`` (holding ``prompt_ids[:-1]``), starting with the last prompt token."""
-        self.control.probe, self.control.decoding = probe, True
+        self.control.probe = probe
+        self._phase(cache, decoding=True)
         token = torch.tensor([[prompt_ids[-1]]], device=self.device)  # (1, 1)
         generated, top1 = [], []
         try:

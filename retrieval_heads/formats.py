@@ -80,7 +80,11 @@ def load_run_dir(path: Path) -> HeadScores:
     if not scores_file.is_file():
         raise UserError(f"{path}: not a run directory (no {RUN_SCORES})")
     summary = read_summary(path)
-    scores = load_paper_json(scores_file)
+    layer_heads = summary.get("layer_heads")  # hybrids: 0 for layers without attention, absent from the JSON
+    shape = (len(layer_heads), summary["num_heads"]) if layer_heads else None
+    scores = load_paper_json(scores_file, shape=shape)
+    if layer_heads and (scores.applicable.sum(axis=1) != np.asarray(layer_heads)).any():
+        raise UserError(f"{path / RUN_SUMMARY}: layer_heads {layer_heads} do not match the heads in {RUN_SCORES}")
     scores.model = summary.get("model") or path.name
     for key, actual in (("num_layers", scores.num_layers), ("num_heads", scores.num_heads)):
         if key in summary and summary[key] != actual:
@@ -105,13 +109,13 @@ def read_summary(run_dir: str | Path) -> dict:
     return data
 
 
-def load_paper_json(path: Path) -> HeadScores:
-    """The paper's ``{"layer-head": [scores]}`` file."""
+def load_paper_json(path: Path, shape: tuple[int, int] | None = None) -> HeadScores:
+    """The paper's ``{"layer-head": [scores]}`` file; ``shape`` (layers, heads) when known."""
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    scores = HeadScores.from_paper_dict(data, source=str(path), model=path.stem)
+    scores = HeadScores.from_paper_dict(data, source=str(path), model=path.stem, shape=shape)
     scores.meta.update(format="json", source=str(path))
     return scores
 

@@ -64,6 +64,8 @@ class AttentionControl:
             top-1 key of the last query row as a negative offset from the end of the key sequence
             (-1 is the query token itself). Offsets are cache-agnostic: sliding-window caches
             return only their most recent keys, but always end at the current token.
+        probe_rows: how many of the last query rows to probe; above 1, ``top1[layer]`` is
+            (batch, heads, rows), row r being query ``Q - probe_rows + r`` (teacher-forced answers).
         ablate: (layers, heads) bool, heads to silence, or None.
         decoding: set by whoever drives the model (the ``Engine``): True while generating, False
             while prefilling. None (e.g. under ``model.generate``) infers it: one query = decoding.
@@ -71,6 +73,7 @@ class AttentionControl:
     """
 
     probe: bool = False
+    probe_rows: int = 1
     ablate: torch.Tensor | None = None
     mode: AblationMode = AblationMode.UNIFORM
     phase: AblationPhase = AblationPhase.DECODE
@@ -91,7 +94,8 @@ class AttentionControl:
         return heads if heads.numel() else None
 
     def take_top1(self, num_layers: int, num_heads: int | None = None) -> torch.Tensor:
-        """Pop the recorded offsets as a (layers, batch, heads) tensor.
+        """Pop the recorded offsets as a (layers, batch, heads) tensor ((layers, batch, heads, rows) when
+        ``probe_rows`` > 1).
 
         Layers that recorded nothing (no softmax attention: linear-attention, Mamba or convolution
         layers of hybrid models) and heads beyond a layer's own head count hold ``NO_KEY``.
@@ -100,55 +104,71 @@ class AttentionControl:
             raise RuntimeError("no attention layer recorded a top-1 key: is the model running under attention_control?")
         some = next(iter(self.top1.values()))
         width = num_heads or max(t.shape[1] for t in self.top1.values())
-        out = torch.full((num_layers, some.shape[0], width), NO_KEY, dtype=torch.long, device=some.device)
+        out = torch.full((num_layers, some.shape[0], width, *some.shape[2:]), NO_KEY, dtype=torch.long, device=some.device)
         for layer, offsets in self.top1.items():
             out[layer, :, : offsets.shape[1]] = offsets
         self.top1.clear()
         return out
 
 
-def last_row_logits(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float, *,
+def query_logits(
+    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float, *, rows: int = 1,
     softcap: float | None = None, position_bias: torch.Tensor | None = None, sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """Attention logits of the last query row of every query head, invisible keys at -inf.
+    """Attention logits of the last ``rows`` query rows of every query head, invisible keys at -inf.
+
+    The queries are the last ``Q`` positions of the key sequence (the keys include the current
+    tokens), so query row ``Q - rows + r`` sits at key index ``K - rows + r``.
 
     Args:
         query: (B, H, Q, D); key: (B, Hkv, K, D) with H a multiple of Hkv (grouped-query attention:
             query head h reads KV head h // (H // Hkv)).
-        mask: None (causal, every key visible to the last row), bool (B|1, 1|H, Q, K) with
-            True = visible, additive float (B|1, 1|H, Q, K), or a (B, K) padding mask (1 = token).
+        mask: None (causal), bool (B|1, 1|H, Q, K) with True = visible, additive float
+            (B|1, 1|H, Q, K), or a (B, K) padding mask (1 = token) plus causality.
         softcap: logits become ``softcap * tanh(logits / softcap)`` (Gemma 2).
         position_bias: additive (B|1, H|1, Q, K) bias (relative-position models).
-        sliding_window: with no 4-D mask, only the last ``sliding_window`` keys are visible.
+        sliding_window: with no 4-D mask, a query sees only the keys less than this many positions back.
     Returns:
-        (B, H, K) float32.
+        (B, H, rows, K) float32.
     """
     b, h, _, d = query.shape
     hkv, k_len = key.shape[1], key.shape[2]
-    q = query[:, :, -1, :].reshape(b, hkv, h // hkv, d).float()  # (B, Hkv, R, D)
-    logits = torch.einsum("bgrd,bgkd->bgrk", q, key.float()).reshape(b, h, k_len) * scaling  # (B, H, K)
+    q = query[:, :, -rows:, :].reshape(b, hkv, h // hkv, rows, d).float()  # (B, Hkv, R, rows, D)
+    logits = torch.einsum("bgrqd,bgkd->bgrqk", q, key.float()).reshape(b, h, rows, k_len) * scaling
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if position_bias is not None:
-        logits = logits + position_bias[..., -1, -k_len:].float()
+        logits = logits + position_bias[..., -rows:, -k_len:].float()
     if mask is not None and mask.dim() == 4:
-        row = mask[:, :, -1, -k_len:]  # (B|1, 1|H, K)
-        return logits.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else logits + row.float()
-    if mask is not None and mask.dim() == 2:
-        logits = logits.masked_fill(~mask[:, None, -k_len:].bool(), float("-inf"))
-    if sliding_window is not None and k_len > sliding_window:
-        logits[..., : k_len - sliding_window] = float("-inf")
-    return logits
+        window = mask[:, :, -rows:, -k_len:]  # (B|1, 1|H, rows, K)
+        return logits.masked_fill(~window, float("-inf")) if window.dtype == torch.bool else logits + window.float()
+    k_pos = torch.arange(k_len, device=logits.device)
+    q_pos = (k_len - rows + torch.arange(rows, device=logits.device))[:, None]  # (rows, 1)
+    hidden = k_pos > q_pos  # (rows, K) causal
+    if sliding_window is not None:
+        hidden = hidden | (k_pos <= q_pos - sliding_window)
+    if mask is not None:  # (B, K) padding
+        hidden = hidden | ~mask[:, None, None, -k_len:].bool()
+    return logits.masked_fill(hidden, float("-inf"))
+
+
+def last_row_logits(query, key, mask, scaling: float, **logit_kwargs) -> torch.Tensor:
+    """(B, H, K) logits of the last query row (see ``query_logits``)."""
+    return query_logits(query, key, mask, scaling, **logit_kwargs)[:, :, -1]
 
 
 def last_row_top1(query, key, mask, scaling: float, **logit_kwargs) -> torch.Tensor:
     """(B, H) int64 top-1 key of the last query row, as offsets from the end of the keys, in [-K, -1].
 
-    Arguments as ``last_row_logits``; ties go to the earliest key, as in ``argmax`` over eager weights.
+    Arguments as ``query_logits``; ties go to the earliest key, as in ``argmax`` over eager weights.
     """
     logits = last_row_logits(query, key, mask, scaling, **logit_kwargs)
     return logits.argmax(dim=-1) - key.shape[2]
+
+
+def rows_top1(query, key, mask, scaling: float, rows: int, **logit_kwargs) -> torch.Tensor:
+    """(B, H, rows) int64 top-1 key of each of the last ``rows`` query rows, as offsets from the end of the keys."""
+    return query_logits(query, key, mask, scaling, rows=rows, **logit_kwargs).argmax(dim=-1) - key.shape[2]
 
 
 def model_kernel(module, implementation: str) -> Callable:
@@ -195,7 +215,10 @@ def controlled_attention(control: AttentionControl, implementation: str):
         if heads is not None and control.mode is AblationMode.UNIFORM:
             query = query.clone()
             query[:, heads.to(query.device)] = 0
-        if control.probe:
+        if control.probe and control.probe_rows > 1:
+            rows = min(control.probe_rows, q_len)
+            control.top1[layer] = rows_top1(query, key, attention_mask, scale, rows, **_probe_kwargs(kwargs))
+        elif control.probe:
             control.top1[layer] = last_row_top1(query, key, attention_mask, scale, **_probe_kwargs(kwargs))
         out, weights = kernel(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if heads is not None and control.mode is AblationMode.ZERO:

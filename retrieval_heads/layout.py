@@ -101,17 +101,22 @@ def inspect_attention(model) -> AttentionLayout:
     control = AttentionControl()
     device = next(model.parameters()).device
     ids = torch.tensor([[1, 2]], device=device)
-    with attention_control(model, control):
-        model(input_ids=ids, use_cache=False)
     name = architecture_name(model)
+    can_switch = getattr(model, "_can_set_attn_implementation", lambda: True)
+    if not can_switch():  # transformers knows it up front; asking it to switch would only log a warning
+        raise UserError(_bypass_message(name))
+    with attention_control(model, control):
+        try:
+            model(input_ids=ids, use_cache=False)
+        except (TypeError, ValueError) as exc:  # e.g. a multimodal model that needs an image every time
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{name} cannot run a text-only forward pass ({text}); "
+                            "it has no decoder language model to score on its own") from None
     if None in control.seen:
         raise UserError(f"{name}: its attention modules carry no layer index, so heads cannot be told apart by layer")
     seen = control.seen
     if not seen:
-        raise UserError(
-            f"{name} computes attention inside its own modules, not through transformers' attention interface, "
-            "so its heads cannot be probed or masked; architectures whose attention layers call the interface "
-            "(Llama, Qwen, Gemma, Mistral, ... ) are supported")
+        raise UserError(_bypass_message(name))
     if any(layer >= num_layers for layer in seen):
         raise UserError(f"{name}: attention layer indices {sorted(seen)} do not fit its {num_layers} layers")
     kinds = declared_kinds(model, num_layers)
@@ -122,3 +127,9 @@ def inspect_attention(model) -> AttentionLayout:
     kinds = kinds or ["attention" if i in seen else "none" for i in range(num_layers)]
     blank = lambda field: tuple(getattr(seen[i], field) if i in seen else 0 for i in range(num_layers))  # noqa: E731
     return AttentionLayout(blank("heads"), blank("kv_heads"), blank("key_dim"), blank("value_dim"), tuple(kinds))
+
+
+def _bypass_message(name: str) -> str:
+    return (f"{name} computes attention inside its own modules, not through transformers' attention interface, "
+            "so its heads cannot be probed or masked; architectures whose attention layers call the interface "
+            "(Llama, Qwen, Gemma, Mistral, DeepSeek, gpt-oss, hybrids, ...) are supported")

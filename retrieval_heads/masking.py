@@ -8,6 +8,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -25,8 +26,12 @@ class Selection(str, enum.Enum):
     EXPLICIT = "explicit"
 
 
-def parse_heads(text: str, num_layers: int, num_heads: int) -> list[Head]:
-    """``"16-19,11-15"`` -> [(16, 19), (11, 15)], each checked against the model's shape."""
+def parse_heads(text: str, num_layers: int, num_heads: int, applicable: np.ndarray | None = None) -> list[Head]:
+    """``"16-19,11-15"`` -> [(16, 19), (11, 15)], each checked against the model's shape.
+
+    ``applicable`` (layers, heads) bool: heads that exist; layers without softmax attention
+    (hybrid models) have none to mask.
+    """
     heads = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = HEAD.match(part)
@@ -35,6 +40,9 @@ def parse_heads(text: str, num_layers: int, num_heads: int) -> list[Head]:
         layer, head = int(match[1]), int(match[2])
         if layer >= num_layers or head >= num_heads:
             raise UserError(f"head '{part}' does not exist: the model has {num_layers} layers x {num_heads} heads")
+        if applicable is not None and not applicable[layer, head]:
+            raise UserError(f"head '{part}' does not exist: layer {layer} has "
+                            f"{'no softmax attention (a linear-attention, Mamba or convolution layer)' if not applicable[layer].any() else f'{int(applicable[layer].sum())} heads'}")
         heads.append((layer, head))
     if not heads:
         raise UserError("--mask-heads lists no heads")
@@ -57,14 +65,15 @@ def check_k(k: int, available: int, what: str) -> None:
 
 def top_heads(scores: HeadScores, k: int) -> list[Head]:
     """The ``k`` highest-scoring heads (ties broken by position)."""
-    check_k(k, scores.num_layers * scores.num_heads, "--mask-top")
+    check_k(k, scores.num_applicable, "--mask-top")
     return [(layer, head) for layer, head, _ in scores.top(k)]
 
 
 def random_heads(scores: HeadScores, k: int, seed: int, threshold: float = RETRIEVAL_THRESHOLD) -> list[Head]:
     """``k`` heads drawn with ``seed`` from those scoring at most ``threshold`` (non-retrieval heads)."""
     mean = scores.mean
-    pool = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if mean[l, h] <= threshold]
+    pool = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads)
+            if mean[l, h] <= threshold and scores.applicable[l, h]]
     check_k(k, len(pool), "--mask-random (non-retrieval heads)")
     return sorted(random.Random(seed).sample(pool, k))
 
@@ -109,13 +118,17 @@ class MaskPlan:
 def plan_masking(
     *, num_layers: int, num_heads: int, scores: HeadScores | None = None, mask_top: int | None = None,
     mask_random: int | None = None, mask_heads: str | None = None, seed: int = 0, per_sample: bool = False,
+    applicable: np.ndarray | None = None,
 ) -> MaskPlan:
-    """Turn the masking flags into a MaskPlan; at most one of top, random or explicit."""
+    """Turn the masking flags into a MaskPlan; at most one of top, random or explicit.
+
+    ``applicable`` (layers, heads) bool marks the heads that exist (``ModelInfo.applicable()``).
+    """
     chosen = [name for name, v in (("--mask-top", mask_top), ("--mask-random", mask_random), ("--mask-heads", mask_heads)) if v is not None]
     if len(chosen) > 1:
         raise UserError(f"choose one of {', '.join(chosen)}")
     if mask_heads is not None:
-        heads = parse_heads(mask_heads, num_layers, num_heads)
+        heads = parse_heads(mask_heads, num_layers, num_heads, applicable)
         return MaskPlan(Selection.EXPLICIT, len(heads), tuple(heads))
     if mask_top is None and mask_random is None:
         return MaskPlan()

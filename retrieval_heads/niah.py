@@ -84,6 +84,7 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: di
     summary = {
         **model.to_summary(),
         "config": config.to_dict(),
+        **sweep.run.grid_summary(),
         **masking,
         "samples": len(rows),
         "mean_score": mean,

@@ -13,6 +13,8 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Iterable, Sequence
 
 from . import analysis, plots
@@ -59,7 +61,8 @@ def write_plots(scores: HeadScores, out_dir: str | Path, *, top: int = 20,
     level = "KV head" if analysis.is_kv_level(scores) else "head"
     written = [
         Plot("Mean retrieval score of every head",
-             plots.heatmap(scores.mean, out / "heatmap.png", title=f"{name}: mean retrieval score", xlabel=level)),
+             plots.heatmap(scores.mean, out / "heatmap.png", title=f"{name}: mean retrieval score", xlabel=level,
+                          applicable=scores.applicable)),
         Plot("Heads by mean score (the paper's Fig. 3 buckets)",
              plots.bucket_histogram([b.label for b in sp.buckets], [b.count for b in sp.buckets],
                                     out / "buckets.png", title=f"{name}: heads by mean score")),
@@ -79,7 +82,8 @@ def write_plots(scores: HeadScores, out_dir: str | Path, *, top: int = 20,
         written.append(Plot(
             f"Score of each KV head (max over its {scores.num_heads // num_kv_heads} query heads)",
             plots.heatmap(scores.kv_view(num_kv_heads, "max"), out / "kv_heatmap.png",
-                          title=f"{name}: KV-head score (max over group)", xlabel="KV head")))
+                          title=f"{name}: KV-head score (max over group)", xlabel="KV head",
+                          applicable=np.repeat(scores.applicable.any(axis=1)[:, None], num_kv_heads, axis=1))))
     return written
 
 

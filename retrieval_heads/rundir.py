@@ -32,9 +32,27 @@ class RunDir:
                 )
             else:
                 self._check_identity(identity)
-        write_json_atomic(self.path / CONFIG, {"identity": identity, "config": config})
+        saved = {} if overwrite else self._saved_config()
+        write_json_atomic(self.path / CONFIG, {"identity": identity, "config": config, **grid_history(saved, config)})
         repair_jsonl(self.records_path)
         return {r["id"] for r in self.records()}
+
+    def _saved_config(self) -> dict:
+        path = self.path / CONFIG
+        if not (path.exists() and self.records_path.exists() and self.records_path.stat().st_size):
+            return {}
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def grids(self) -> list[dict]:
+        """Every grid run into this directory (``--resume`` with other lengths, depths or shard adds one)."""
+        path = self.path / CONFIG
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return saved.get("grids") or ([grid_of(saved["config"])] if "config" in saved else [])
+
+    def grid_summary(self) -> dict:
+        """``{"grids": [...]}`` for a summary when the directory holds several grids' samples, else nothing."""
+        grids = self.grids()
+        return {"grids": grids} if len(grids) > 1 else {}
 
     def _check_identity(self, identity: dict) -> None:
         path = self.path / CONFIG
@@ -59,3 +77,25 @@ class RunDir:
         target = self.path / name
         write_json_atomic(target, data)
         return target
+
+
+GRID_KEYS = ("lengths", "depths", "shard")
+
+
+def grid_of(config: dict) -> dict:
+    """The part of a sweep config that decides which samples run."""
+    return {k: config.get(k) for k in GRID_KEYS}
+
+
+def grid_history(saved: dict, config: dict) -> dict:
+    """``{"grids": [...]}`` when this run extends a directory holding another grid, else nothing.
+
+    ``config.json`` then describes every grid whose samples the directory holds, not only the last.
+    """
+    if not saved.get("config"):
+        return {}
+    grids = saved.get("grids") or [grid_of(saved["config"])]
+    new = grid_of(config)
+    if json.dumps(new) not in {json.dumps(g) for g in grids}:
+        grids = [*grids, new]
+    return {"grids": grids} if len(grids) > 1 else {}

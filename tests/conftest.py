@@ -62,3 +62,55 @@ def tiny_tokenizer():
     corpus = [default_haystack()[:60000]] + [n.needle for n in load_needles()]
     tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
+
+
+FORCED_ANSWER = "in the"  # three tokens with the newline in the tiny tokenizer
+
+
+@pytest.fixture(scope="session")
+def forced_needles(tmp_path_factory):
+    """Needles whose answers are all ``FORCED_ANSWER`` (with ``forced_answer``, every sample succeeds)."""
+    import json
+
+    path = tmp_path_factory.mktemp("needles") / "forced.jsonl"
+    subjects = ["lighthouse door", "harbour crane", "museum bench", "orchard gate"]
+    with open(path, "w", encoding="utf-8") as f:
+        for s in subjects:
+            f.write(json.dumps({"needle": f"The spare key of the {s} is kept {FORCED_ANSWER} drawer.",
+                                "question": f"Where is the spare key of the {s} kept?", "real_needle": FORCED_ANSWER}) + "\n")
+    return str(path)
+
+
+class forced_answer:
+    """Make ``model`` answer ``text`` then a newline at every decode step, whatever it attends to.
+
+    A forward hook overwrites the logits of decode steps (forward passes without ``logits_to_keep``,
+    which the engine passes only while prefilling); attention, and so the probe, run unchanged. Tiny
+    random models never retrieve a needle, so tests of aggregates use this to have successes.
+    """
+
+    def __init__(self, model, tokenizer, text: str = FORCED_ANSWER):
+        self.model, self.ids = model, tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
+        self.step, self.handles = 0, []
+
+    def _pre(self, module, args, kwargs):
+        self.decoding = "logits_to_keep" not in kwargs
+        if not self.decoding:
+            self.step = 0
+
+    def _post(self, module, args, kwargs, output):
+        if self.decoding:
+            token = self.ids[min(self.step, len(self.ids) - 1)]
+            output.logits[:, -1, :] = -1e4
+            output.logits[:, -1, token] = 1e4
+            self.step += 1
+        return output
+
+    def __enter__(self):
+        self.handles = [self.model.register_forward_pre_hook(self._pre, with_kwargs=True),
+                        self.model.register_forward_hook(self._post, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_tiny
+from conftest import build_tiny, forced_answer
 
 from retrieval_heads.detection import run_detection, scores_from_records, sparsity_counts
 from retrieval_heads.errors import UserError
@@ -26,10 +26,11 @@ def config(**kw) -> SweepConfig:
     return SweepConfig(**base)
 
 
-def test_detection_writes_every_output(loaded, tmp_path):
-    result = run_detection(loaded, config(), tmp_path, progress=False)
+def test_detection_writes_every_output(loaded, tmp_path, forced_needles):
+    with forced_answer(loaded.model, loaded.tokenizer):
+        result = run_detection(loaded, config(needles=forced_needles), tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 8 * 2 * 2
+    assert len(rows) == 4 * 2 * 2
     row = rows[0]
     for key in ("id", "model", "context_length", "prompt_tokens", "depth_percent", "needle_index", "prompt_ids",
                 "needle_span", "generated_ids", "response", "rouge1_recall", "success", "head_scores"):
@@ -39,7 +40,8 @@ def test_detection_writes_every_output(loaded, tmp_path):
     assert 0 < start < end <= row["prompt_tokens"] == len(row["prompt_ids"])
     assert abs(row["prompt_tokens"] - row["context_length"]) <= 8
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["samples"] == 32 and summary["num_kv_heads"] == 2
+    assert summary["samples"] == 16 and summary["successes"] == 16 and summary["num_kv_heads"] == 2
+    assert all(r["response"] == "in the" and r["success"] for r in rows)
     assert np.asarray(summary["kv_head_scores"]["max"]).shape == (3, 2)
     assert set(summary["timing"]) >= {"wall_s", "model_load_s", "prefill_s", "decode_s", "scoring_s", "io_s"}
     paper = json.loads((tmp_path / "head_scores.json").read_text())

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import build_tiny
+from conftest import build_tiny, forced_answer
 
 from retrieval_heads.detection import run_detection
 from retrieval_heads.errors import UserError
@@ -34,13 +34,15 @@ def test_shards_partition_the_grid():
     assert len({s.id for p in parts for s in p}) == len(full)
 
 
-def test_merged_shards_equal_a_single_run(tiny_tokenizer, tmp_path):
+def test_merged_shards_equal_a_single_run(tiny_tokenizer, tmp_path, forced_needles):
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    single = run_detection(loaded, config(), tmp_path / "single", progress=False)
-    for i in range(2):
-        run_detection(loaded, config(shard=(i, 2)), tmp_path / f"s{i}", progress=False)
+    with forced_answer(loaded.model, tiny_tokenizer):
+        single = run_detection(loaded, config(needles=forced_needles), tmp_path / "single", progress=False)
+        for i in range(2):
+            run_detection(loaded, config(needles=forced_needles, shard=(i, 2)), tmp_path / f"s{i}", progress=False)
     merged = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
-    assert merged["samples"] == single.summary["samples"] == 48
+    assert merged["samples"] == single.summary["samples"] == 24
+    assert merged["successes"] == single.summary["successes"] == 24
     assert merged["top_heads"] == single.summary["top_heads"]
     a, b = records(tmp_path / "single"), records(tmp_path / "merged")
     assert a.keys() == b.keys()

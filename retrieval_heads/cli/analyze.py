@@ -90,25 +90,6 @@ class Report(Command):
         return 0
 
 
-class Convert(Command):
-    name = "convert"
-    help = "convert head scores between a run directory, the paper's JSON, CSV and DuoAttention TSV"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("source", metavar="IN", help="run directory or .json/.csv/.tsv score file")
-        parser.add_argument("dest", metavar="OUT", help="file to write")
-        parser.add_argument("--format", choices=("json", "csv", "tsv"),
-                            help="output format (default: from OUT's suffix)")
-        _add_kv_heads(parser, extra=" (needed for tsv output)")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from ..formats import load_scores, save_scores
-
-        scores = load_scores(args.source, num_kv_heads=args.kv_heads)
-        print(save_scores(scores, args.dest, args.format))
-        return 0
-
-
 def _add_stability(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("stopping rule replay (--stability)")
     g.add_argument("--stability", action="store_true",

@@ -139,8 +139,8 @@ def add_mask_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the random head draw")
 
 
-def mask_plan_from_args(args, num_layers: int, num_heads: int):
-    """The masking flags as a MaskPlan, checked against the model's shape."""
+def mask_plan_from_args(args, num_layers: int, num_heads: int, applicable=None):
+    """The masking flags as a MaskPlan, checked against the model's shape (``applicable``: heads that exist)."""
     from ..formats import load_scores
     from ..masking import plan_masking
 
@@ -148,6 +148,7 @@ def mask_plan_from_args(args, num_layers: int, num_heads: int):
     return plan_masking(
         num_layers=num_layers, num_heads=num_heads, scores=scores, mask_top=args.mask_top,
         mask_random=args.mask_random, mask_heads=args.mask_heads, seed=args.seed, per_sample=args.random_per_sample,
+        applicable=applicable,
     )
 
 

@@ -32,7 +32,7 @@ class Niah(Command):
         config = sweep_config_from_args(args)
         out, launch = shard_for_launch(args, config, "niah")
         loaded = load_for(args)
-        plan = mask_plan_from_args(args, loaded.num_layers, loaded.num_heads)
+        plan = mask_plan_from_args(args, loaded.num_layers, loaded.num_heads, loaded.info.applicable())
         result = run_niah(loaded, config, out, plan=plan, control=control_from_args(args),
                           resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
         s = result.summary
@@ -41,6 +41,9 @@ class Niah(Command):
             if not launch.is_main:
                 return 0
         masked = s["masking"]["heads"]
+        if not s["samples"]:
+            print("no samples in this grid (or shard): nothing to score")
+            return 0
         print(f"mean score {s['mean_score']:.1f} over {s['samples']} samples; answer contained in {100 * s['contains_rate']:.0f}%")
         if s["masking"].get("per_sample"):
             print(f"masked ({s['masking']['selection']}): {s['masking']['k']} heads drawn per sample (see results.jsonl)")

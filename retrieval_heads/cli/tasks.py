@@ -55,7 +55,7 @@ class Tasks(Command):
             raise UserError("--max-new-tokens must be at least 1")
         out = out_dir(args, "tasks")
         loaded = load_for(args)
-        conditions = conditions_from_args(args, loaded.num_layers, loaded.num_heads)
+        conditions = conditions_from_args(args, loaded.num_layers, loaded.num_heads, loaded.info.applicable())
         identity = {"scores": args.scores, "items": _sha256(args.items) if args.items else None}
         summary = run_tasks(loaded, suites, conditions, out, n=args.n, seed=args.item_seed,
                             control=control_from_args(args), max_new_tokens=args.max_new_tokens, resume=args.resume,
@@ -80,7 +80,7 @@ def suites_from_args(args) -> list:
     return suites
 
 
-def conditions_from_args(args, num_layers: int, num_heads: int) -> list:
+def conditions_from_args(args, num_layers: int, num_heads: int, applicable=None) -> list:
     """``none``, then ``heads-K`` / ``top-K`` / ``random-K`` as the masking flags ask (see the epilog)."""
     from ..formats import load_scores
     from ..masking import MaskPlan, plan_masking
@@ -90,7 +90,7 @@ def conditions_from_args(args, num_layers: int, num_heads: int) -> list:
     top, rand = args.mask_top, args.mask_random
     if scores is not None and top is None and rand is None and args.mask_heads is None:
         top = rand = DEFAULT_K
-    common = dict(num_layers=num_layers, num_heads=num_heads, scores=scores, seed=args.seed)
+    common = dict(num_layers=num_layers, num_heads=num_heads, scores=scores, seed=args.seed, applicable=applicable)
     conditions = [Condition("none", MaskPlan())]
     if args.mask_heads is not None:
         plan = plan_masking(**common, mask_heads=args.mask_heads)

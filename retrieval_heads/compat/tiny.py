@@ -76,8 +76,14 @@ def _shrink(config, overrides: dict) -> None:
             _set(config, name, TOKEN_IDS.index(name))
         elif isinstance(ids, list):
             _set(config, name, [i for i in ids if i < VOCAB] or [TOKEN_IDS.index(name)])
-    if any(getattr(config, m, None) for m in MLA_MARKERS) and hasattr(config, "num_key_value_heads"):
-        config.num_key_value_heads = config.num_attention_heads
+    if any(getattr(config, m, None) for m in MLA_MARKERS):
+        _set(config, "num_key_value_heads", config.num_attention_heads)
+        _set(config, "head_dim", config.qk_rope_head_dim)  # the rotary part's size, for latent attention
+    rope = getattr(config, "rope_parameters", None)
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if isinstance(rope, dict) and head_dim and ("mrope_section" in rope or "VL" in type(config).__name__):
+        rope["mrope_section"] = mrope_section(head_dim)  # multimodal RoPE: sections sum to head_dim / 2
     layers = getattr(config, "num_hidden_layers", None)
     lists = {n: list(getattr(config, n)) for n in LAYER_LISTS if isinstance(getattr(config, n, None), (list, tuple))}
     if layers:
@@ -89,6 +95,14 @@ def _shrink(config, overrides: dict) -> None:
                 _set(config, name, [values[i] for i in keep])
     for name, value in overrides.items():
         setattr(config, name, value)
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Temporal, height and width rotary sections in the 2:3:3 proportion of Qwen-VL's [16, 24, 24]."""
+    half = head_dim // 2
+    temporal = half // 4
+    height = (half - temporal) // 2
+    return [temporal, height, half - temporal - height]
 
 
 def _set(config, name: str, value) -> None:

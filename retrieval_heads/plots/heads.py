@@ -15,11 +15,20 @@ from .style import ACCENT, CMAP, HIGHLIGHT, figure as _figure, save as _save
 
 
 def heatmap(values: np.ndarray, path: str | Path, *, title: str = "Retrieval score per head",
-            xlabel: str = "head", colorbar_label: str = "mean retrieval score") -> Path:
-    """Layer x head heatmap of ``values`` (layers, heads), layer 0 at the top."""
+            xlabel: str = "head", colorbar_label: str = "mean retrieval score",
+            applicable: np.ndarray | None = None) -> Path:
+    """Layer x head heatmap of ``values`` (layers, heads), layer 0 at the top.
+
+    ``applicable`` (layers, heads) bool: cells that are False (layers without softmax attention)
+    are hatched grey instead of coloured.
+    """
     values = np.asarray(values, dtype=np.float64)
     layers, heads = values.shape
     fig, ax = _figure((min(4 + heads * 0.18, 14), min(3 + layers * 0.16, 12)))
+    if applicable is not None and not np.asarray(applicable).all():
+        ax.set_facecolor("#d9d9d9")
+        ax.patch.set_hatch("///")
+        values = np.ma.masked_array(values, mask=~np.asarray(applicable, dtype=bool))
     image = ax.imshow(values, cmap=CMAP, aspect="auto", interpolation="nearest", vmin=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")

@@ -1,0 +1,406 @@
+"""Evaluate the grounding monitor (issue 15, parts 5 and 7) on held-out invented facts.
+
+Data: ``benchmarks/data/grounding_facts.jsonl`` (60 questions, each with three invented facts of one
+relation, e.g. three lighthouses and their keepers; the first is asked) and
+``benchmarks/data/grounding_haystack.txt`` (prose from Python's module docstrings, not the
+reference manual the heads were detected on). Each question gets its own context: a window of the
+haystack of 1000, 2000 or 3000 tokens (cycling) with the three facts inserted at three depths.
+Questions g00-g23 form the tuning split, g24-g59 the report split.
+
+Parts (``--parts``):
+  tf          teacher-forced answers: per question the true answer (short and as a sentence), two
+              fabricated values, a fabricated sentence, and a wrong extraction (the value of another
+              inserted fact). The token threshold is chosen on the tuning split; the Lookback-Lens
+              regression is trained on the tuning split; AUROCs are reported on the report split.
+  gen         the model's own greedy answers to the same questions, unmasked and with the top-20
+              retrieval heads masked while decoding, labelled by the task scorer; grounded with the
+              unmasked model.
+  extractive  the same on the built-in extractive-qa suite (task prompts), items 0-23 tuning, 24-59 report.
+  knowledge   part 7: the unmasked model's knowledge answers (capitals) grounded in their prompt
+              (do they copy from the question?), and masking (none / top-20 / random-20) on the
+              original prompt and on a variant whose answer already states the subject.
+
+Writes ``OUT/eval.json`` (every number), ``OUT/items-{tune,report}.jsonl`` (the teacher-forced items,
+usable with ``retrieval-heads ground --items``) and prints markdown tables.
+
+    python benchmarks/grounding_eval.py --scores runs/smollm2-135m/detect --out runs/smollm2-135m/grounding-eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retrieval_heads.grounding import evaluate
+from retrieval_heads.grounding.grounder import Grounder
+from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
+from retrieval_heads.grounding.prompt import answer_from_text, build_prompt, locate
+
+DATA = Path(__file__).parent / "data"
+LENGTHS = (1000, 2000, 3000)
+DEPTHS = ((20, 55, 85), (50, 15, 80), (80, 30, 60))  # (asked fact, other, other) in percent
+MASK_K = 20
+SCORES = ("grounding", "grounding x citation relevance", "mean token log-prob", "Lookback-Lens LR",
+          "copy rate of all heads", "lexical overlap")
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+def load_facts() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "grounding_facts.jsonl").read_text().splitlines() if line.strip()]
+
+
+def paragraphs() -> list[str]:
+    return [p for p in (DATA / "grounding_haystack.txt").read_text().split("\n\n") if p.strip()]
+
+
+def build_context(row: dict, index: int, paras: list[str], tokenizer) -> tuple[str, tuple[int, int]]:
+    """The question's context (a haystack window with its three facts) and the asked fact's [start, end)."""
+    from retrieval_heads.haystack import Haystack, insert_needle
+
+    length = LENGTHS[index % len(LENGTHS)]
+    start = (index * 17) % len(paras)
+    window = "\n\n".join(paras[start:] + paras[:start])
+    text = Haystack(window, tokenizer, min_tokens=length).cut(length - 120)
+    for fact, depth in sorted(zip(row["facts"], DEPTHS[index % len(DEPTHS)]), key=lambda fd: -fd[1]):
+        text, _, _ = insert_needle(text, fact, depth)  # deepest first: earlier insertions keep their depth
+    at = text.index(row["facts"][row["target"]])
+    return text, (at, at + len(row["facts"][row["target"]]))
+
+
+def tf_answers(row: dict) -> list[tuple[str, str, int]]:
+    """(kind, answer, label) of the teacher-forced answers of one question."""
+    return [("true", row["answer"], 1), ("true-sentence", row["answer_sentence"], 1),
+            *(("fabricated", f, 0) for f in row["fabricated"]),
+            ("fabricated-sentence", row["fabricated_sentence"], 0), ("wrong-extraction", row["wrong"], 0)]
+
+
+# ---- one grounded answer ------------------------------------------------------------------------------
+
+def measure(grounder: Grounder, recorder: LookbackRecorder, prompt, answer) -> dict:
+    """Everything the evaluation needs about one answer: kept keys (to re-threshold), scores, features."""
+    recorder.expect(len(prompt.ids), len(answer.ids))
+    keys, logprobs = grounder.forward(prompt.ids, answer.ids)
+    feats = recorder.features(grounder.num_layers, grounder.num_heads).numpy()
+    return {"prompt": prompt, "answer": answer, "keys": keys, "logprobs": logprobs, "lookback": feats}
+
+
+def finish(grounder: Grounder, m: dict, fact_chars: tuple[int, int] | None) -> dict:
+    """Per-answer scores at the grounder's current threshold."""
+    g = grounder.interpret(m["prompt"], m["answer"], m["keys"], m["logprobs"])
+    context, question = m["prompt"].context, m["prompt"].question
+    relevance = max((citation_relevance(question, context, s) for s in g.spans), default=0.0)
+    out = {"grounding": g.grounding or 0.0, "mean token log-prob": g.mean_logprob,
+           "copy rate of all heads": g.all_heads or 0.0,
+           "lexical overlap": evaluate.lexical_overlap(m["answer"].text, context),
+           "grounding x citation relevance": (g.grounding or 0.0) * relevance, "restated": g.restated,
+           "spans": [s.to_dict() for s in g.spans], "answer": m["answer"].text}
+    if fact_chars is not None:
+        out["cites_fact"] = any(fact_chars[0] <= s.context_start and s.context_end <= fact_chars[1] for s in g.spans)
+        out["cites_outside_fact"] = any(not (fact_chars[0] <= s.context_start and s.context_end <= fact_chars[1])
+                                        for s in g.spans)
+    return out
+
+
+def sentence_around(context: str, start: int, end: int) -> str:
+    """The sentence of ``context`` holding characters [start, end)."""
+    left = max(context.rfind(". ", 0, start), context.rfind("\n", 0, start))
+    right = [i for i in (context.find(". ", end), context.find("\n", end)) if i >= 0]
+    return context[left + 1: min(right) + 1 if right else len(context)]
+
+
+def citation_relevance(question: str, context: str, span) -> float:
+    """Share of the question's content words found in the sentence a span cites (provenance-aware check)."""
+    from retrieval_heads.failures import content_words
+
+    asked = content_words(question)
+    cited = content_words(sentence_around(context, span.context_start, span.context_end))
+    return len(asked & cited) / len(asked) if asked else 0.0
+
+
+def token_shares(m: dict, grounder: Grounder) -> tuple[np.ndarray, np.ndarray]:
+    """(R,) weighted context share and (R,) counted flag of one answer, for re-thresholding."""
+    g = grounder.interpret(m["prompt"], m["answer"], m["keys"], m["logprobs"])
+    return np.array([t.share for t in g.tokens]), np.array([t.counted for t in g.tokens])
+
+
+def grounding_at(shares: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> list[float]:
+    return [float(((s >= threshold) & c).sum() / c.sum()) if c.sum() else 0.0 for s, c in shares]
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+
+def auroc_table(rows: list[dict], groups: list[str], lookback: np.ndarray | None) -> list[dict]:
+    labels = [r["label"] for r in rows]
+    table = []
+    for name in SCORES:
+        if name == "Lookback-Lens LR":
+            if lookback is None:
+                continue
+            values = list(lookback)
+        else:
+            values = [r[name] for r in rows]
+        table.append(evaluate.auroc_row(name, values, labels, groups=groups))
+    return table
+
+
+def lookback_scores(train: list[dict], test: list[dict]) -> np.ndarray | None:
+    y = [r["label"] for r in train]
+    if len(set(y)) < 2:
+        return None
+    model = evaluate.LogisticRegression(l2=10.0).fit(np.stack([r["lookback"] for r in train]), y)
+    return model.predict_proba(np.stack([r["lookback"] for r in test]))
+
+
+def markdown(title: str, table: list[dict]) -> str:
+    lines = [f"\n**{title}**\n", "| score | AUROC | 95% CI | n (correct) |", "|---|---|---|---|"]
+    for r in table:
+        auc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        lines.append(f"| {r['score']} | {auc} | {ci} | {r['n']} ({r['positives']}) |")
+    return "\n".join(lines)
+
+
+def strip(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("lookback", "m")} for r in rows]
+
+
+# ---- parts ------------------------------------------------------------------------------------------------
+
+def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
+    """Parts tf and gen over the held-out facts; returns the raw rows (threshold applied later)."""
+    from retrieval_heads.suites import Item
+    from retrieval_heads.tasks import score
+
+    paras, tok = paragraphs(), loaded.tokenizer
+    tf, gen, files = [], [], {"tune": [], "report": []}
+    for index, row in enumerate(tqdm(facts, "held-out questions")):
+        context, fact_chars = build_context(row, index, paras, tok)
+        prompt = build_prompt(tok, context, row["question"])
+        base = {"question_id": row["id"], "split": row["split"], "tokens": len(prompt.ids), "fact_chars": fact_chars}
+        if "tf" in parts:
+            for kind, text, label in tf_answers(row):
+                m = measure(grounder, recorder, prompt, answer_from_text(tok, text))
+                tf.append({**base, "kind": kind, "label": label, "m": m, "lookback": m["lookback"]})
+                files[row["split"]].append({"id": f"{row['id']}-{kind}-{len(files[row['split']])}", "context": context,
+                                            "question": row["question"], "answer": text, "label": label, "kind": kind})
+        if "gen" in parts:
+            item = Item(row["id"], context, row["question"], (row["answer"],), tuple(other_values(row)))
+            for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
+                grounder.control.ablate = ablate
+                answer = grounder.answer(prompt)
+                grounder.control.ablate = None
+                correct, _ = score(item, answer.text)
+                if not answer.ids:
+                    continue
+                m = measure(grounder, recorder, prompt, answer)
+                gen.append({**base, "kind": condition, "label": int(correct), "m": m, "lookback": m["lookback"]})
+    for split, rows in files.items():
+        (out / f"items-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"tf": tf, "gen": gen}
+
+
+def other_values(row: dict) -> list[str]:
+    """Values of the other inserted facts (the distractors of the task scorer)."""
+    template = row["relation"]
+    pattern = re.escape(template).replace(re.escape("{S}"), "(.+?)").replace(re.escape("{V}"), "(.+?)")
+    values = []
+    for fact in row["facts"][1:]:
+        match = re.fullmatch(pattern, fact)
+        if match:
+            values.append(match.group(2) if template.index("{S}") < template.index("{V}") else match.group(1))
+    return values
+
+
+def extractive(grounder, recorder, loaded, mask, n: int = 60, tune: int = 24) -> list[dict]:
+    from retrieval_heads.suites import suite_items
+    from retrieval_heads.tasks import score
+
+    rows = []
+    for index, item in enumerate(tqdm(suite_items("extractive-qa", n), "extractive-qa")):
+        prompt = build_prompt(loaded.tokenizer, item.context, item.question, style="task")
+        for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
+            grounder.control.ablate = ablate
+            answer = grounder.answer(prompt)
+            grounder.control.ablate = None
+            correct, _ = score(item, answer.text)
+            if not answer.ids:
+                continue
+            m = measure(grounder, recorder, prompt, answer)
+            rows.append({"question_id": item.id, "split": "tune" if index < tune else "report", "kind": condition,
+                         "label": int(correct), "m": m, "lookback": m["lookback"], "fact_chars": None})
+    return rows
+
+
+def knowledge(grounder, loaded, plans: dict) -> dict:
+    """Part 7: do knowledge answers copy from the question, and masking with the subject already stated."""
+    from retrieval_heads.suites import KNOWLEDGE, Item
+    from retrieval_heads.tasks import render, score, wilson
+
+    tok = loaded.tokenizer
+    capitals = [(q, a) for q, a in KNOWLEDGE if q.startswith("What is the capital of ")]
+    results = {"n": len(capitals), "variants": {}}
+    restated, first_restated, grounded_answers = [], [], []
+    for variant in ("original", "stated"):
+        rows = {name: [] for name in plans}
+        for question, answers in tqdm(capitals, f"knowledge / {variant}"):
+            subject = question[len("What is the capital of "):-1]
+            item = Item("k", "", question, answers)
+            text = render(tok, item)
+            if variant == "stated":
+                text += f"The capital of {subject} is"
+            prompt = locate(tok, text, "", 0, question)
+            for name, ablate in plans.items():
+                grounder.control.ablate = ablate
+                answer = grounder.answer(prompt, 24)
+                grounder.control.ablate = None
+                rows[name].append(bool(answer.ids) and score(item, answer.text)[0])
+                if variant == "original" and name == "none" and answer.ids:
+                    g = grounder.ground(prompt, answer)
+                    restated.append(g.restated or 0.0)
+                    counted = [t for t in g.tokens if t.counted]
+                    first_restated.append(bool(counted) and counted[0].question_share >= grounder.threshold)
+                    if len(grounded_answers) < 5:
+                        grounded_answers.append({"answer": answer.text, "restated": g.restated,
+                                                 "tokens": [(t.text, round(t.question_share, 2)) for t in counted]})
+        known = rows["none"]
+        table = {}
+        for name, hits in rows.items():
+            kept = [h for h, k in zip(hits, known) if k]
+            table[name] = {"accuracy": sum(hits) / len(hits), "ci": wilson(sum(hits), len(hits)),
+                           "accuracy_on_known": sum(kept) / len(kept) if kept else None,
+                           "ci_on_known": wilson(sum(kept), len(kept)), "n_known": len(kept)}
+        results["variants"][variant] = table
+    results["restated_share_mean"] = float(np.mean(restated)) if restated else None
+    results["answers_opening_with_question_copy"] = float(np.mean(first_restated)) if first_restated else None
+    results["examples"] = grounded_answers
+    return results
+
+
+def tqdm(items, desc):
+    from tqdm.auto import tqdm as bar
+
+    return bar(items, desc=desc, unit="q")
+
+
+# ---- main -------------------------------------------------------------------------------------------------
+
+def evaluate_rows(grounder, rows: list[dict], threshold: float, title: str) -> tuple[list[dict], str]:
+    """AUROC table on the report split (Lookback LR trained on the tuning split) at ``threshold``."""
+    grounder.threshold = threshold
+    for r in rows:
+        r.update(finish(grounder, r["m"], r.get("fact_chars")))
+    tune = [r for r in rows if r["split"] == "tune"]
+    report = [r for r in rows if r["split"] == "report"]
+    table = auroc_table(report, [r["question_id"] for r in report], lookback_scores(tune, report))
+    return table, markdown(f"{title} (report split, n={len(report)} answers to {len({r['question_id'] for r in report})} "
+                           f"questions; Lookback LR trained on {len(tune)} tuning answers)", table)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scores", required=True)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--out", default="runs/smollm2-135m/grounding-eval")
+    parser.add_argument("--parts", default="tf,gen,extractive,knowledge")
+    parser.add_argument("--questions", type=int, default=60, help="first N held-out questions (default all 60)")
+    args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+
+    from retrieval_heads.formats import load_scores
+    from retrieval_heads.masking import head_mask, plan_masking
+    from retrieval_heads.models import load_model
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_model(args.model)
+    scores = load_scores(args.scores)
+    grounder = Grounder.from_scores(loaded, scores)
+    shape = dict(num_layers=loaded.num_layers, num_heads=loaded.num_heads, scores=scores)
+    top = head_mask(list(plan_masking(**shape, mask_top=MASK_K).heads), loaded.num_layers, loaded.num_heads)
+    rand = head_mask(list(plan_masking(**shape, mask_random=MASK_K, seed=0).heads), loaded.num_layers, loaded.num_heads)
+    recorder = LookbackRecorder()
+    report: dict = {"model": loaded.name, "heads": [f"{l}-{h}" for l, h, _ in grounder.heads], "mask_k": MASK_K}
+    text = []
+    with lookback_ratios(loaded.model, recorder):
+        raw = held_out(grounder, recorder, loaded, load_facts()[: args.questions], top, parts, out) \
+            if parts & {"tf", "gen"} else {"tf": [], "gen": []}
+        ex = extractive(grounder, recorder, loaded, top) if "extractive" in parts else []
+    if raw["tf"]:
+        tune = [r for r in raw["tf"] if r["split"] == "tune"]
+        shares = [token_shares(r["m"], grounder) for r in tune]
+        threshold, curve = evaluate.choose_threshold(lambda t: grounding_at(shares, t), [r["label"] for r in tune])
+        report["threshold"] = {"chosen": threshold, "tuning_curve": curve, "tuning_answers": len(tune)}
+    else:
+        threshold = grounder.threshold
+    report["threshold_used"] = threshold
+    for name, rows in (("teacher-forced", raw["tf"]), ("generated", raw["gen"]), ("extractive-qa", ex)):
+        if not rows:
+            continue
+        table, md = evaluate_rows(grounder, rows, threshold, name)
+        report[name] = {"auroc": table, "rows": strip(rows)}
+        text.append(md)
+        rep = [r for r in rows if r["split"] == "report"]
+        report[name]["accuracy_by_condition"] = {k: (sum(r["label"] for r in rep if r["kind"] == k),
+                                                     sum(1 for r in rep if r["kind"] == k))
+                                                 for k in sorted({r["kind"] for r in rep})}
+        report[name]["mean_grounding_by_kind"] = {k: float(np.mean([r["grounding"] for r in rep if r["kind"] == k]))
+                                                  for k in sorted({r["kind"] for r in rep})}
+        if name == "teacher-forced":
+            text.append(provenance_section(report, rep))
+        if name != "teacher-forced":
+            text.append(f"\naccuracy (report split): {report[name]['accuracy_by_condition']}; mean grounding by "
+                        f"condition: { {k: round(v, 3) for k, v in report[name]['mean_grounding_by_kind'].items()} }")
+    if "knowledge" in parts:
+        report["knowledge"] = knowledge(grounder, loaded, {"none": None, f"top-{MASK_K}": top, f"random-{MASK_K}": rand})
+        text.append(knowledge_markdown(report["knowledge"]))
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"threshold chosen on the tuning split: {threshold}")
+    print("\n".join(text))
+    print(f"\n{report['wall_seconds']} s; everything in {out}/eval.json")
+
+
+def provenance_section(report: dict, rep: list[dict]) -> str:
+    """What the citations say for true answers and wrong extractions (report split)."""
+    def rate(kind, key):
+        rows = [r for r in rep if r["kind"] == kind]
+        return sum(bool(r.get(key)) for r in rows), len(rows)
+
+    true_in, n_true = rate("true", "cites_fact")
+    wrong_in, n_wrong = rate("wrong-extraction", "cites_fact")
+    wrong_out, _ = rate("wrong-extraction", "cites_outside_fact")
+    pair = [r for r in rep if r["kind"] in ("true", "wrong-extraction")]
+    groups = [r["question_id"] for r in pair]
+    table = [evaluate.auroc_row(n, [r[n] for r in pair], [r["label"] for r in pair], groups=groups)
+             for n in ("grounding", "grounding x citation relevance", "lexical overlap", "mean token log-prob")]
+    report["teacher-forced"]["provenance"] = {"true_cites_asked_fact": [true_in, n_true],
+                                              "wrong_cites_asked_fact": [wrong_in, n_wrong],
+                                              "wrong_cites_elsewhere": [wrong_out, n_wrong], "true_vs_wrong": table}
+    return (f"\nprovenance (report split): true short answers citing a span inside the asked fact: {true_in}/{n_true}; "
+            f"wrong extractions citing inside the asked fact: {wrong_in}/{n_wrong}, elsewhere: {wrong_out}/{n_wrong}"
+            + markdown("true vs wrong extraction only", table))
+
+
+def knowledge_markdown(k: dict) -> str:
+    lines = [f"\n**knowledge QA, {k['n']} capitals**: mean share of answer tokens copied from the question "
+             f"{k['restated_share_mean']:.2f}; answers whose first counted token is copied from the question "
+             f"{k['answers_opening_with_question_copy']:.2f}\n", "| prompt | condition | accuracy | 95% CI | on items known unmasked |",
+             "|---|---|---|---|---|"]
+    for variant, table in k["variants"].items():
+        for name, row in table.items():
+            known = "-" if row["accuracy_on_known"] is None else f"{row['accuracy_on_known']:.2f} (n={row['n_known']})"
+            lines.append(f"| {variant} | {name} | {row['accuracy']:.2f} | [{row['ci'][0]:.2f}, {row['ci'][1]:.2f}] | {known} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

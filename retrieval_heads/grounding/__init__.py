@@ -1,0 +1,20 @@
+"""Grounding monitor: retrieval heads as per-token provenance and hallucination flags.
+
+``Grounder`` teacher-forces an answer after its prompt with the probe on every answer row, marks
+each answer token copied from the context by the retrieval heads (the paper's copy criterion with
+the needle replaced by the context), maps copied runs back to characters of the answer and the
+context, and scores the answer's grounding in [0, 1]. Modules: ``prompt`` (prompts, answers,
+offsets), ``signal`` (copy events), ``provenance`` (spans), ``grounder``, ``items`` (JSONL items,
+run directories), ``run`` (output files), ``evaluate`` (AUROC, baselines), ``lookback``
+(Lookback-Lens features), ``report`` (HTML).
+"""
+
+from .grounder import DEFAULT_THRESHOLD, Grounder, Grounding, TokenGrounding
+from .items import GroundItem, load_items, run_items
+from .prompt import AnswerTokens, GroundedPrompt, answer_from_ids, answer_from_text, build_prompt
+from .provenance import Span
+from .run import ground_items
+
+__all__ = ["DEFAULT_THRESHOLD", "AnswerTokens", "GroundItem", "GroundedPrompt", "Grounder", "Grounding", "Span",
+           "TokenGrounding", "answer_from_ids", "answer_from_text", "build_prompt", "ground_items", "load_items",
+           "run_items"]

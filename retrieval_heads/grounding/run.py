@@ -1,0 +1,87 @@
+"""Ground a list of items into a run directory: ``results.jsonl`` (one line per item, appended as
+each finishes), ``summary.json`` and ``report.html``.
+
+``results.jsonl`` lines: ``id``, ``question``, ``answer``, ``generated`` (True when the model wrote
+the answer here), ``grounding``, ``restated``, ``mean_logprob``, ``all_heads_copy_rate``,
+``lexical_overlap``, ``tokens`` (``text``, ``start``, ``end``, ``counted``, ``grounded``,
+``source`` [context_start, context_end) or null, ``share``, ``question_share``, ``all_heads``,
+``logprob``), ``spans`` (``answer_start``, ``answer_end``, ``context_start``, ``context_end``,
+``tokens``), ``label`` when known, and the item's other fields.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..rundir import RunDir
+from .evaluate import auroc_row, lexical_overlap
+from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
+from .items import GroundItem, prompt_of
+from .prompt import answer_from_ids, answer_from_text
+
+RESULTS = "results.jsonl"
+# per-item scores whose AUROC the summary reports when labels are present: (name, record field)
+SCORES = (("grounding", "grounding"), ("mean token log-prob", "mean_logprob"),
+          ("copy rate of all heads", "all_heads_copy_rate"), ("lexical overlap", "lexical_overlap"))
+
+
+def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document",
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
+    """One item's result line (see the module docstring)."""
+    tokenizer = grounder.tokenizer
+    prompt = prompt_of(item, tokenizer, style)
+    if item.answer_ids is not None:
+        answer = answer_from_ids(tokenizer, item.answer_ids)
+    elif item.answer is not None:
+        answer = answer_from_text(tokenizer, item.answer)
+    else:
+        answer = grounder.answer(prompt, max_new_tokens)
+    result = grounder.ground(prompt, answer).to_record()
+    record = {"id": item.id, "question": item.question, **result, "generated": item.answer is None and item.answer_ids is None,
+              "lexical_overlap": lexical_overlap(answer.text, prompt.context)}
+    if item.label is not None:
+        record["label"] = item.label
+    return {**item.keep, **record}
+
+
+def ground_items(grounder: Grounder, items: list[GroundItem], out: str | Path, *, style: str = "document",
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, identity: dict | None = None, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Ground every unfinished item into ``out``; returns (and writes) the summary, and writes the report."""
+    from tqdm.auto import tqdm
+
+    from .report import write_report
+
+    run = RunDir(out, RESULTS)
+    ident = {"threshold": grounder.threshold, "heads": [f"{l}-{h}" for l, h, _ in grounder.heads], "prompt": style,
+             **(identity or {})}
+    done = run.start(ident, {"items": len(items), "max_new_tokens": max_new_tokens}, resume=resume, overwrite=overwrite)
+    start = time.perf_counter()
+    for item in tqdm([it for it in items if it.id not in done], desc="grounding", unit="item", disable=not progress):
+        t0 = time.perf_counter()
+        record = ground_item(grounder, item, style=style, max_new_tokens=max_new_tokens)
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        run.append(record)
+    records = run.records()
+    summary = summarize(records, grounder, wall_seconds=time.perf_counter() - start, identity=ident)
+    run.write_json("summary.json", summary)
+    contexts = {it.id: it.prompt.context if it.prompt is not None else it.context for it in items}
+    write_report(records, summary, run.path / "report.html", contexts=contexts)
+    return summary
+
+
+def summarize(records: list[dict], grounder: Grounder, *, wall_seconds: float = 0.0, identity: dict | None = None) -> dict:
+    """Mean grounding and, when labels are present, AUROC (bootstrap 95% interval) of each per-item score."""
+    scored = [r["grounding"] for r in records if r["grounding"] is not None]
+    summary = {**(identity or {}), "n": len(records), "heads_used": [
+        {"layer": l, "head": h, "weight": round(w, 4)} for l, h, w in grounder.heads],
+        "mean_grounding": sum(scored) / len(scored) if scored else None,
+        "items_without_counted_tokens": len(records) - len(scored), "wall_seconds": round(wall_seconds, 1)}
+    labelled = [r for r in records if "label" in r]
+    if labelled:
+        labels = [r["label"] for r in labelled]
+        summary["labelled"] = len(labelled)
+        summary["auroc"] = [auroc_row(name, [r.get(key) for r in labelled], labels,
+                                      missing=-1e9 if key == "mean_logprob" else 0.0) for name, key in SCORES]
+    return summary

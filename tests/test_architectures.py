@@ -1,0 +1,217 @@
+"""Architecture coverage: one of each kind through the compatibility checks and the CLI, plus the engine
+and run-machinery fixes that came with it (each test fails on the code before its fix)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny
+
+from retrieval_heads.compat.matrix import check_architecture, logit_change, scale_attention_logits
+from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
+from retrieval_heads.compat.tiny import save_tiny
+from retrieval_heads.engine import Engine, new_cache, stop_condition
+from retrieval_heads.errors import UserError
+from retrieval_heads.hooks import AblationPhase, AttentionControl, attention_control
+
+REPRESENTATIVE = {  # one of each kind
+    "llama": "dense", "qwen3_moe": "moe", "gemma2": "sliding", "gpt_oss": "sinks", "qwen3_next": "hybrid",
+    "deepseek_v3": "mla", "gemma3": "multimodal",
+}
+
+
+@pytest.mark.parametrize("arch", sorted(REPRESENTATIVE))
+def test_representative_architectures_pass_every_check(arch, tiny_tokenizer):
+    row = check_architecture(arch, tiny_tokenizer)
+    assert (row.status, row.kind) == ("ok", REPRESENTATIVE[arch]), row.note
+
+
+@pytest.mark.parametrize("arch", ["falcon", "bloom"])
+def test_attention_outside_the_interface_is_refused(arch, tiny_tokenizer):
+    row = check_architecture(arch, tiny_tokenizer)
+    assert row.status == "refused" and "attention interface" in row.note
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_oss"])
+def test_probe_leaves_soft_capped_and_sink_logits_unchanged(arch, monkeypatch):
+    """Observing must not change the model: the old fallback (Llama's eager, no softcap or sinks) does."""
+    import retrieval_heads.hooks as hooks
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    model = build_tiny_arch(arch)
+    scale_attention_logits(model)
+    assert logit_change(model) == 0.0
+    monkeypatch.setattr(hooks, "model_kernel", lambda module, name: eager_attention_forward)
+    assert logit_change(model) > 1e-3
+
+
+def _detect_cli(directory, out, *extra) -> int:
+    from retrieval_heads.cli import main
+
+    return main(["detect", "--model", str(directory), "--out", str(out), "--lengths", "300", "--depths", "50",
+                 "--max-new-tokens", "3", "--chunk-size", "64", "--quiet", "--dtype", "float32", *extra])
+
+
+def test_cli_detects_on_a_saved_hybrid_and_marks_its_linear_layers(tiny_tokenizer, tmp_path):
+    model = build_tiny_arch("qwen3_next")
+    kinds = model.config.layer_types
+    directory = save_tiny(model, tiny_tokenizer, tmp_path / "qwen3-next")
+    assert _detect_cli(directory, tmp_path / "run") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    attention = [i for i, k in enumerate(kinds) if k == "full_attention"]
+    assert summary["attention_layers"] == attention and len(attention) < len(kinds)
+    assert summary["timing"]["prefix_reuse"] is False and "recurrent state" in summary["timing"]["prefix_reuse_off"]
+    paper = json.loads((tmp_path / "run" / "head_scores.json").read_text())
+    assert {int(k.split("-")[0]) for k in paper} == set(attention)
+    from retrieval_heads.formats import load_scores
+
+    scores = load_scores(tmp_path / "run")
+    assert scores.shape == (len(kinds), summary["num_heads"])
+    assert scores.attention_layers == attention
+    assert all(layer in attention for layer, _, _ in scores.top(100))
+
+
+@pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3", "gemma3"])
+def test_cli_detects_on_saved_sinks_latent_and_multimodal_checkpoints(arch, tiny_tokenizer, tmp_path):
+    directory = save_tiny(build_tiny_arch(arch), tiny_tokenizer, tmp_path / arch)
+    assert _detect_cli(directory, tmp_path / "run") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["samples"] == 8 and np.asarray(summary["kv_head_scores"]["max"]).shape[0] == summary["num_layers"]
+
+
+@pytest.mark.parametrize("arch", ["falcon", "bloom"])
+def test_cli_refuses_legacy_attention_in_one_line(arch, tiny_tokenizer, tmp_path, capsys):
+    directory = save_tiny(build_tiny_arch(arch), tiny_tokenizer, tmp_path / arch)
+    capsys.readouterr()
+    assert _detect_cli(directory, tmp_path / "run") == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip() and "it/s]" not in l]  # weight-loading progress bars
+    assert len(lines) == 1 and "attention interface" in lines[0], lines
+    assert not (tmp_path / "run" / "samples.jsonl").exists()
+
+
+def test_masking_a_head_of_a_linear_attention_layer_is_refused():
+    from retrieval_heads.masking import plan_masking
+
+    applicable = np.array([[False] * 4, [True] * 4])
+    with pytest.raises(UserError, match="no softmax attention"):
+        plan_masking(num_layers=2, num_heads=4, mask_heads="0-1", applicable=applicable)
+    assert plan_masking(num_layers=2, num_heads=4, mask_heads="1-1", applicable=applicable).heads == ((1, 1),)
+
+
+# ---- engine and run machinery ------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_one_token_last_prefill_chunk_is_not_a_decode_step():
+    """A prompt whose last prefill chunk has one token must not get decode-phase ablation."""
+    model = build_tiny("llama")
+    ids = torch.randint(0, 512, (65,), generator=torch.Generator().manual_seed(0)).tolist()  # chunks 64 + 1
+    ablate = torch.ones(3, 8, dtype=torch.bool)
+    caches = []
+    for heads in (None, ablate):
+        control = AttentionControl(ablate=heads, phase=AblationPhase.DECODE)
+        with attention_control(model, control):
+            engine = Engine(model, control, lambda t: False, chunk_size=64, share_prefix=False)
+            caches.append(engine.prefill(ids))
+    for plain, masked in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(plain.keys, masked.keys)
+
+
+@torch.no_grad()
+def test_headwise_cache_does_not_evict_on_a_one_token_prefill_chunk():
+    from retrieval_heads.kvcache import HeadwiseAttention, HeadwiseCache
+
+    model = build_tiny("llama")
+    full = np.zeros((3, 2), dtype=bool)
+    full[:, 0] = True
+    ids = torch.randint(0, 512, (65,), generator=torch.Generator().manual_seed(1)).tolist()
+    with HeadwiseAttention(model):
+        control = AttentionControl()
+        cache = HeadwiseCache(model.config, full, sink=4, window=8, prefill="full")
+        engine = Engine(model, control, lambda t: False, chunk_size=64, cache_factory=lambda: cache)
+        engine.prefill(ids)
+        assert cache.stream_lengths()[0] == 65  # prefill="full": nothing evicted before decoding
+        engine.decode(cache, ids + [5], 2, probe=False)
+        assert cache.stream_lengths()[0] == 4 + 8
+
+
+@torch.no_grad()
+def test_finished_samples_of_a_batch_are_handed_over_before_the_batch_ends(tiny_tokenizer):
+    model = build_tiny("llama")
+    prompts = [torch.randint(0, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (30, 40)]
+    calls = {"n": 0}
+
+    def stop(token: int) -> bool:  # the first sample stops at its first token, the other never
+        calls["n"] += 1
+        return calls["n"] == 1
+
+    def boom(module, args, kwargs):
+        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] == 1 and calls["n"] >= 2:
+            raise KeyboardInterrupt
+
+    done = []
+    with attention_control(model) as control:
+        engine = Engine(model, control, stop, chunk_size=64)
+        handle = model.register_forward_pre_hook(boom, with_kwargs=True)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                engine.generate_batch(prompts, 5, on_done=lambda i, g: done.append((i, g.generated_ids)))
+        finally:
+            handle.remove()
+    assert [i for i, _ in done] == [0] and len(done[0][1]) == 1
+
+
+def test_batched_decoding_of_latent_attention_matches_one_by_one(tiny_tokenizer):
+    """Keys and values of different head sizes (MLA) in the preallocated left-padded batch."""
+    model = build_tiny_arch("deepseek_v3")
+    prompts = [torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (30, 41)]
+    with attention_control(model) as control:
+        engine = Engine(model, control, stop_condition(tiny_tokenizer, model), chunk_size=16)
+        assert engine.can_batch
+        batched = engine.generate_batch(prompts, 4)
+        single = [engine.generate(p, 4) for p in prompts]
+    assert [g.generated_ids for g in batched] == [g.generated_ids for g in single]
+
+
+def test_recurrent_caches_turn_prefix_reuse_and_batching_off():
+    model = build_tiny_arch("qwen3_next")
+    engine = Engine(model, AttentionControl(), lambda t: False)
+    assert not engine.share_prefix and not engine.can_batch and "recurrent" in engine.reuse_off
+    assert new_cache(model, keep_past=False) is not None
+
+
+def test_merge_of_a_shard_without_summary_is_a_user_error(tmp_path):
+    from retrieval_heads.merge import merge_runs
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"identity": {}, "config": {}}))
+        (tmp_path / name / "samples.jsonl").write_text("")
+    with pytest.raises(UserError, match="summary.json"):
+        merge_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+
+
+def test_resume_with_another_grid_records_both_grids(tiny_tokenizer, tmp_path):
+    from retrieval_heads.detection import run_detection
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.sweep import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    base = dict(model="tiny-llama", depths=[50], max_new_tokens=2, chunk_size=64, shard=(0, 4))
+    run_detection(loaded, SweepConfig(lengths=[200], **base), tmp_path, progress=False)
+    result = run_detection(loaded, SweepConfig(lengths=[300], **base), tmp_path, resume=True, progress=False)
+    grids = json.loads((tmp_path / "config.json").read_text())["grids"]
+    assert [g["lengths"] for g in grids] == [[200], [300]]
+    assert result.summary["grids"] == grids and result.summary["samples"] == 4
+
+
+def test_niah_on_an_empty_shard_prints_instead_of_crashing(tiny_tokenizer, tmp_path, capsys):
+    model = build_tiny("llama")
+    directory = save_tiny(model, tiny_tokenizer, tmp_path / "llama")
+    from retrieval_heads.cli import main
+
+    code = main(["niah", "--model", str(directory), "--out", str(tmp_path / "n"), "--lengths", "200", "--depths", "50",
+                 "--shard", "8/9", "--quiet", "--max-new-tokens", "2"])
+    assert code == 0 and "no samples" in capsys.readouterr().out
