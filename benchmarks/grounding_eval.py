@@ -4,10 +4,11 @@ Data: ``benchmarks/data/grounding_facts.jsonl`` (60 questions, each with three i
 relation, e.g. three lighthouses and their keepers; the first is asked) and
 ``benchmarks/data/grounding_haystack.txt`` (prose from Python's module docstrings, not the
 reference manual the heads were detected on). Each question gets its own context: a window of the
-haystack of 1000, 2000 or 3000 tokens (cycling) with the three facts inserted at three depths.
+haystack of 1000, 1500 or 2000 tokens (cycling) with the three facts inserted at three depths.
 Questions g00-g23 form the tuning split, g24-g59 the report split.
 
-Parts (``--parts``):
+Parts (``--parts``, default all):
+  timing      one cold prefill vs. one cold grounding pass of a 2000-token question.
   tf          teacher-forced answers: per question the true answer (short and as a sentence), two
               fabricated values, a fabricated sentence, and a wrong extraction (the value of another
               inserted fact). The token threshold is chosen on the tuning split; the Lookback-Lens
@@ -44,7 +45,7 @@ from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
 from retrieval_heads.grounding.prompt import answer_from_text, build_prompt, locate
 
 DATA = Path(__file__).parent / "data"
-LENGTHS = (1000, 2000, 3000)
+LENGTHS = (1000, 1500, 2000)
 DEPTHS = ((20, 55, 85), (50, 15, 80), (80, 30, 60))  # (asked fact, other, other) in percent
 MASK_K = 20
 SCORES = ("grounding", "grounding x citation relevance", "mean token log-prob", "Lookback-Lens LR",
@@ -153,7 +154,7 @@ def auroc_table(rows: list[dict], groups: list[str], lookback: np.ndarray | None
 
 def lookback_scores(train: list[dict], test: list[dict]) -> np.ndarray | None:
     y = [r["label"] for r in train]
-    if len(set(y)) < 2:
+    if len(set(y)) < 2 or not test:
         return None
     model = evaluate.LogisticRegression(l2=10.0).fit(np.stack([r["lookback"] for r in train]), y)
     return model.predict_proba(np.stack([r["lookback"] for r in test]))
@@ -284,6 +285,30 @@ def knowledge(grounder, loaded, plans: dict) -> dict:
     return results
 
 
+def timing(grounder: Grounder, loaded, facts: list[dict]) -> dict:
+    """Seconds of a plain prefill vs. a whole grounding pass (prefill + answer rows), each from a cold cache,
+    on the first 2000-token held-out question."""
+    from retrieval_heads.engine import Engine
+    from retrieval_heads.hooks import AttentionControl, attention_control
+
+    index = LENGTHS.index(2000)
+    row = facts[index]
+    context, _ = build_context(row, index, paragraphs(), loaded.tokenizer)
+    prompt = build_prompt(loaded.tokenizer, context, row["question"])
+    answer = answer_from_text(loaded.tokenizer, row["answer_sentence"])
+    control = AttentionControl()
+    with attention_control(loaded.model, control):
+        t0 = time.perf_counter()
+        Engine(loaded.model, control, lambda t: False).prefill(prompt.ids)
+        prefill = time.perf_counter() - t0
+    fresh = Grounder(loaded.model, loaded.tokenizer, grounder.weights, applicable=grounder.applicable)
+    t0 = time.perf_counter()
+    fresh.ground(prompt, answer)
+    ground = time.perf_counter() - t0
+    return {"prompt_tokens": len(prompt.ids), "answer_tokens": len(answer.ids), "prefill_s": round(prefill, 2),
+            "grounding_pass_s": round(ground, 2)}
+
+
 def tqdm(items, desc):
     from tqdm.auto import tqdm as bar
 
@@ -309,7 +334,7 @@ def main(argv=None) -> None:
     parser.add_argument("--scores", required=True)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", default="runs/smollm2-135m/grounding-eval")
-    parser.add_argument("--parts", default="tf,gen,extractive,knowledge")
+    parser.add_argument("--parts", default="timing,tf,gen,extractive,knowledge")
     parser.add_argument("--questions", type=int, default=60, help="first N held-out questions (default all 60)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -330,6 +355,9 @@ def main(argv=None) -> None:
     recorder = LookbackRecorder()
     report: dict = {"model": loaded.name, "heads": [f"{l}-{h}" for l, h, _ in grounder.heads], "mask_k": MASK_K}
     text = []
+    if "timing" in parts:
+        report["timing"] = timing(grounder, loaded, load_facts())
+        text.append(f"\none grounding pass vs one prefill (cold, same prompt): {report['timing']}")
     with lookback_ratios(loaded.model, recorder):
         raw = held_out(grounder, recorder, loaded, load_facts()[: args.questions], top, parts, out) \
             if parts & {"tf", "gen"} else {"tf": [], "gen": []}

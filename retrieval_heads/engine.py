@@ -88,9 +88,19 @@ def new_cache(model, *, keep_past: bool):
     return cache
 
 
+def builds_own_cache(model) -> bool:
+    """True for models that refuse a ``DynamicCache`` and make a cache type of their own (MiniMax)."""
+    return not getattr(model, "_supports_default_dynamic_cache", lambda: True)()
+
+
+def returned_cache(output):
+    """The cache a forward pass returned (the one a model made itself when given none)."""
+    return getattr(output, "cache", None) or output.past_key_values
+
+
 def reserve(cache, length: int) -> None:
     """Let the preallocated layers of ``cache`` allocate ``length`` positions when they (re)allocate."""
-    for layer in cache.layers:
+    for layer in getattr(cache, "layers", ()):  # None: the model makes its own cache on the first chunk
         if isinstance(layer, PreallocatedLayer):
             layer.reserve = max(layer.reserve, length)
 
@@ -115,11 +125,16 @@ class Engine:
         self.stop = stop
         self.chunk_size = chunk_size
         self.cache_factory_is_default = cache_factory is None
-        probe_cache = new_cache(model, keep_past=False)
-        self.reuse_off = "a custom KV cache" if cache_factory is not None else reuse_blocker(probe_cache)
+        own = builds_own_cache(model)
+        probe_cache = None if own else new_cache(model, keep_past=False)
+        if cache_factory is not None:
+            self.reuse_off = "a custom KV cache"
+        else:
+            self.reuse_off = "the model builds a cache type of its own" if own else reuse_blocker(probe_cache)
         self.share_prefix = share_prefix and self.reuse_off is None
-        self.batchable = self.cache_factory_is_default and all(type(l) is PreallocatedLayer for l in probe_cache.layers)
-        self.cache_factory = cache_factory or (lambda: new_cache(model, keep_past=self.share_prefix))
+        self.batchable = probe_cache is not None and self.cache_factory_is_default and all(
+            type(l) is PreallocatedLayer for l in probe_cache.layers)
+        self.cache_factory = cache_factory or (lambda: None if own else new_cache(model, keep_past=self.share_prefix))
         self.num_layers = model.config.get_text_config().num_hidden_layers
         self.num_heads = num_heads
         self.timer = PhaseTimer()
@@ -172,7 +187,9 @@ class Engine:
         pos = reuse
         while pos < len(ids):
             end = min((pos // self.chunk_size + 1) * self.chunk_size, len(ids))
-            self.model(input_ids=tokens[:, pos:end], cache=self._cache, use_cache=True, logits_to_keep=1)
+            out = self.model(input_ids=tokens[:, pos:end], cache=self._cache, use_cache=True, logits_to_keep=1)
+            if self._cache is None:  # a model that builds its own cache type returns it
+                self._cache = returned_cache(out)
             pos = end
         self.timer.prefilled_tokens += len(ids) - reuse
         self.timer.reused_tokens += reuse

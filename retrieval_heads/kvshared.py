@@ -45,9 +45,13 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, plans:
 
     Returns, per condition name, what ``kveval.run_condition`` returns (``plan``, ``by_length``, ``peak_rss_mb``).
     """
+    from .errors import UserError
     from .kvcache import HeadwiseAttention
     from .kveval import reset_peak_rss, peak_rss_mb
 
+    if loaded.layout.is_hybrid:  # from_prefilled copies keys and values; recurrent state would be lost
+        raise UserError(f"{loaded.name} is a hybrid model whose cache also holds recurrent state, which one shared "
+                        "prefill cannot hand to several conditions: pass --prefill-per-condition")
     reset_peak_rss()
     results = {name: {"plan": by_length[max(by_length)].describe(), "by_length": []} for name, by_length in plans.items()}
     with HeadwiseAttention(loaded.model):

@@ -221,7 +221,17 @@ def _conditions(shape=(3, 8)):
             Condition("random-4", plan_masking(**common, mask_random=4))]
 
 
-def test_end_to_end_tiny_llama(loaded, tmp_path):
+def test_end_to_end_tiny_llama(loaded, tmp_path, monkeypatch):
+    from retrieval_heads import tasks
+
+    known_ids = {it.id for it in suite_items("knowledge-qa", 3)[:2]}
+    real_score = tasks.score
+
+    def score(item, response, *, cot=False):  # a random model knows nothing: two knowledge items count as known
+        correct, scored = real_score(item, response, cot=cot)
+        return correct or item.id in known_ids, scored
+
+    monkeypatch.setattr(tasks, "score", score)
     suites = [get_suite(n) for n in BUILT_IN]
     out = tmp_path / "tasks"
     summary = run_tasks(loaded, suites, _conditions(), out, n=3, max_new_tokens=3, progress=False)
@@ -237,6 +247,7 @@ def test_end_to_end_tiny_llama(loaded, tmp_path):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     knowledge_none = [r for r in records if r["suite"] == "knowledge-qa" and r["condition"] == "none"]
     known = sum(r["correct"] for r in knowledge_none)
+    assert known == 2
     # knowledge-qa: the masked conditions only ask what the unmasked model answered
     assert len(records) == 3 * 3 * 3 + 3 + 2 * known
     row = next(r for r in written["rows"] if r["suite"] == "knowledge-qa" and r["condition"] == "top-4")

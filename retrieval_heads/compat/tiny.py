@@ -25,11 +25,20 @@ SHRINK = {
     "q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8,
     "qk_head_dim": 16, "index_head_dim": 16, "index_n_heads": 2, "index_topk": 64,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
-    "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_head_dim": 16, "mamba_d_state": 8, "mamba_n_groups": 1,
+    "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_head_dim": 16, "mamba_d_state": 8, "mamba_n_groups": 1,
     "ssm_state_size": 8, "state_size": 8, "n_groups": 1, "mamba_expand": 2, "expand": 2, "time_step_rank": 8,
     "conv_L_cache": 3, "mamba_d_conv": 4, "conv_kernel": 4, "short_conv_kernel_size": 4,
     "sliding_window": 16, "attention_chunk_size": 16, "max_window_layers": 1,
     "first_k_dense_replace": 1, "num_nextn_predict_layers": 0, "initializer_range": 0.05,
+}
+# Families whose defaults are all one kind of layer, or whose layer kinds derive from other fields:
+# after shrinking, two layers with one softmax-attention layer among them.
+HYBRID_LAYOUTS = {
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1},
+    "bamba": {"attn_layer_indices": [1]},
+    "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"]},
+    "lfm2": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
 }
 NULLABLE = ("head_dim",)  # set even where the default is None ("derive it"): 16 = 64 / 4 heads anyway
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -120,6 +129,7 @@ def tiny_config(model_type: str, **overrides):
     from transformers import PretrainedConfig
 
     config = AutoConfig.for_model(model_type)
+    overrides = {**HYBRID_LAYOUTS.get(model_type, {}), **overrides}
     for sub in (v for v in vars(config).values() if isinstance(v, PretrainedConfig)):
         _shrink(sub, {})
     _shrink(config, overrides)

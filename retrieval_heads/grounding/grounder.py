@@ -154,7 +154,7 @@ class Grounder:
             raise UserError("a prompt needs at least two tokens")
         if not answer_ids:
             raise UserError("the answer is empty")
-        tail = [*answer_ids]  # row r is the query producing answer token r
+        tail = [prompt_ids[-1], *answer_ids[:-1]]  # row r is the query producing answer token r
         device = next(self.model.parameters()).device
         with attention_control(self.model, self.control):
             cache = self._prefilled(prompt_ids, room=len(tail))
