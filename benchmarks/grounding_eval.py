@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from retrieval_heads.grounding import evaluate
 from retrieval_heads.grounding.grounder import Grounder
@@ -138,18 +136,11 @@ def grounding_at(shares: list[tuple[np.ndarray, np.ndarray]], threshold: float) 
 
 # ---- tables ---------------------------------------------------------------------------------------------
 
-def auroc_table(rows: list[dict], groups: list[str], lookback: np.ndarray | None) -> list[dict]:
-    labels = [r["label"] for r in rows]
-    table = []
-    for name in SCORES:
-        if name == "Lookback-Lens LR":
-            if lookback is None:
-                continue
-            values = list(lookback)
-        else:
-            values = [r[name] for r in rows]
-        table.append(evaluate.auroc_row(name, values, labels, groups=groups))
-    return table
+def auroc_table(rows: list[dict]) -> list[dict]:
+    """AUROC (95% interval resampling whole questions) of every score the rows carry."""
+    labels, groups = [r["label"] for r in rows], [r["question_id"] for r in rows]
+    return [evaluate.auroc_row(name, [r[name] for r in rows], labels, groups=groups)
+            for name in SCORES if all(name in r for r in rows)]
 
 
 def lookback_scores(train: list[dict], test: list[dict]) -> np.ndarray | None:
@@ -324,7 +315,11 @@ def evaluate_rows(grounder, rows: list[dict], threshold: float, title: str) -> t
         r.update(finish(grounder, r["m"], r.get("fact_chars")))
     tune = [r for r in rows if r["split"] == "tune"]
     report = [r for r in rows if r["split"] == "report"]
-    table = auroc_table(report, [r["question_id"] for r in report], lookback_scores(tune, report))
+    lookback = lookback_scores(tune, report)
+    if lookback is not None:
+        for r, value in zip(report, lookback):
+            r["Lookback-Lens LR"] = float(value)
+    table = auroc_table(report)
     return table, markdown(f"{title} (report split, n={len(report)} answers to {len({r['question_id'] for r in report})} "
                            f"questions; Lookback LR trained on {len(tune)} tuning answers)", table)
 
@@ -383,6 +378,10 @@ def main(argv=None) -> None:
         report[name]["mean_grounding_by_kind"] = {k: float(np.mean([r["grounding"] for r in rep if r["kind"] == k]))
                                                   for k in sorted({r["kind"] for r in rep})}
         if name == "teacher-forced":
+            plain = [r for r in rep if r["kind"] != "wrong-extraction"]
+            report[name]["auroc_true_vs_fabricated"] = auroc_table(plain)
+            text.append(markdown(f"true vs fabricated only (no wrong extractions), n={len(plain)}",
+                                 report[name]["auroc_true_vs_fabricated"]))
             text.append(provenance_section(report, rep))
         if name != "teacher-forced":
             text.append(f"\naccuracy (report split): {report[name]['accuracy_by_condition']}; mean grounding by "
@@ -407,9 +406,7 @@ def provenance_section(report: dict, rep: list[dict]) -> str:
     wrong_in, n_wrong = rate("wrong-extraction", "cites_fact")
     wrong_out, _ = rate("wrong-extraction", "cites_outside_fact")
     pair = [r for r in rep if r["kind"] in ("true", "wrong-extraction")]
-    groups = [r["question_id"] for r in pair]
-    table = [evaluate.auroc_row(n, [r[n] for r in pair], [r["label"] for r in pair], groups=groups)
-             for n in ("grounding", "grounding x citation relevance", "lexical overlap", "mean token log-prob")]
+    table = auroc_table(pair)
     report["teacher-forced"]["provenance"] = {"true_cites_asked_fact": [true_in, n_true],
                                               "wrong_cites_asked_fact": [wrong_in, n_wrong],
                                               "wrong_cites_elsewhere": [wrong_out, n_wrong], "true_vs_wrong": table}

@@ -115,6 +115,8 @@ def inspect_attention(model) -> AttentionLayout:
     if None in control.seen:
         raise UserError(f"{name}: its attention modules carry no layer index, so heads cannot be told apart by layer")
     seen = control.seen
+    if not seen and not getattr(model.config.get_text_config(), "num_attention_heads", None):
+        raise UserError(f"{name} has no softmax attention layers (a state-space or recurrent model): no heads to score")
     if not seen:
         raise UserError(_bypass_message(name))
     if any(layer >= num_layers for layer in seen):

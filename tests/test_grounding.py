@@ -18,7 +18,7 @@ from retrieval_heads.grounding import evaluate, signal
 from retrieval_heads.grounding.grounder import Grounder
 from retrieval_heads.grounding.items import GroundItem, load_items, run_items
 from retrieval_heads.grounding.prompt import answer_from_ids, answer_from_text, build_prompt, trim
-from retrieval_heads.grounding.provenance import spans, token_runs
+from retrieval_heads.grounding.provenance import token_runs
 from retrieval_heads.grounding.run import ground_items
 from retrieval_heads.models import LoadedModel
 
@@ -33,13 +33,34 @@ def test_copy_events_follow_the_paper_criterion_inside_the_region():
     keys = torch.tensor([[[2, 5]], [[3, 9]], [[7, 3]]])  # (R=3, L=1, H=2)
     prompt = torch.tensor([10, 11, 12, 13, 14, 15, 16, 17, 18, 19])
     answer = torch.tensor([12, 13, 99])
-    copies = signal.copy_events(keys, answer, prompt, (2, 8))
+    holds = answer[:, None] == prompt[None, :]  # (R, P)
+    copies = signal.copy_events(keys, holds, (2, 8))
     expected = torch.tensor([[[True, False]], [[True, False]], [[False, False]]])
     assert torch.equal(copies, expected), copies
-    assert not signal.copy_events(keys, answer, prompt, (4, 8)).any()  # same tokens, outside the region
+    assert not signal.copy_events(keys, holds, (4, 8)).any()  # same tokens, outside the region
     weights = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
     assert signal.weighted_share(copies, weights).tolist() == [0.75, 0.75, 0.0]
     assert signal.token_sources(copies, keys, weights).tolist() == [2, 3, -1]
+
+
+class TableTokenizer:
+    """decode() from a fixed table: token texts chosen by the test."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+
+    def decode(self, ids, **kwargs) -> str:
+        return "".join(self.texts[i] for i in ids)
+
+
+def test_matcher_compares_text_across_segmentations():
+    texts = [" Orv", "hor", "Or", "v", " the", "the", "e", "\n"]
+    matcher = signal.TokenMatcher(TableTokenizer(texts))
+    assert matcher.same(5, 4) and matcher.same(2, 0) and matcher.same(1, 1)  # whitespace; "Or" inside " Orv"
+    assert not matcher.same(3, 0)  # single characters match only exactly
+    assert not matcher.same(6, 4) and not matcher.same(5, 0)
+    holds = matcher.matrix([2, 3, 1], [4, 0, 1, 7])
+    assert holds.tolist() == [[False, True, False, False], [False, False, False, False], [False, False, True, False]]
 
 
 def test_token_sources_prefer_the_continuation_of_the_previous_source():
@@ -170,8 +191,7 @@ def test_forced_heads_yield_exactly_the_expected_copy_events_and_span(tiny_token
     answer = answer_from_ids(tiny_tokenizer, [filler[0], a, b, filler[1]])
     keys, _ = grounder.forward(prompt.ids, answer.ids)
     assert keys[1, 0, 0] == m and keys[2, 0, 4] == m + 1, keys[:, 0, [0, 4]]
-    copies = signal.copy_events(keys, grounder.matcher.classes(answer.ids), grounder.matcher.classes(prompt.ids),
-                                prompt.context_tokens)
+    copies = signal.copy_events(keys, grounder.matcher.matrix(answer.ids, prompt.ids), prompt.context_tokens)
     expected = torch.zeros(4, 8, dtype=torch.bool)
     expected[1, 0] = expected[2, 4] = True
     assert torch.equal(copies[:, 0] & (weights[0] > 0), expected), copies[:, 0]

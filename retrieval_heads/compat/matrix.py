@@ -201,9 +201,12 @@ def check_architecture(model_type: str, tokenizer, *, engine: bool = True) -> Ch
     try:
         layout = inspect_attention(model)
     except UserError as exc:
+        broken = _plain_forward_error(model)  # the shrunk config itself may not run: not ours to check
+        if broken:
+            return CheckResult(model_type, "", "skip", f"tiny model does not run without the hook: {broken}")
         return CheckResult(model_type, "refused", "refused", str(exc))
     except Exception as exc:  # noqa: BLE001
-        broken = _plain_forward_error(model)  # the shrunk config itself may not run: not ours to check
+        broken = _plain_forward_error(model)
         if broken:
             return CheckResult(model_type, "", "skip", f"tiny model does not run without the hook: {broken}")
         return CheckResult(model_type, "", "fail", f"dry run: {_short(exc)}")

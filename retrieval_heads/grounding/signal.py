@@ -22,20 +22,39 @@ from ..scores import RETRIEVAL_THRESHOLD
 
 
 class TokenMatcher:
-    """Maps token ids to comparison classes: tokens with the same text (whitespace-trimmed) share a class."""
+    """Decides whether an attended prompt token "holds" an answer token, by their text.
+
+    Texts are compared with surrounding whitespace ignored; they also match when one (of at least
+    two characters) contains the other, so the same word split differently by BPE still counts:
+    ``" Orv" + "hor"`` inside a sentence of the context against ``"Or" + "v" + "hor"`` opening an answer.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self._class_of_id: dict[int, int] = {}
-        self._class_of_text: dict[str, int] = {}
+        self._text: dict[int, str] = {}
+        self._pair: dict[tuple[int, int], bool] = {}
 
-    def classes(self, ids: list[int]) -> torch.Tensor:
-        """(N,) int64 class of each id."""
-        for i in set(ids) - self._class_of_id.keys():
-            raw = self.tokenizer.decode([i])
-            text = raw.strip() or raw
-            self._class_of_id[i] = self._class_of_text.setdefault(text, len(self._class_of_text))
-        return torch.tensor([self._class_of_id[i] for i in ids], dtype=torch.long)
+    def text(self, token_id: int) -> str:
+        if token_id not in self._text:
+            raw = self.tokenizer.decode([token_id])
+            self._text[token_id] = raw.strip() or raw
+        return self._text[token_id]
+
+    def same(self, a: int, p: int) -> bool:
+        """Whether prompt token ``p`` holds answer token ``a``."""
+        key = (a, p)
+        if key not in self._pair:
+            ta, tp = self.text(a), self.text(p)
+            self._pair[key] = ta == tp or (len(ta) >= 2 and ta in tp) or (len(tp) >= 2 and tp in ta)
+        return self._pair[key]
+
+    def matrix(self, answer_ids: list[int], prompt_ids: list[int]) -> torch.Tensor:
+        """(R, P) bool: prompt token j holds answer token r."""
+        unique = sorted(set(prompt_ids))
+        column = {p: i for i, p in enumerate(unique)}
+        table = torch.tensor([[self.same(a, p) for p in unique] for a in answer_ids], dtype=torch.bool).view(
+            len(answer_ids), len(unique))
+        return table[:, torch.tensor([column[p] for p in prompt_ids], dtype=torch.long)]
 
 
 def head_weights(mean_scores, *, threshold: float = RETRIEVAL_THRESHOLD, top_k: int | None = None,
@@ -77,22 +96,20 @@ def absolute_keys(offsets: torch.Tensor, total_length: int) -> torch.Tensor:
     return (offsets + total_length).permute(2, 0, 1).contiguous()
 
 
-def copy_events(keys: torch.Tensor, answer_classes: torch.Tensor, prompt_classes: torch.Tensor,
-                region: tuple[int, int]) -> torch.Tensor:
+def copy_events(keys: torch.Tensor, holds: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
     """(R, L, H) bool: head (l, h) copies answer token r from ``region`` of the prompt.
 
     Args:
         keys: (R, L, H) absolute top-1 key of the query row producing answer token r.
-        answer_classes: (R,) comparison class of each answer token (``TokenMatcher``).
-        prompt_classes: (P,) comparison class of each prompt token.
+        holds: (R, P) bool, prompt token j holds answer token r (``TokenMatcher.matrix``).
         region: [start, end) prompt positions that count as a source.
     """
     start, end = region
     if end <= start:
         return torch.zeros(keys.shape, dtype=torch.bool)
     inside = (keys >= start) & (keys < end)
-    attended = prompt_classes[keys.clamp(0, prompt_classes.numel() - 1)]  # (R, L, H)
-    return inside & (attended == answer_classes.view(-1, 1, 1))
+    rows = torch.arange(keys.shape[0]).view(-1, 1, 1).expand_as(keys)
+    return inside & holds[rows, keys.clamp(0, holds.shape[1] - 1)]
 
 
 def weighted_share(copies: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
