@@ -169,7 +169,6 @@ def strip(rows: list[dict]) -> list[dict]:
 def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
     """Parts tf and gen over the held-out facts; returns the raw rows (threshold applied later)."""
     from retrieval_heads.suites import Item
-    from retrieval_heads.tasks import score
 
     paras, tok = paragraphs(), loaded.tokenizer
     tf, gen, files = [], [], {"tune": [], "report": []}
@@ -185,18 +184,24 @@ def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
                                             "question": row["question"], "answer": text, "label": label, "kind": kind})
         if "gen" in parts:
             item = Item(row["id"], context, row["question"], (row["answer"],), tuple(other_values(row)))
-            for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
-                grounder.control.ablate = ablate
-                answer = grounder.answer(prompt)
-                grounder.control.ablate = None
-                correct, _ = score(item, answer.text)
-                if not answer.ids:
-                    continue
-                m = measure(grounder, recorder, prompt, answer)
+            for condition, correct, m in own_answers(grounder, recorder, prompt, item, mask):
                 gen.append({**base, "kind": condition, "label": int(correct), "m": m, "lookback": m["lookback"]})
     for split, rows in files.items():
         (out / f"items-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"tf": tf, "gen": gen}
+
+
+def own_answers(grounder, recorder, prompt, item, mask):
+    """(condition, correct, measures) of the model's greedy answer, unmasked and with the top heads masked."""
+    from retrieval_heads.tasks import score
+
+    for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
+        grounder.control.ablate = ablate
+        answer = grounder.answer(prompt)
+        grounder.control.ablate = None
+        correct, _ = score(item, answer.text)
+        if answer.ids:
+            yield condition, correct, measure(grounder, recorder, prompt, answer)
 
 
 def other_values(row: dict) -> list[str]:
@@ -213,19 +218,11 @@ def other_values(row: dict) -> list[str]:
 
 def extractive(grounder, recorder, loaded, mask, n: int = 60, tune: int = 24) -> list[dict]:
     from retrieval_heads.suites import suite_items
-    from retrieval_heads.tasks import score
 
     rows = []
     for index, item in enumerate(tqdm(suite_items("extractive-qa", n), "extractive-qa")):
         prompt = build_prompt(loaded.tokenizer, item.context, item.question, style="task")
-        for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
-            grounder.control.ablate = ablate
-            answer = grounder.answer(prompt)
-            grounder.control.ablate = None
-            correct, _ = score(item, answer.text)
-            if not answer.ids:
-                continue
-            m = measure(grounder, recorder, prompt, answer)
+        for condition, correct, m in own_answers(grounder, recorder, prompt, item, mask):
             rows.append({"question_id": item.id, "split": "tune" if index < tune else "report", "kind": condition,
                          "label": int(correct), "m": m, "lookback": m["lookback"], "fact_chars": None})
     return rows

@@ -85,3 +85,35 @@ def repair_jsonl(path: str | Path) -> None:
     if data and not data.endswith(b"\n"):
         with path.open("r+b") as fh:
             fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_items_jsonl(path, parse_row, *, what: str = "items") -> list:
+    """Objects of a user's JSONL file, one per non-blank line, with unique ``id``s.
+
+    ``parse_row(row: dict, where: str, default_id: str)`` turns one JSON object into an item with an
+    ``id`` attribute; ``where`` names the file and line for its error messages.
+    """
+    from pathlib import Path
+
+    from .errors import UserError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{what} file not found: {p}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a UTF-8 text file") from None
+    items, seen = [], set()
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}: line {line_no}"
+        item = parse_row(parse_json_object(line, where), where, f"line-{line_no}")
+        if item.id in seen:
+            raise UserError(f"{where}: id {item.id!r} appears twice")
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise UserError(f"{p}: no {what}")
+    return items

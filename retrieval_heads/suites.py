@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .io import parse_json_object
+from .io import read_items_jsonl
 
 DEFAULT_SEED = 1234
 
@@ -266,28 +266,10 @@ def load_items(path: str | Path) -> list[Item]:
     ``context`` may be empty or absent; ``answer`` is a string or a list of accepted strings;
     ``distractors`` (list of strings) and ``id`` are optional. Raises UserError naming the line.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
-        raise UserError(f"items file not found: {p}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{p}: not a UTF-8 text file") from None
-    items, seen = [], set()
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            item = _parse_item(line, f"{p}: line {line_no}", default_id=f"line-{line_no}")
-            if item.id in seen:
-                raise UserError(f"{p}: line {line_no}: id {item.id!r} appears twice")
-            seen.add(item.id)
-            items.append(item)
-    if not items:
-        raise UserError(f"{p}: no items")
-    return items
+    return read_items_jsonl(path, _parse_item)
 
 
-def _parse_item(line: str, where: str, default_id: str) -> Item:
-    row = parse_json_object(line, where)
+def _parse_item(row: dict, where: str, default_id: str) -> Item:
     context = row.get("context", "")
     context = "" if context is None else context
     question, answer = row.get("question"), row.get("answer")

@@ -145,7 +145,7 @@ def test_items_file_is_checked_line_by_line(tmp_path):
     assert [i.id for i in items] == ["line-1", "b"] and items[0].keep == {"topic": "x"} and items[1].answer is None
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"context": "c", "question": "q?", "label": 2}) + "\n")
-    with pytest.raises(UserError, match="bad.jsonl:1: 'label' must be 0 or 1"):
+    with pytest.raises(UserError, match="bad.jsonl: line 1: 'label' must be 0 or 1"):
         load_items(bad)
 
 

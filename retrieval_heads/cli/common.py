@@ -39,10 +39,15 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--block-size", type=int, default=None, metavar="N",
                    help="run the grid in blocks of N samples, each balanced over needles, lengths and depths "
                         "(default: 20 with detect --until-stable, else one block in prompt order, which shares most prefix)")
-    g.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
-    g.add_argument("--resume", action="store_true", help="skip samples already finished in --out")
-    g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(g, command, "samples")
+
+
+def add_run_args(group, command: str, unit: str) -> None:
+    """``--out``, ``--resume``, ``--overwrite``, ``--quiet``: where results go and what happens to earlier ones."""
+    group.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
+    group.add_argument("--resume", action="store_true", help=f"skip {unit} already finished in --out")
+    group.add_argument("--overwrite", action="store_true", help="discard results already in --out")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def numbers(text: str, kind, flag: str) -> list:

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import UserError
 from .base import Command, add_json_flag
-from .common import add_model_args, load_for, out_dir
+from .common import add_model_args, add_run_args, load_for, out_dir
 from .tables import format_table
 
 
@@ -34,10 +34,7 @@ class Ground(Command):
         g.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                        help=f"budget of greedy answers (default {DEFAULT_MAX_NEW_TOKENS})")
         g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
-        g.add_argument("--out", default=None, help="output directory (default runs/<model>/ground)")
-        g.add_argument("--resume", action="store_true", help="keep finished items in --out and ground the rest")
-        g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
-        g.add_argument("--quiet", action="store_true", help="no progress bar")
+        add_run_args(g, "ground", "items")
         add_json_flag(parser)
         add_model_args(parser)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import Command, add_json_flag
-from .common import add_mask_args, add_model_args, control_from_args, load_for, out_dir
+from .common import add_mask_args, add_model_args, add_run_args, control_from_args, load_for, out_dir
 from .tables import format_table
 
 DEFAULT_K = 20
@@ -32,10 +32,7 @@ class Tasks(Command):
                        help=f"seed of the generated items (default {DEFAULT_SEED})")
         g.add_argument("--max-new-tokens", type=int, default=None,
                        help="token budget for every suite (default: 32 direct, 128 chain of thought)")
-        g.add_argument("--out", default=None, help="output directory (default runs/<model>/tasks)")
-        g.add_argument("--resume", action="store_true", help="keep finished items in --out and run the rest")
-        g.add_argument("--overwrite", action="store_true", help="discard results already in --out")
-        g.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_run_args(g, "tasks", "items")
         add_json_flag(parser)
         add_model_args(parser)
         add_mask_args(parser)

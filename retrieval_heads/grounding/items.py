@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..io import parse_json_object, read_jsonl
+from ..io import read_items_jsonl, read_jsonl
 from .prompt import GroundedPrompt, build_prompt, locate
 
 RESERVED = ("id", "context", "question", "answer", "label")
@@ -42,21 +42,7 @@ class GroundItem:
 
 def load_items(path: str | Path) -> list[GroundItem]:
     """Items from JSONL (see the module docstring); UserError naming the line on anything malformed."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"items file not found: {p}")
-    items, seen = [], set()
-    for line_no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        item = parse_item(parse_json_object(line, f"{p}:{line_no}"), f"{p}:{line_no}", f"line-{line_no}")
-        if item.id in seen:
-            raise UserError(f"{p}:{line_no}: id {item.id!r} appears twice")
-        seen.add(item.id)
-        items.append(item)
-    if not items:
-        raise UserError(f"{p}: no items")
-    return items
+    return read_items_jsonl(path, parse_item)
 
 
 def parse_item(row: dict, where: str, default_id: str) -> GroundItem:
