@@ -35,8 +35,9 @@ Sliding-window layers (Gemma 2/3 local layers) are already windowed: they keep t
 
 Limits: no ``crop`` (evicted tokens cannot come back, so no assisted decoding or prefix reuse); with a
 left-padded batch the sinks of a short row fall on its (masked) pad tokens. The head ablation of
-``hooks.attention_control`` applies to plain layers only, and its top-1 probe records no head-wise
-layer (``take_top1`` then fails), so run head-wise caches with ``probe=False`` (as ``run_niah`` does).
+``hooks.attention_control`` applies to plain layers only, and its top-1 probe records nothing for a
+head-wise layer (``take_top1`` fills it with ``hooks.NO_KEY``), so run head-wise caches with
+``probe=False`` (as ``run_niah`` does).
 A layer holding both groups runs two attention calls instead of one.
 """
 
