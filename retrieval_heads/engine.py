@@ -132,7 +132,8 @@ class Engine:
         else:
             self.reuse_off = "the model builds a cache type of its own" if own else reuse_blocker(probe_cache)
         self.share_prefix = share_prefix and self.reuse_off is None
-        self.batchable = probe_cache is not None and self.cache_factory_is_default and all(
+        # batched decoding needs plain full-attention caches (no sliding windows, recurrent state or custom cache)
+        self.can_batch = probe_cache is not None and self.cache_factory_is_default and all(
             type(l) is PreallocatedLayer for l in probe_cache.layers)
         self.cache_factory = cache_factory or (lambda: None if own else new_cache(model, keep_past=self.share_prefix))
         self.num_layers = model.config.get_text_config().num_hidden_layers
@@ -195,11 +196,6 @@ class Engine:
         self.timer.reused_tokens += reuse
         self.timer.seconds["prefill_s"] += time.perf_counter() - start
         return self._cache
-
-    @property
-    def can_batch(self) -> bool:
-        """Batched decoding needs plain full-attention caches (no sliding windows, recurrent state or custom cache)."""
-        return self.batchable
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, *, probe: bool = True, cache_tag=None,

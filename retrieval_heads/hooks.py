@@ -215,11 +215,10 @@ def controlled_attention(control: AttentionControl, implementation: str):
         if heads is not None and control.mode is AblationMode.UNIFORM:
             query = query.clone()
             query[:, heads.to(query.device)] = 0
-        if control.probe and control.probe_rows > 1:
+        if control.probe:
             rows = min(control.probe_rows, q_len)
-            control.top1[layer] = rows_top1(query, key, attention_mask, scale, rows, **_probe_kwargs(kwargs))
-        elif control.probe:
-            control.top1[layer] = last_row_top1(query, key, attention_mask, scale, **_probe_kwargs(kwargs))
+            top1 = rows_top1(query, key, attention_mask, scale, rows, **_probe_kwargs(kwargs))  # (B, H, rows)
+            control.top1[layer] = top1 if control.probe_rows > 1 else top1[..., -1]
         out, weights = kernel(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if heads is not None and control.mode is AblationMode.ZERO:
             out = out.clone()

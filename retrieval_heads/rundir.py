@@ -46,8 +46,7 @@ class RunDir:
     def grids(self) -> list[dict]:
         """Every grid run into this directory (``--resume`` with other lengths, depths or shard adds one)."""
         path = self.path / CONFIG
-        saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        return saved.get("grids") or ([grid_of(saved["config"])] if "config" in saved else [])
+        return grids_in(json.loads(path.read_text(encoding="utf-8")) if path.exists() else {})
 
     def grid_summary(self) -> dict:
         """``{"grids": [...]}`` for a summary when the directory holds several grids' samples, else nothing."""
@@ -87,14 +86,19 @@ def grid_of(config: dict) -> dict:
     return {k: config.get(k) for k in GRID_KEYS}
 
 
+def grids_in(saved: dict) -> list[dict]:
+    """The grids a saved ``config.json`` describes: its ``grids``, else the one of its ``config``."""
+    return saved.get("grids") or ([grid_of(saved["config"])] if saved.get("config") else [])
+
+
 def grid_history(saved: dict, config: dict) -> dict:
     """``{"grids": [...]}`` when this run extends a directory holding another grid, else nothing.
 
     ``config.json`` then describes every grid whose samples the directory holds, not only the last.
     """
-    if not saved.get("config"):
+    grids = grids_in(saved)
+    if not grids:
         return {}
-    grids = saved.get("grids") or [grid_of(saved["config"])]
     new = grid_of(config)
     if json.dumps(new) not in {json.dumps(g) for g in grids}:
         grids = [*grids, new]
