@@ -6,12 +6,18 @@
     which is kinder to the baseline than the paper's Python loop over heads);
 (b) the engine: ``run_detection`` (shared-prefix chunked prefill, batched SDPA decoding with the probe).
 
+(c) with ``--until-stable``: the engine with ``detect --until-stable`` defaults (balanced blocks of 20,
+    stop when the bootstrap top-20 Jaccard reaches 0.95 with at least 20 successes) on the same grid.
+
 Each side runs in its own subprocess so that peak memory (ru_maxrss, or CUDA max allocated) is its
 own. Prints wall time, the ratio, peak memory, the share of time outside forward passes, and the
-largest per-head score difference between the two.
+largest per-head score difference between the two; with ``--until-stable`` also the samples it ran and
+the top-10, top-20 and retrieval-set (> 0.1) Jaccard of its heads with the full grid's.
 
     python benchmarks/bench_detect.py                      # smollm2-135m, 2 needles x {2000,4000} x 10 depths
     python benchmarks/bench_detect.py --random-llama 1b --device cuda --lengths 16000,32000
+    python benchmarks/bench_detect.py --needles-file benchmarks/data/heldout_needles.jsonl --needles 10 \
+        --lengths 1000,1500,2000,2500 --num-depths 5 --until-stable --json adaptive.json   # issue 14
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+SIDES = ("baseline", "engine", "stable")
 RANDOM_SHAPES = {  # Llama-style shapes for timing only (weights are random)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, max_position_embeddings=65536, rope_theta=500000.0),
@@ -39,7 +46,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--random-llama", choices=sorted(RANDOM_SHAPES), default=None,
                    help="time a randomly initialised Llama of this size (tokenizer of --model)")
-    p.add_argument("--needles", type=int, default=2, help="first N built-in needles")
+    p.add_argument("--needles", type=int, default=2, help="first N needles")
+    p.add_argument("--needles-file", default=None, help="needles JSONL (default: the built-in set)")
+    p.add_argument("--until-stable", action="store_true", help="also time the engine with --until-stable defaults")
+    p.add_argument("--json", default=None, help="write every number (and per-side head means) to this file")
     p.add_argument("--lengths", default="2000,4000")
     p.add_argument("--num-depths", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=50)
@@ -47,7 +57,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--only", choices=["baseline", "engine"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=SIDES, default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -129,13 +139,19 @@ def baseline(loaded, config) -> dict[str, list]:
     return out
 
 
-def engine(loaded, config, out_dir: Path) -> tuple[dict[str, list], dict]:
+def engine(loaded, config, out_dir: Path, until_stable: bool = False) -> tuple[dict[str, list], dict]:
+    """Rows ``id -> [head scores, generated ids, success]`` and the run's summary (timing, stop, means)."""
     from retrieval_heads.detection import run_detection
     from retrieval_heads.io import read_jsonl
+    from retrieval_heads.stability import StopRule
 
-    result = run_detection(loaded, config, out_dir, overwrite=True, progress=False)
-    rows = {r["id"]: [r["head_scores"], r["generated_ids"]] for r in read_jsonl(out_dir / "samples.jsonl")}
-    return rows, result.summary["timing"]
+    result = run_detection(loaded, config, out_dir, overwrite=True, progress=False,
+                           until_stable=StopRule() if until_stable else None)
+    rows = {r["id"]: [r["head_scores"], r["generated_ids"], r["success"]] for r in read_jsonl(out_dir / "samples.jsonl")}
+    summary = {k: result.summary.get(k) for k in ("timing", "stopped_early", "samples_run", "grid_samples", "successes",
+                                                  "samples", "stability")}
+    summary["mean"] = result.scores.mean.tolist()
+    return rows, summary
 
 
 def peak_memory_mb(device: str) -> float:
@@ -150,17 +166,18 @@ def run_one(args) -> None:
     loaded = load(args)
     with tempfile.TemporaryDirectory() as tmp:
         needles = Path(tmp) / "needles.jsonl"
-        needles.write_text("".join(json.dumps(n.__dict__) + "\n" for n in load_needles()[: args.needles]))
+        chosen = load_needles(args.needles_file)[: args.needles]
+        needles.write_text("".join(json.dumps(n.__dict__) + "\n" for n in chosen))
         config = sweep_config(args, str(needles))
         clock = ForwardClock(loaded.model, args.device)
         start = time.perf_counter()
         if args.only == "baseline":
-            rows, timing = baseline(loaded, config), {}
+            rows, run = baseline(loaded, config), {"timing": {}}
         else:
-            rows, timing = engine(loaded, config, Path(tmp) / "run")
+            rows, run = engine(loaded, config, Path(tmp) / "run", until_stable=args.only == "stable")
         wall = time.perf_counter() - start
     result = {"wall_s": wall, "forward_s": clock.seconds, "peak_mb": peak_memory_mb(args.device), "rows": rows,
-              "timing": timing, "model": loaded.name, "samples": len(rows)}
+              "timing": run["timing"], "run": run, "model": loaded.name, "samples": len(rows)}
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -169,7 +186,7 @@ def main() -> None:
     if args.only:
         return run_one(args)
     results = {}
-    for side in ("baseline", "engine"):
+    for side in SIDES if args.until_stable else SIDES[:2]:
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--only", side, "--result", fh.name]
             subprocess.run(cmd, check=True)
@@ -188,6 +205,33 @@ def main() -> None:
     print(f"speed-up: {base['wall_s'] / eng['wall_s']:.2f}x")
     print(f"engine time outside forward passes: {100 * outside:.1f}%")
     print(f"largest per-head score difference: {max(diffs):.3g}; identical generations: {same_tokens}/{len(diffs)}")
+    report = {"args": vars(args), "threads": torch.get_num_threads(), "diff": float(max(diffs)), "same_tokens": same_tokens,
+              **{side: {k: v for k, v in r.items() if k != "rows"} for side, r in results.items()}}
+    if args.until_stable:
+        report["stable_vs_full"] = compare_stable(results, base)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def compare_stable(results: dict, base: dict) -> dict:
+    """Print and return what ``--until-stable`` ran and how close its heads are to the full grid's."""
+    from retrieval_heads.stability import set_jaccards
+
+    stable, full = results["stable"], results["engine"]
+    a, b = np.asarray(stable["run"]["mean"]), np.asarray(full["run"]["mean"])
+    top10, retrieval = set_jaccards(a, b, 10)
+    top20, _ = set_jaccards(a, b, 20)
+    out = {"samples_run": stable["samples"], "grid_samples": full["samples"],
+           "successes": stable["run"]["successes"], "full_successes": full["run"]["successes"],
+           "stopped_early": stable["run"]["stopped_early"], "stability": stable["run"]["stability"],
+           "wall_s": stable["wall_s"], "vs_paper_strategy": stable["wall_s"] / base["wall_s"],
+           "vs_engine_full": stable["wall_s"] / full["wall_s"],
+           "top10_jaccard": top10, "top20_jaccard": top20, "retrieval_jaccard": retrieval}
+    print(f"until-stable: {out['samples_run']} of {out['grid_samples']} samples ({out['successes']} successful, "
+          f"stopped early: {out['stopped_early']}), {out['wall_s']:.1f} s = {out['vs_paper_strategy']:.3f} of the paper "
+          f"strategy's wall time, {out['vs_engine_full']:.3f} of the engine's full grid")
+    print(f"until-stable vs full grid: top-10 Jaccard {top10:.3f}, top-20 {top20:.3f}, retrieval set {retrieval:.3f}")
+    return out
 
 
 if __name__ == "__main__":
