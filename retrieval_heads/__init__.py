@@ -27,11 +27,12 @@ _API = {
     "AttentionControl": "hooks",
     "AblationMode": "hooks",
     "AblationPhase": "hooks",
-    "HeadwiseCache": "kvcache",
-    "HeadwiseAttention": "kvcache",
-    "top_fraction": "kvpolicy",
-    "eligible_layers": "kvpolicy",
-    "run_kv_eval": "kveval",
+    "HeadwiseCache": "kv.cache",
+    "HeadwiseAttention": "kv.attention",
+    "top_fraction": "kv.policy",
+    "eligible_layers": "kv.policy",
+    "CompressedCache": "kv.compressed",
+    "run_kv_eval": "kv.evaluate",
     "UserError": "errors",
 }
 

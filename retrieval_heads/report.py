@@ -27,8 +27,9 @@ RESULT_DIRS = ("niah*", "mask*sweep*", "kv*eval*", "tasks*")
 MAX_TABLE_ROWS = 500
 # summary.json fields the report recomputes and shows in its own sections
 DERIVED = ("config", "top_heads", "sparsity", "n_retrieval_heads", "retrieval_threshold", "stability",
-           "stability_curve")
+           "stability_curve", "kv_head_scores")
 STABILITY_PLOT = "stability.png"  # written by detection into the run directory
+KV_HEATMAP = "kv_heatmap.png"
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -41,6 +42,7 @@ th{background:#f2f5f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:.9em}
 .note{color:#666;font-style:italic}code{background:#f4f4f4;padding:0 .2em}
+.pair{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}.pair figure{flex:1 1 45%;min-width:300px}
 """
 
 
@@ -81,7 +83,7 @@ def write_plots(scores: HeadScores, out_dir: str | Path, *, top: int = 20,
     if num_kv_heads and not analysis.is_kv_level(scores) and num_kv_heads < scores.num_heads:
         written.append(Plot(
             f"Score of each KV head (max over its {scores.num_heads // num_kv_heads} query heads)",
-            plots.heatmap(scores.kv_view(num_kv_heads, "max"), out / "kv_heatmap.png",
+            plots.heatmap(scores.kv_view(num_kv_heads, "max"), out / KV_HEATMAP,
                           title=f"{name}: KV-head score (max over group)", xlabel="KV head",
                           applicable=np.repeat(scores.applicable.any(axis=1)[:, None], num_kv_heads, axis=1))))
     return written
@@ -108,7 +110,10 @@ def render_report(run: Path, scores: HeadScores, *, top: int = 20) -> str:
     kv = scores.meta.get("num_kv_heads")
     result = analysis.analyze(scores, top=top, num_kv_heads=kv)
     with tempfile.TemporaryDirectory() as tmp:
-        figures = {f.path.name: _figure(f.caption, f.path) for f in write_plots(scores, tmp, top=top, num_kv_heads=kv)}
+        written = write_plots(scores, tmp, top=top, num_kv_heads=kv)
+        if not any(f.path.name == KV_HEATMAP for f in written):
+            written += _summary_kv_heatmap(summary, scores, tmp)
+        figures = {f.path.name: _figure(f.caption, f.path) for f in written}
     title = f"Retrieval heads of {scores.model or run.name}"
     body = [
         f"<h1>{_e(title)}</h1>",
@@ -156,7 +161,7 @@ def _detection_section(result: dict, figures: dict[str, str]) -> str:
         "<h2>Detected retrieval heads</h2>",
         f'<p><b>{result["n_retrieval_heads"]}</b> of {result["shape"]["layers"] * result["shape"]["heads"]} heads '
         f'({result["percent_retrieval_heads"]:.2f}%) have a mean retrieval score above {result["threshold"]:g}.</p>',
-        figures.get("heatmap.png", ""),
+        _side_by_side(figures.get("heatmap.png", ""), figures.get(KV_HEATMAP, "")),
         f'<h3>Top {len(top)} heads</h3>',
         _table(["rank", "layer", "head", "mean score", "active fraction"], top),
         "<h3>Sparsity</h3>",
@@ -198,8 +203,8 @@ def _kv_section(result: dict, figures: dict[str, str]) -> str:
     return "\n".join([
         "<h2>KV heads</h2>",
         f'<p>{kv["num_kv_heads"]} KV heads per layer, each shared by {kv["group_size"]} query heads; '
-        f'{kv["n_retrieval_kv_heads"]} KV heads serve at least one retrieval head.</p>',
-        figures.get("kv_heatmap.png", ""),
+        f'{kv["n_retrieval_kv_heads"]} KV heads serve at least one retrieval head (heatmap beside the '
+        'heads\' one above).</p>',
         _table(["layer", "KV head", "max score over group"], rows),
     ])
 
@@ -279,6 +284,29 @@ def _figure(caption: str, path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _side_by_side(*figures: str) -> str:
+    """Figures (HTML) in one row, wrapping on narrow screens."""
+    shown = [f for f in figures if f]
+    return shown[0] if len(shown) == 1 else (f'<div class="pair">{"".join(shown)}</div>' if shown else "")
+
+
+def _summary_kv_heatmap(summary: dict, scores: HeadScores, out: str) -> list[Plot]:
+    """The KV-head heatmap from ``summary.json``'s ``kv_head_scores`` (max over each group), when the scores
+    alone could not give it (KV heads unknown to them)."""
+    found = (summary or {}).get("kv_head_scores")
+    table = found.get("max") if isinstance(found, dict) else None
+    try:
+        kv = np.asarray(table, dtype=np.float64)
+    except (TypeError, ValueError):
+        return []
+    if kv.ndim != 2 or kv.shape[0] != scores.num_layers or kv.shape[1] >= scores.num_heads:
+        return []
+    name = scores.model or "scores"
+    return [Plot(f"Score of each KV head (max over its {scores.num_heads // kv.shape[1]} query heads)",
+                 plots.heatmap(kv, Path(out) / KV_HEATMAP, title=f"{name}: KV-head score (max over group)",
+                               xlabel="KV head"))]
 
 
 def _rows_table(rows: list[dict]) -> str:

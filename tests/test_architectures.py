@@ -121,7 +121,8 @@ def test_one_token_last_prefill_chunk_is_not_a_decode_step():
 
 @torch.no_grad()
 def test_headwise_cache_does_not_evict_on_a_one_token_prefill_chunk():
-    from retrieval_heads.kvcache import HeadwiseAttention, HeadwiseCache
+    from retrieval_heads.kv.attention import HeadwiseAttention
+    from retrieval_heads.kv.cache import HeadwiseCache
 
     model = build_tiny("llama")
     full = np.zeros((3, 2), dtype=bool)

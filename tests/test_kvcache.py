@@ -15,18 +15,20 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 from retrieval_heads.engine import Engine
 from retrieval_heads.hooks import attention_control
-from retrieval_heads.kvcache import HeadwiseAttention, HeadwiseCache, HeadwiseCacheFactory, HeadwiseLayer, kept_positions
-from retrieval_heads.kvpolicy import (
+from retrieval_heads.kv.attention import HeadwiseAttention, HeadwiseCacheFactory
+from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, kept_positions
+from retrieval_heads.kv.policy import (
     above_threshold,
     eligible_layers,
     explicit,
     heads_for_fraction,
-    matching_uniform,
     random_plan,
     top_fraction,
+    uniform_for_bytes,
 )
 
 SINK, WINDOW = 3, 7
+HEAD_LEVEL = ["full", "retrieval", "random", "uniform"]
 
 
 def ids_of(length: int, seed: int = 0) -> torch.Tensor:
@@ -322,9 +324,9 @@ def test_uniform_matches_bytes():
     kv = np.random.default_rng(0).random((30, 3))
     plan = top_fraction(kv, 0.2, eligible=np.ones(30, dtype=bool), sink=4, window=64)
     tokens = 4000
-    uniform = matching_uniform(plan, tokens)
-    assert not uniform.full.any()
     expected = plan.byte_fraction(tokens)
+    uniform = uniform_for_bytes(plan.full.shape, expected, tokens, eligible=plan.eligible, sink=plan.sink)
+    assert not uniform.full.any()
     assert expected == pytest.approx((18 * 4000 + 72 * 68) / (90 * 4000))
     assert uniform.byte_fraction(tokens) == pytest.approx(expected, abs=1 / tokens)
     assert uniform.sink + uniform.window == round(expected * tokens)
@@ -334,7 +336,7 @@ def test_uniform_matches_bytes():
 
 
 def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
-    from retrieval_heads.kveval import run_kv_eval
+    from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
     from retrieval_heads.scores import HeadScores
     from retrieval_heads.sweep import SweepConfig
@@ -348,7 +350,9 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
     config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[200], depths=[50.0], max_new_tokens=4,
                          chunk_size=64)
     tmp_path = tmp_path / "out"
-    summary = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=16, progress=False)
+    # 2 of 6 KV heads full at 199 tokens: (2 x 199 + 4 x (4 + 16)) / (6 x 199) = 0.40 of the bytes
+    summary = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.41], policies=HEAD_LEVEL, sink=4, window=16,
+                          progress=False)
     rows = {r["policy"]: r for r in summary["rows"]}
     assert set(rows) == {"full", "retrieval", "random", "uniform"}
     for key in ("budget", "kv_bytes", "full_kv_bytes", "mean_score", "peak_rss_mb", "decode_tokens_per_s"):
@@ -360,11 +364,13 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
     assert (tmp_path / "kv_frontier.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["policy"] == "full"
     # a rerun with --resume skips finished samples; another plan in the same directory is refused
-    again = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=16, progress=False, resume=True)
+    again = run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.41], policies=HEAD_LEVEL, sink=4, window=16,
+                        progress=False, resume=True)
     for key in ("mean_score", "kv_bytes", "peak_rss_mb", "decode_tokens_per_s"):  # nothing re-ran, nothing changed
         assert [r[key] for r in again["rows"]] == [r[key] for r in summary["rows"]], key
     with pytest.raises(Exception, match="another KV plan"):
-        run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.34], sink=4, window=8, progress=False, resume=True)
+        run_kv_eval(loaded, config, tmp_path, scores, budgets=[0.41], policies=HEAD_LEVEL, sink=4, window=8,
+                    progress=False, resume=True)
 
 
 def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
@@ -373,7 +379,7 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
     attention split, so logits may differ in the last float bits: compared through greedy answers)."""
     from importlib import resources
 
-    from retrieval_heads.kveval import run_kv_eval
+    from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
     from retrieval_heads.scores import HeadScores
     from retrieval_heads.sweep import SweepConfig
@@ -387,16 +393,18 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
     runs = {}
     for shared in (True, False):
         out = tmp_path / ("shared" if shared else "separate")
-        summary = run_kv_eval(loaded, config, out, scores, budgets=[0.34], sink=4, window=16, progress=False,
-                              share_prefill=shared)
+        summary = run_kv_eval(loaded, config, out, scores, budgets=[0.4], policies=HEAD_LEVEL, sink=4, window=16,
+                              progress=False, share_prefill=shared)
         assert summary["shared_prefill"] is shared
         runs[shared] = (out, summary)
     for a, b in zip(runs[True][1]["rows"], runs[False][1]["rows"]):
         assert (a["policy"], a["samples"], a["kv_bytes"], a["mean_score"]) == (b["policy"], b["samples"], b["kv_bytes"], b["mean_score"])
-    for run in (runs[True][0] / "retrieval-0.34").glob("L*"):
-        other = runs[False][0] / "retrieval-0.34" / run.name
+    for run in (runs[True][0] / "retrieval-0.4").glob("L*"):
+        other = runs[False][0] / "retrieval-0.4" / run.name
         for name in ("results.jsonl", "kv_samples.jsonl"):
-            mine = sorted((json.loads(l) for l in (run / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
+            shared_only = ("compressed_kv_bytes", "compressed_dense_kv_bytes")  # bytes right after compression
+            mine = sorted(({k: v for k, v in json.loads(l).items() if k not in shared_only}
+                           for l in (run / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
             theirs = sorted((json.loads(l) for l in (other / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
             assert mine == theirs, name
         assert json.loads((run / "summary.json").read_text())["timing"]["prefill_shared_by"] == 4

@@ -117,3 +117,17 @@ def test_run_without_successful_samples(tmp_path, capsys):
     assert "no successful samples" in build_report(run).read_text()
     assert main(["analyze", str(run)]) == 0
     assert "not available (there are no successful samples)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kv_heads_known", [True, False])
+def test_report_shows_kv_head_scores_as_a_heatmap_beside_the_heads(run_dir, scores, kv_heads_known):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["kv_head_scores"] = {r: scores.kv_view(2, r).round(6).tolist() for r in ("max", "mean")}
+    if not kv_heads_known:  # only the summary's table can give the KV-head view
+        del summary["num_kv_heads"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    text = build_report(run_dir).read_text()
+    assert "kv_head_scores" not in text and "[[" not in text  # no raw nested lists in the configuration table
+    pair = text[text.index('<div class="pair">'):]
+    block = pair[:pair.index("</div>")]
+    assert block.count("data:image/png;base64,") == 2 and "Score of each KV head" in block

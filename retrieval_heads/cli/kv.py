@@ -9,27 +9,41 @@ from .tables import format_table
 
 class KvEval(Command):
     name = "kv-eval"
-    help = ("NIAH score vs KV-cache bytes: full KV for retrieval KV heads, sink + window for the rest, "
-            "against random heads and uniform streaming at the same bytes")
+    help = ("NIAH score vs KV-cache bytes: retrieval-aware policies (retrieval KV heads full, HeadKV budgets, "
+            "retrieval heads + SnapKV) against random heads, uniform streaming and SnapKV at the same bytes")
 
     def add_arguments(self, parser):
-        from ..kveval import DEFAULT_BUDGETS
-        from ..kvpolicy import POLICIES
+        from ..kv.evaluate import DEFAULT_BUDGETS
+        from ..kv.policy import POLICIES, PolicySettings
 
+        defaults = PolicySettings()
         add_sweep_args(parser, command="kv-eval")
         g = parser.add_argument_group("KV cache")
         g.add_argument("--scores", required=True, help="head scores: a detection run directory or a score file")
         g.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
-                       help="fractions of KV heads kept full, comma separated")
-        g.add_argument("--sink", type=int, default=64, help="first tokens every streaming head keeps")
-        g.add_argument("--window", type=int, default=384, help="recent tokens every streaming head keeps")
+                       help="fractions of the full cache's KV bytes (global attention layers), comma separated; "
+                            "the same for every policy")
+        g.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
+        g.add_argument("--query-agnostic", action="store_true",
+                       help="compress the context's cache before the question is known, then prefill the question "
+                            "into the compressed cache (results under OUT/query-agnostic/)")
+        g.add_argument("--sink", type=int, default=defaults.sink, help="first tokens every non-full KV head keeps")
+        g.add_argument("--window", type=int, default=defaults.window,
+                       help="recent tokens every streaming KV head keeps (retrieval, random)")
+        g.add_argument("--obs-window", type=int, default=defaults.obs_window,
+                       help="SnapKV's observation window: the last tokens before compression, whose attention "
+                            "chooses what the other tokens keep (snapkv, retrieval-snapkv, headkv)")
+        g.add_argument("--full-share", type=float, default=defaults.full_share,
+                       help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads")
+        g.add_argument("--floor-share", type=float, default=defaults.floor_share,
+                       help="headkv: every KV head keeps at least this share of an equal split of the budget")
         g.add_argument("--prefill", default="full", choices=["lambda", "chunk", "full"],
                        help="what streaming heads see while prefilling: lambda = sink + the window before each token "
                             "(chunk-size independent, as when decoding); chunk = sink + window + the whole current "
                             "chunk (StreamingLLM-style); full = everything, evicted when decoding starts "
-                            "(the default: keeps accuracy, but the prefill still peaks at a full cache)")
-        g.add_argument("--policies", default=",".join(POLICIES), help=f"subset of {','.join(POLICIES)}")
-        g.add_argument("--seed", type=int, default=0, help="seed of the random-heads baseline")
+                            "(the default and the only mode of the token-selection policies: keeps accuracy, but "
+                            "the prefill still peaks at a full cache)")
+        g.add_argument("--seed", type=int, default=defaults.seed, help="seed of the random-heads baseline")
         g.add_argument("--prefill-per-condition", action="store_true",
                        help="prefill every prompt again for each condition (with --prefill full one prefill per prompt "
                             "serves every condition by default); each condition then runs in its own process, so its "
@@ -38,30 +52,43 @@ class KvEval(Command):
                        help="with a prefill per condition, run them all in this process (peak RSS then carries over)")
 
     def run(self, args) -> int:
-        from ..errors import UserError
         from ..formats import load_scores
-        from ..kveval import run_kv_eval
+        from ..kv.evaluate import conditions, run_kv_eval
+        from ..kv.policy import PolicySettings, check_budget
 
         config = sweep_config_from_args(args)
         budgets = numbers(args.budgets, float, "--budgets")
-        if any(not 0 <= b <= 1 for b in budgets):
-            raise UserError("--budgets are fractions of KV heads in [0, 1]")
+        for budget in budgets:
+            check_budget(budget)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        conditions(policies, budgets)  # unknown names fail before the model loads
+        PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=args.full_share,
+                       floor_share=args.floor_share).check()
         scores = load_scores(args.scores)
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
-                              sink=args.sink, window=args.window, prefill=args.prefill, seed=args.seed,
-                              isolate=not args.no_isolate,
+                              sink=args.sink, window=args.window, obs_window=args.obs_window,
+                              full_share=args.full_share, floor_share=args.floor_share, prefill=args.prefill,
+                              query_agnostic=args.query_agnostic, seed=args.seed, isolate=not args.no_isolate,
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)
-        print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, prefill {args.prefill}")
-        headers = ["policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "peak RSS MB", "decode tok/s"]
+        print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, window {args.window}, "
+              f"observation window {args.obs_window}, prefill {args.prefill}")
+        headers = ["setting", "policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "samples",
+                   "peak RSS MB", "decode tok/s"]
         print(format_table(headers, [
-            [r["policy"], f"{r['budget']:g}", r["num_full_kv_heads"], "-" if r["window"] is None else r["window"],
-             _pct(r["kv_fraction"]), _num(r["mean_score"]), _num(r["peak_rss_mb"], 0), _num(r["decode_tokens_per_s"], 2)]
+            ["query-agnostic" if r.get("query_agnostic") else "question in prompt", r["policy"], f"{r['budget']:g}",
+             r["num_full_kv_heads"], _window(r), _pct(r["kv_fraction"]), _num(r["mean_score"]), r["samples"],
+             _num(r["peak_rss_mb"], 0), _num(r["decode_tokens_per_s"], 2)]
             for r in summary["rows"]]))
         print(f"results in {args.out}/ (summary.json, kv_frontier.png, one NIAH run per condition and length)")
         return 0
+
+
+def _window(row: dict) -> str:
+    if row.get("obs_window") is not None:
+        return f"obs {row['obs_window']}"
+    return "-" if row.get("window") is None else str(row["window"])
 
 
 def _pct(x) -> str:

@@ -2,11 +2,19 @@
 
 One teacher-forced forward pass per answer: the prompt is prefilled (chunked, its KV cache kept
 for the next answer to the same prompt, and shared prefixes reused as in the sweep engine), then
-the last prompt token and the answer run through the model together with the probe recording the
-top-1 key of every one of those query rows (``AttentionControl(probe_rows=R)``). Row r produces
-answer token r, exactly as decoding step r would. The copy signal and the spans come from
-``signal`` and ``provenance``; the model's log-probability of each answer token comes with the
-same pass.
+the last prompt token and the R answer tokens run through the model together with the probe
+recording the top-1 key of every one of those R + 1 query rows (``AttentionControl(probe_rows=R +
+1)``). Row r produces answer token r, exactly as decoding step r would; row R reads the last answer
+token (what a head attends to there says where it found that token: ``signal``'s *located*
+evidence). The evidence, the sources and the spans come from ``signal`` and ``provenance``; the
+model's log-probability of each answer token comes with the same pass.
+
+An answer's ``grounding`` is the share of its counted tokens (those with a letter or digit) that
+are grounded, leaving out the tokens that restate the question (copied from the question and not
+from the context): repeating what was asked is neither support from the context nor a claim made
+up. On the tuning split this lifts true answers given as sentences ("The password is Kelsel.",
+whose "password" the heads read in the question) from a mean grounding of 0.89 to 0.96 and
+fabricated sentences from 0.55 to 0.58 (true vs fabricated AUROC 0.988 -> 0.998).
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ DEFAULT_MAX_NEW_TOKENS = 32  # greedy answers, as the direct task suites
 class TokenGrounding:
     """One answer token: its characters in the answer, whether it counts and is grounded, and its source.
 
-    ``share``/``question_share``: weighted share of the selected heads copying it from the
-    context / the question. ``source``: [start, end) characters in the context, or None.
-    ``all_heads``: unweighted share of every head copying it from the context.
+    ``share``/``question_share``: weighted share of the selected heads with evidence (``signal``)
+    for it from the context / the question. ``source``: [start, end) characters in the context, or
+    None. ``all_heads``: unweighted share of every head with evidence for it from the context.
     """
 
     text: str
@@ -63,7 +71,8 @@ class Grounding:
     """A grounded answer.
 
     Attributes:
-        grounding: share of counted tokens grounded in the context, in [0, 1]; None when no token counts.
+        grounding: share of the counted tokens not restating the question that are grounded in the
+            context, in [0, 1]; None when no such token.
         restated: share of counted tokens copied from the question instead (not grounded).
         mean_logprob: the model's mean log-probability of the answer tokens.
         all_heads: mean over counted tokens of the share of all heads copying from the context.
@@ -114,6 +123,7 @@ class Grounder:
         self.engine = Engine(model, self.control, self.stop, chunk_size=chunk_size, num_heads=self.num_heads)
         self.matcher = signal.TokenMatcher(tokenizer)
         self._cache, self._cached_prompt = None, None
+        self._words = None  # (prompt, its word spans)
 
     @classmethod
     def from_scores(cls, loaded, scores, *, top_k: int | None = None, head_threshold: float = RETRIEVAL_THRESHOLD,
@@ -149,14 +159,17 @@ class Grounder:
 
     @torch.no_grad()
     def forward(self, prompt_ids: list[int], answer_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass: ((R, L, H) absolute top-1 keys, (R,) log-probabilities) of the R answer tokens."""
+        """Teacher-forced pass: ((R + 1, L, H) absolute top-1 keys, (R,) log-probabilities) of the R answer tokens.
+
+        Key row r < R is the query producing answer token r; row R is the query reading the last answer token.
+        """
         from ..hooks import attention_control
 
         if len(prompt_ids) < 2:
             raise UserError("a prompt needs at least two tokens")
         if not answer_ids:
             raise UserError("the answer is empty")
-        tail = [prompt_ids[-1], *answer_ids[:-1]]  # row r is the query producing answer token r
+        tail = [prompt_ids[-1], *answer_ids]  # row r is the query producing answer token r; row R reads the last
         device = next(self.model.parameters()).device
         with attention_control(self.model, self.control):
             cache = self._prefilled(prompt_ids, room=len(tail))
@@ -170,7 +183,7 @@ class Grounder:
         if offsets.dim() == 2:
             offsets = offsets.unsqueeze(-1)
         keys = signal.absolute_keys(offsets.cpu(), len(prompt_ids) - 1 + len(tail))
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(tail)), torch.tensor(answer_ids)]
+        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)[torch.arange(len(answer_ids)), torch.tensor(answer_ids)]
         return keys, logprobs.cpu()
 
     @torch.no_grad()
@@ -197,29 +210,46 @@ class Grounder:
 
     def interpret(self, prompt: GroundedPrompt, answer: AnswerTokens, keys: torch.Tensor,
                   logprobs: torch.Tensor) -> Grounding:
-        """Turn one pass's (R, L, H) top-1 keys and (R,) log-probabilities into a Grounding."""
-        holds = self.matcher.matrix(answer.ids, prompt.ids)  # (R, P)
-        from_context = signal.copy_events(keys, holds, prompt.context_tokens)
-        from_question = signal.copy_events(keys, holds, prompt.question_tokens)
-        share = signal.weighted_share(from_context, self.weights)
-        q_share = signal.weighted_share(from_question, self.weights)
-        all_heads = signal.copy_rate(from_context, self.applicable)
+        """Turn one pass's (R + 1, L, H) top-1 keys and (R,) log-probabilities into a Grounding."""
+        a_spans = signal.word_spans(answer.text, answer.offsets)
+        p_spans = self._prompt_words(prompt)
+        holds = signal.holds([_text(answer.text, w) for w in a_spans], [_text(prompt.text, w) for w in p_spans])
+        index = signal.word_index(a_spans)
+        context, positions = signal.evidence(keys, holds, prompt.context_tokens)
+        context = signal.pool_words(context, index)
+        question = signal.pool_words(signal.evidence(keys, holds, prompt.question_tokens)[0], index)
+        share = signal.weighted_share(context, self.weights)
+        q_share = signal.weighted_share(question, self.weights)
+        all_heads = signal.copy_rate(context, self.applicable)
         grounded = share >= self.threshold
-        sources = signal.token_sources(from_context & grounded.view(-1, 1, 1), keys, self.weights)
+        restated = (q_share >= self.threshold) & ~grounded
         counted = torch.tensor([countable(answer.token_text(i)) for i in range(len(answer.ids))])
+        parts = signal.word_parts(answer.offsets, a_spans)
+        in_prompt = signal.token_sources(positions, self.weights, grounded.tolist(), answer_text=answer.text,
+                                         answer_spans=a_spans, answer_parts=parts, prompt_text=prompt.text,
+                                         prompt_spans=p_spans)
+        base, limit = prompt.context_chars
+        sources = [None if s is None else (max(s[0], base) - base, min(s[1], limit) - base) for s in in_prompt]
         tokens = [
             TokenGrounding(answer.token_text(i), *answer.offsets[i], bool(counted[i]), bool(grounded[i]),
-                           float(share[i]), float(q_share[i]), float(all_heads[i]),
-                           prompt.context_range(int(sources[i])) if grounded[i] else None, float(logprobs[i]))
+                           float(share[i]), float(q_share[i]), float(all_heads[i]), sources[i], float(logprobs[i]))
             for i in range(len(answer.ids))
         ]
-        restated = (q_share >= self.threshold) & ~grounded
         return Grounding(
-            answer, tokens, [s for s in spans(prompt, answer, grounded.tolist(), sources.tolist())
-                             if s.answer_end > s.answer_start],
-            signal.grounding_share(grounded, counted), signal.grounding_share(restated, counted),
+            answer, tokens, spans(parts, sources, answer.text, prompt.context),
+            signal.grounding_share(grounded, counted & ~restated), signal.grounding_share(restated, counted),
             float(logprobs.mean()), _mean(all_heads, counted),
         )
+
+    def _prompt_words(self, prompt: GroundedPrompt) -> list:
+        """``signal.word_spans`` of the prompt's tokens, kept for the next answer to the same prompt."""
+        if self._words is None or self._words[0] is not prompt:
+            self._words = (prompt, signal.word_spans(prompt.text, prompt.offsets))
+        return self._words[1]
+
+
+def _text(text: str, span) -> str | None:
+    return None if span is None else text[span[0]:span[1]]
 
 
 def _mean(values: torch.Tensor, counted: torch.Tensor) -> float | None:

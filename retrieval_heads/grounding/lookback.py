@@ -3,12 +3,13 @@
 For the query row producing answer token r, head (l, h) puts mean attention ``A_ctx`` on the P
 prompt tokens and ``A_new`` on the r answer tokens before it; its lookback ratio is
 ``A_ctx / (A_ctx + A_new)`` (1 for the first token, which has no answer before it). An answer's
-features are the (layers x heads) ratios averaged over its tokens; a logistic regression trained
+features are the (layers x heads) ratios averaged over the rows producing its tokens (the
+Grounder's pass has one more row, reading the last answer token, which is left out); a logistic regression trained
 on another split (``evaluate.LogisticRegression``) turns them into a score.
 
 ``lookback_ratios(model, recorder)`` wraps the attention kernel the model currently runs (also
 the probe's, when nested with ``attention_control``) and fills ``recorder.ratios`` on the one
-forward pass whose query count equals ``recorder.rows``: the Grounder's teacher-forced pass.
+forward pass whose query count equals ``recorder.rows`` (answer tokens + 1): the Grounder's teacher-forced pass.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 
 @dataclass
 class LookbackRecorder:
-    """Set ``prompt_length``, ``rows`` (answer tokens) and ``total`` (positions after the pass) before
-    a pass; ``ratios[layer]`` is then (B, H, rows) float32."""
+    """Set ``prompt_length``, ``rows`` (answer tokens + 1) and ``total`` (positions after the pass)
+    before a pass (``expect``); ``ratios[layer]`` is then (B, H, rows) float32."""
 
     prompt_length: int = 0
     rows: int = 0
@@ -31,14 +32,14 @@ class LookbackRecorder:
     ratios: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def expect(self, prompt_length: int, answer_length: int) -> None:
-        self.prompt_length, self.rows, self.total = prompt_length, answer_length, prompt_length - 1 + answer_length
+        self.prompt_length, self.rows, self.total = prompt_length, answer_length + 1, prompt_length + answer_length
         self.ratios.clear()
 
     def features(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """(num_layers * num_heads,) mean ratio per head over the answer tokens (1 where a layer recorded nothing)."""
         out = torch.ones(num_layers, num_heads)
         for layer, ratio in self.ratios.items():
-            out[layer, : ratio.shape[1]] = ratio[0].mean(-1).cpu()
+            out[layer, : ratio.shape[1]] = ratio[0, :, : self.rows - 1].mean(-1).cpu()
         return out.flatten()
 
 

@@ -1,60 +1,103 @@
-"""The grounding signal: which heads copy each answer token out of the context, and from where.
+"""The grounding signal: which heads copy each answer word out of the context, and from where.
 
 The paper's copy criterion (``scoring.retrieval_scores``) with the needle replaced by a region of
-the prompt (the context, or the question): head (l, h) copies answer token i when the top-1 key
-``j`` of the query row that produces token i lies in the region and prompt token ``j`` is token
-i. Tokens are compared by their text with surrounding whitespace ignored (``TokenMatcher``), so
-``" Paris"`` inside a sentence of the context matches the ``"Paris"`` that opens an answer.
+the prompt (the context, or the question), read word by word. Head (l, h) has **evidence** for
+answer token i from the region when either
 
-A token's **share** is the head-score-weighted fraction of the selected heads that copy it:
-``sum_h w_h * copy_h / sum_h w_h``; it is **grounded** when its context share reaches the
-threshold. Its **source** is the prompt position the copying heads point at (the one with the
-most weight; the position right after the previous token's source when a copying head points
-there, so a copied phrase keeps one contiguous source).
+* **copy**: the top-1 key ``k`` of the query row that produces token i lies in the region and
+  prompt token ``k`` holds token i's word (row i; its query is token i-1, the last prompt token for
+  i = 0); or
+* **located**: the top-1 key ``k`` of the next row (row i+1, whose query *is* token i) lies right
+  after a region token holding token i's word (``k - 1``). A head that has found token i in the
+  context attends to what follows it there, to produce token i+1; what it attends to need not be
+  token i+1 (row i+1 cannot see token i+1), so this is evidence for token i only.
+
+Why ``located``: on the row that produces the first answer token (query: the chat template's last
+token) the retrieval heads of SmolLM2-135M rest on the ``<|im_start|>`` sink or read the question;
+they find the answer in the context only once its first token is fed in (with g00's
+``"Or"+"v"+"hor"`` they point at ``" Or"``'s successor ``"v"`` on row 1, with ``"bar"+"ley"`` at the
+``"."`` after ``" barley"``). The Grounder's pass therefore has a row more than the answer: row R
+reads the last answer token, so a one-token answer has a located row as well. Attending to the
+token *before* a copy (``k + 1`` holds token i) counts for nothing.
+
+**Words.** A token's word is the run of letters and digits around its first letter or digit
+(``word_spans``; a character of an unspaced script such as CJK is compared token for token instead)
+and words match case-insensitively (``holds``). So different BPE splits of one word match
+(``"bar"+"ley"`` opening an answer, ``" barley"`` inside a sentence of the context), digits split
+one by one match their number, and a fabricated name that shares a first piece with a real one
+(``"Or"+"lan"`` against ``" Or"+"v"+"hor"``) does not. A head's evidence for one piece of a word
+counts for every piece of it (``pool_words``): a head can point at ``" barley"`` for only one of
+``"bar"`` and ``"ley"``.
+
+A token's **share** is the head-score-weighted fraction of the selected heads with evidence for
+it: ``sum_h w_h * evidence_h / sum_h w_h``; it is **grounded** when its context share reaches the
+threshold. Its **source** (``token_sources``) is the matching characters of the context word
+occurrence the evidence points at (the one with the most weight, or the one continuing the
+previous word's occurrence when the text between them agrees with the answer's, so a copied phrase
+keeps one contiguous source).
 """
 
 from __future__ import annotations
+
+import re
+import unicodedata
 
 import torch
 
 from ..errors import UserError
 from ..scores import RETRIEVAL_THRESHOLD
 
+Range = tuple[int, int]
 
-class TokenMatcher:
-    """Decides whether an attended prompt token "holds" an answer token, by their text.
 
-    Texts are compared with surrounding whitespace ignored; they also match when one (of at least
-    two characters) contains the other, so the same word split differently by BPE still counts:
-    ``" Orv" + "hor"`` inside a sentence of the context against ``"Or" + "v" + "hor"`` opening an answer.
+def _unspaced(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def word_spans(text: str, offsets: list[Range]) -> list[Range | None]:
+    """[start, end) characters of the word each token belongs to, None for a token without a letter or digit.
+
+    The word is the run of letters and digits around the token's first letter or digit; for a
+    character of an unspaced script (CJK and other wide characters) it is the token's own letters.
     """
+    out: list[Range | None] = []
+    for start, end in offsets:
+        first = next((i for i in range(start, end) if text[i].isalnum()), None)
+        if first is None:
+            out.append(None)
+        elif _unspaced(text[first]):
+            last = max(i for i in range(start, end) if text[i].isalnum())
+            out.append((first, last + 1))
+        else:
+            a, b = first, first
+            while a > 0 and text[a - 1].isalnum() and not _unspaced(text[a - 1]):
+                a -= 1
+            while b < len(text) and text[b].isalnum() and not _unspaced(text[b]):
+                b += 1
+            out.append((a, b))
+    return out
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._text: dict[int, str] = {}
-        self._pair: dict[tuple[int, int], bool] = {}
 
-    def text(self, token_id: int) -> str:
-        if token_id not in self._text:
-            raw = self.tokenizer.decode([token_id])
-            self._text[token_id] = raw.strip() or raw
-        return self._text[token_id]
+def holds(answer_words: list[str | None], prompt_words: list[str | None]) -> torch.Tensor:
+    """(R, P) bool: prompt token j belongs to the same word as answer token r (case-insensitive).
 
-    def same(self, a: int, p: int) -> bool:
-        """Whether prompt token ``p`` holds answer token ``a``."""
-        key = (a, p)
-        if key not in self._pair:
-            ta, tp = self.text(a), self.text(p)
-            self._pair[key] = ta == tp or (len(ta) >= 2 and ta in tp) or (len(tp) >= 2 and tp in ta)
-        return self._pair[key]
+    Arguments are the words' texts (``text[start:end]`` of ``word_spans``), None for no word.
+    """
+    vocab: dict[str, int] = {}
+    a = torch.tensor([vocab.setdefault(w.casefold(), len(vocab)) if w else -1 for w in answer_words], dtype=torch.long)
+    p = torch.tensor([vocab.setdefault(w.casefold(), len(vocab)) if w else -2 for w in prompt_words], dtype=torch.long)
+    return a.view(-1, 1) == p.view(1, -1)
 
-    def matrix(self, answer_ids: list[int], prompt_ids: list[int]) -> torch.Tensor:
-        """(R, P) bool: prompt token j holds answer token r."""
-        unique = sorted(set(prompt_ids))
-        column = {p: i for i, p in enumerate(unique)}
-        table = torch.tensor([[self.same(a, p) for p in unique] for a in answer_ids], dtype=torch.bool).view(
-            len(answer_ids), len(unique))
-        return table[:, torch.tensor([column[p] for p in prompt_ids], dtype=torch.long)]
+
+def word_parts(offsets: list[Range], spans: list[Range | None]) -> list[Range | None]:
+    """Each token's characters inside its word (``offsets`` clipped to ``word_spans``), None without a word."""
+    return [None if w is None else (max(o[0], w[0]), min(o[1], w[1])) for o, w in zip(offsets, spans)]
+
+
+def word_index(spans: list[Range | None]) -> list[int]:
+    """Answer token -> number of its word (tokens of one word share it), -1 for tokens without a word."""
+    numbers: dict[Range, int] = {}
+    return [-1 if s is None else numbers.setdefault(s, len(numbers)) for s in spans]
 
 
 def head_weights(mean_scores, *, threshold: float = RETRIEVAL_THRESHOLD, top_k: int | None = None,
@@ -84,24 +127,24 @@ def head_weights(mean_scores, *, threshold: float = RETRIEVAL_THRESHOLD, top_k: 
 
 
 def absolute_keys(offsets: torch.Tensor, total_length: int) -> torch.Tensor:
-    """Top-1 keys as absolute positions, one row per answer token.
+    """Top-1 keys as absolute positions, one row per query row.
 
     Args:
-        offsets: (L, H, R) top-1 keys as offsets from the end of the key sequence (``take_top1``
+        offsets: (L, H, Q) top-1 keys as offsets from the end of the key sequence (``take_top1``
             of one sample); ``hooks.NO_KEY`` (0) for layers without softmax attention.
         total_length: number of positions the forward pass ended at (cache plus new tokens).
     Returns:
-        (R, L, H) int64; NO_KEY maps to ``total_length``, which is no prompt position.
+        (Q, L, H) int64; NO_KEY maps to ``total_length``, which is no prompt position.
     """
     return (offsets + total_length).permute(2, 0, 1).contiguous()
 
 
-def copy_events(keys: torch.Tensor, holds: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
-    """(R, L, H) bool: head (l, h) copies answer token r from ``region`` of the prompt.
+def copy_events(keys: torch.Tensor, holds: torch.Tensor, region: Range) -> torch.Tensor:
+    """(R, L, H) bool: the top-1 key of row r lies in ``region`` on a prompt token holding answer token r.
 
     Args:
         keys: (R, L, H) absolute top-1 key of the query row producing answer token r.
-        holds: (R, P) bool, prompt token j holds answer token r (``TokenMatcher.matrix``).
+        holds: (R, P) bool, prompt token j holds answer token r (``holds``).
         region: [start, end) prompt positions that count as a source.
     """
     start, end = region
@@ -112,8 +155,47 @@ def copy_events(keys: torch.Tensor, holds: torch.Tensor, region: tuple[int, int]
     return inside & holds[rows, keys.clamp(0, holds.shape[1] - 1)]
 
 
+def next_row_keys(keys: torch.Tensor, answer_length: int) -> torch.Tensor:
+    """(R, L, H): the key one before row r+1's top-1 key (-1 where there is no row r+1).
+
+    ``keys``: (R + 1, L, H) (the Grounder's pass: row R reads the last answer token) or (R, L, H).
+    """
+    after = keys[1:answer_length + 1] - 1
+    if after.shape[0] < answer_length:
+        after = torch.cat([after, torch.full((answer_length - after.shape[0], *keys.shape[1:]), -1, dtype=keys.dtype)])
+    return after
+
+
+def evidence(keys: torch.Tensor, holds: torch.Tensor, region: Range) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy-or-located evidence (see the module docstring) and the prompt position it points at.
+
+    Args:
+        keys: (R + 1, L, H) (or (R, L, H): no located evidence for the last token) absolute top-1 keys.
+        holds: (R, P) bool (``holds``); region: [start, end) prompt positions.
+    Returns:
+        events (R, L, H) bool, and positions (R, L, H) int64: the prompt token holding answer token
+        r (the key for a copy, the key before row r+1's for a located token), -1 without evidence.
+    """
+    length = holds.shape[0]
+    copied = copy_events(keys[:length], holds, region)
+    before = next_row_keys(keys, length)
+    located = copy_events(before, holds, region)
+    positions = torch.where(copied, keys[:length], torch.where(located, before, torch.full_like(before, -1)))
+    return copied | located, positions
+
+
+def pool_words(events: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """(R, L, H): a head's evidence for any token of a word, on every token of that word (``word_index``)."""
+    pooled = events.clone()
+    idx = torch.tensor(index, dtype=torch.long)
+    for w in set(index) - {-1}:
+        rows = idx == w
+        pooled[rows] = events[rows].any(0, keepdim=True)
+    return pooled
+
+
 def weighted_share(copies: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(R,) float64 weighted share of the selected heads that copy each token.
+    """(R,) float64 weighted share of the selected heads with evidence for each token.
 
     ``copies``: (R, L, H) bool; ``weights``: (L, H), zero for heads not selected.
     """
@@ -121,30 +203,53 @@ def weighted_share(copies: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def copy_rate(copies: torch.Tensor, applicable: torch.Tensor | None = None) -> torch.Tensor:
-    """(R,) unweighted share of all (existing) heads that copy each token: the all-heads baseline."""
+    """(R,) unweighted share of all (existing) heads with evidence for each token: the all-heads baseline."""
     mask = torch.ones(copies.shape[1:], dtype=torch.bool) if applicable is None else torch.as_tensor(applicable)
     return (copies & mask).flatten(1).sum(1).double() / mask.sum()
 
 
-def token_sources(copies: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(R,) int64 prompt position each token was copied from, -1 where no selected head copies it.
+def squash(text: str) -> str:
+    """``text`` with every whitespace run as one space (how gaps between copied words are compared)."""
+    return re.sub(r"\s+", " ", text)
 
-    The position with the most copying weight (ties: the earliest), unless a copying head points
-    right after the previous token's source, which then wins (a copied phrase keeps one source run).
+
+def token_sources(positions: torch.Tensor, weights: torch.Tensor, grounded: list[bool], *, answer_text: str,
+                  answer_spans: list[Range | None], answer_parts: list[Range | None], prompt_text: str,
+                  prompt_spans: list[Range | None]) -> list[Range | None]:
+    """[start, end) characters of ``prompt_text`` each grounded token was copied from; None for the others.
+
+    Each grounded answer word gets one occurrence: the prompt word that the most head weight points
+    at over the word's tokens (``positions`` (R, L, H) from ``evidence``; ties: the earliest), unless
+    a candidate starts where the previous word's occurrence continues (the prompt text between them
+    equals the answer's, whitespace runs counted as one space), which then wins. A token's source is
+    its part of the word (``answer_parts``) at the same offset inside that occurrence.
     """
-    sources = torch.full((keys.shape[0],), -1, dtype=torch.long)
-    for r in range(keys.shape[0]):
-        live = copies[r] & (weights > 0)  # (L, H)
-        if not live.any():
+    index = word_index(answer_spans)
+    sources: list[Range | None] = [None] * len(index)
+    heads = (weights > 0).nonzero().tolist()
+    previous: tuple[Range, Range] | None = None  # (answer word, prompt occurrence) of the last grounded word
+    for w in sorted(set(index) - {-1}):
+        rows = [r for r, x in enumerate(index) if x == w]
+        if not any(grounded[r] for r in rows):
             continue
-        where, mass = keys[r][live], weights[live]
-        previous = int(sources[r - 1]) if r else -1
-        if previous >= 0 and bool((where == previous + 1).any()):
-            sources[r] = previous + 1
+        votes: dict[Range, float] = {}
+        for layer, head in heads:
+            for span in {prompt_spans[p] for p in positions[rows, layer, head].tolist() if p >= 0} - {None}:
+                votes[span] = votes.get(span, 0.0) + float(weights[layer, head])
+        if not votes:
             continue
-        positions = where.unique()  # sorted
-        votes = torch.stack([mass[where == p].sum() for p in positions])
-        sources[r] = positions[int(votes.argmax())]
+        word = answer_spans[rows[0]]
+        candidates = sorted(votes)  # ties go to the earliest
+        choice = max(candidates, key=lambda c: votes[c])
+        if previous is not None:
+            gap = squash(answer_text[previous[0][1]:word[0]])
+            follow = [c for c in candidates
+                      if c[0] >= previous[1][1] and squash(prompt_text[previous[1][1]:c[0]]) == gap]
+            choice = follow[0] if follow else choice
+        previous = (word, choice)
+        for r in rows:
+            start, end = answer_parts[r]
+            sources[r] = (choice[0] + start - word[0], choice[0] + end - word[0])
     return sources
 
 

@@ -1,21 +1,53 @@
-"""The KV-cache frontier: mean NIAH score against the fraction of the full cache's bytes, one line per policy."""
+"""The KV-cache frontier: mean NIAH score against the fraction of the full cache's bytes, one line per policy.
+
+One panel per setting found in the rows: the question inside the compressed prompt, and query-agnostic
+(compressed before the question is known).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .style import ACCENT, HIGHLIGHT, figure, save
+from .style import ACCENT, DPI, HIGHLIGHT, save
 
 STYLES = {
-    "retrieval": dict(color=HIGHLIGHT, marker="o", label="retrieval KV heads full"),
-    "random": dict(color=ACCENT, marker="s", label="random KV heads full"),
-    "uniform": dict(color="#6a9f58", marker="^", label="uniform sink + window (same bytes)"),
+    "retrieval": dict(color=HIGHLIGHT, marker="o", label="retrieval KV heads full + sink/window"),
+    "random": dict(color=ACCENT, marker="s", label="random KV heads full + sink/window"),
+    "uniform": dict(color="#6a9f58", marker="^", label="uniform sink + window"),
+    "snapkv": dict(color="#8a5bb5", marker="v", label="SnapKV (same tokens per KV head)"),
+    "retrieval-snapkv": dict(color="#c23b3b", marker="D", label="retrieval KV heads full + SnapKV"),
+    "headkv": dict(color="#2a9d9d", marker="P", label="HeadKV (budget by retrieval score)"),
 }
+SETTINGS = ((False, "question in the prompt"), (True, "query-agnostic (question after compression)"))
 
 
 def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
-    """``rows`` as in ``kveval.summarize``: x = ``kv_fraction``, y = ``mean_score``; ``full`` as a reference line."""
-    fig, ax = figure((6.0, 4.0))
+    """``rows`` as in ``kv.evaluate.summarize``: x = ``kv_fraction``, y = ``mean_score``; ``full`` as a reference
+    line; a panel per ``query_agnostic`` value present."""
+    from matplotlib.figure import Figure
+
+    settings = [(flag, label) for flag, label in SETTINGS if any(bool(r.get("query_agnostic")) == flag for r in rows)]
+    settings = settings or [SETTINGS[0]]
+    fig = Figure(figsize=(max(6.0, 5.5 * len(settings)), 5.0), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    xs = [r["kv_fraction"] for r in rows if r["policy"] != "full" and r["kv_fraction"] is not None]
+    right = 1.05 if not xs or max(xs) > 0.6 else max(xs) * 1.2  # low budgets: zoom in, full as a line
+    for ax, (flag, label) in zip(axes, settings):
+        _panel(ax, [r for r in rows if bool(r.get("query_agnostic")) == flag], right)
+        ax.set_title(label if len(settings) > 1 else title, fontsize=10)
+    if len(settings) > 1:
+        fig.suptitle(title, fontsize=11)
+    axes[0].set_ylabel("mean NIAH score (ROUGE-1 recall x 100)")
+    handles = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3 if len(settings) > 1 else 2,
+               fontsize=8)
+    return save(fig, path)
+
+
+def _panel(ax, rows: list[dict], right: float) -> None:
     for policy, style in STYLES.items():
         points = sorted((r["kv_fraction"], r["mean_score"]) for r in rows
                         if r["policy"] == policy and r["kv_fraction"] is not None and r["mean_score"] is not None)
@@ -23,14 +55,11 @@ def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
             ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.5, **style)
     full = next((r for r in rows if r["policy"] == "full" and r["mean_score"] is not None), None)
     if full is not None:
-        ax.axhline(full["mean_score"], color="grey", linewidth=0.9, linestyle="--")
-        ax.plot([1.0], [full["mean_score"]], marker="*", markersize=11, color="black", linestyle="none",
-                label=f"full cache ({full['mean_score']:.1f})")
-    ax.set_xlim(0, 1.05)
+        ax.axhline(full["mean_score"], color="grey", linewidth=0.9, linestyle="--",
+                   label=f"full cache ({full['mean_score']:.1f})")
+        if right >= 1.0:
+            ax.plot([1.0], [full["mean_score"]], marker="*", markersize=11, color="black", linestyle="none")
+    ax.set_xlim(0, right)
     ax.set_ylim(0, 105)
     ax.set_xlabel("KV cache bytes (fraction of the full cache)")
-    ax.set_ylabel("mean NIAH score (ROUGE-1 recall x 100)")
-    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    return save(fig, path)

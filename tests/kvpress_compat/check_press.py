@@ -3,7 +3,7 @@
 kvpress 0.5.5 declares ``transformers<5.3``, so this runs in its own environment, not under pytest
 (``.ci/run`` builds one): ``PYTHONPATH=. python tests/kvpress_compat/check_press.py``.
 From random scores of a tiny random Llama (3 layers, 8 query heads, 4 KV heads), it exports a
-DuoAttention directory, builds the press with ``retrieval_heads.kvpress_duo``, prefills under it and
+DuoAttention directory, builds the press with ``retrieval_heads.kv.press``, prefills under it and
 decodes one token. The decode logits must equal those of a reference attention that hides
 positions [sink, T - recent) from exactly the KV heads we expect to stream, and differ from full
 attention. Exits 1 with the first mismatch.
@@ -21,7 +21,7 @@ from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaFor
 
 from retrieval_heads.errors import UserError
 from retrieval_heads.formats import save_scores
-from retrieval_heads.kvpress_duo import duo_attention_press
+from retrieval_heads.kv.press import duo_attention_press
 from retrieval_heads.scores import HeadScores
 
 LAYERS, HEADS, KV_HEADS = 3, 8, 4

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UserError
-from .exports import read_duo_pattern
+from ..errors import UserError
+from ..exports import read_duo_pattern
 
 try:
     from kvpress import DuoAttentionPress
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "retrieval_heads.kvpress_duo needs kvpress (pip install kvpress==0.5.5 in an environment with "
+        "retrieval_heads.kv.press needs kvpress (pip install kvpress==0.5.5 in an environment with "
         "transformers<5.3; see docs/kvpress.md)"
     ) from exc
 

@@ -1,0 +1,14 @@
+"""The retrieval-head-aware KV cache, one module per job:
+
+    cache.py       head-wise storage: full KV heads + sink/window streaming heads; shared cache machinery
+    compressed.py  ragged storage: each KV head its own kept positions (token-selection policies)
+    attention.py   the attention wrapper that runs the model's kernel per group of KV heads
+    snapkv.py      observation-window attention captured during prefill; SnapKV token selection
+    policy.py      plans: what each KV head keeps, every policy at a byte budget (numpy only)
+    prefill.py     one prefill per prompt, compressed per condition, question, decode (kv-eval's engine)
+    records.py     the files kv-eval writes next to each NIAH run
+    evaluate.py    kv-eval: conditions, runs, summary rows, frontier
+    press.py       a kvpress ``DuoAttentionPress`` reading our exported patterns (needs kvpress)
+
+Nothing is imported here, so ``retrieval_heads.kv.press`` loads in kvpress's own environment.
+"""

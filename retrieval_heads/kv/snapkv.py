@@ -1,0 +1,171 @@
+"""SnapKV's evidence: the attention of an observation window over the earlier keys, and the tokens it selects.
+
+SnapKV (Li et al. 2024) keeps, per KV head, the earlier tokens the last ``w`` prompt tokens (the
+*observation window*) attend to most. ``capture_window(model, window)`` registers an attention wrapper
+(``hooks.register_wrapper``: it wraps the model's own function, whatever it is, and never changes its
+output) that, while armed for a prefill of ``total`` tokens, computes for every global attention layer
+the attention weights of the window's query rows, as the model computes them (``q.k^T * scale``,
+soft-cap, position bias, softmax; attention sinks in the denominator), and sums them over the rows.
+Prefill chunks are accumulated: a window that spans two chunks is seen in both. ``Observed`` then holds,
+per layer, the sum averaged over the query heads of each KV head's group and max-pooled along the keys
+(kernel 7, SnapKV's default), and ``select_positions`` picks a head's tokens: the first ``sink`` tokens,
+the observation window itself, and the top-scoring tokens in between.
+
+The window's rows are located by key length: in a global layer of a plain (or preallocated) cache the
+keys are positions ``[0, K)`` and the ``Q`` queries of a call are ``[K - Q, K)``. Sliding-window layers are
+skipped (no plan touches them).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+POOL_KERNEL = 7  # SnapKV's default max-pooling along keys
+
+
+@dataclass
+class Observed:
+    """SnapKV scores of one prefill of ``total`` tokens whose last ``window`` tokens were observed.
+
+    ``scores[layer]``: (Hkv, total - window) float32, pooled per KV head over the keys before the window.
+    """
+
+    total: int
+    window: int
+    scores: dict[int, torch.Tensor]
+
+
+@dataclass
+class ObservationWindow:
+    """State of ``capture_window``: what to observe, and what the attention calls of one prefill left.
+
+    ``arm(total)`` before a prefill of ``total`` tokens (only the chunks holding the last ``window``
+    tokens need to pass under the wrapper), ``take(num_kv_heads)`` after it.
+    """
+
+    window: int = 32
+    total: int | None = None
+    sums: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, total) float32
+    rows: dict[int, int] = field(default_factory=dict)  # layer -> window rows seen
+
+    def arm(self, total: int) -> None:
+        if total < 1:
+            raise ValueError("nothing to observe in an empty prefill")
+        self.total = total
+        self.sums.clear()
+        self.rows.clear()
+
+    def observe(self, module, query: torch.Tensor, key: torch.Tensor, mask, scaling, kwargs: dict) -> None:
+        """Add one attention call's window rows: query (B, H, Q, D), key (B, Hkv, K, D)."""
+        from ..hooks import query_logits
+
+        layer = getattr(module, "layer_idx", None)
+        if self.total is None or layer is None or kwargs.get("sliding_window"):
+            return
+        k_len, q_len = key.shape[2], query.shape[2]
+        if k_len > self.total:
+            raise RuntimeError(f"layer {layer} holds {k_len} keys, more than the {self.total} armed for")
+        window = min(self.window, self.total)
+        rows = k_len - max(k_len - q_len, self.total - window)  # the window's rows are a suffix of the chunk
+        if rows <= 0:
+            return
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        logits = query_logits(query, key, mask, scale, rows=rows, softcap=kwargs.get("softcap"),
+                              position_bias=kwargs.get("position_bias"))  # (B, H, rows, K)
+        sinks = kwargs.get("s_aux")
+        if sinks is not None:  # a learned sink column joins the softmax's denominator, then goes
+            column = sinks.float().reshape(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+            weights = torch.cat([logits, column], dim=-1).softmax(-1)[..., :-1]
+        else:
+            weights = logits.softmax(-1)
+        found = self.sums.get(layer)
+        if found is None:
+            found = self.sums[layer] = weights.new_zeros(weights.shape[0], weights.shape[1], self.total)
+        found[..., :k_len] += weights.sum(-2)
+        self.rows[layer] = self.rows.get(layer, 0) + rows
+
+    def take(self, num_kv_heads: int) -> Observed:
+        """The pooled per-KV-head scores of the armed prefill; disarms. Batch row 0 (one prompt)."""
+        if self.total is None:
+            raise RuntimeError("ObservationWindow.take() without arm()")
+        total, window = self.total, min(self.window, self.total)
+        incomplete = [layer for layer, n in self.rows.items() if n != window]
+        if incomplete or not self.sums:
+            raise RuntimeError(f"the observation window was not seen whole (layers {incomplete or 'none'}): "
+                               "were its chunks prefilled under capture_window?")
+        scores = {}
+        for layer, sums in self.sums.items():
+            b, h, _ = sums.shape
+            per_kv = sums[0].reshape(num_kv_heads, h // num_kv_heads, total).mean(1)  # (Hkv, T)
+            scores[layer] = pool_scores(per_kv[:, : total - window])
+        self.total = None
+        self.sums.clear()
+        self.rows.clear()
+        return Observed(total, window, scores)
+
+
+def pool_scores(scores: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor:
+    """Max-pool (..., P) scores along the last axis (stride 1, same length), as SnapKV smooths its votes."""
+    if scores.shape[-1] == 0 or kernel <= 1:
+        return scores
+    flat = scores.reshape(-1, 1, scores.shape[-1])
+    return F.max_pool1d(flat, kernel_size=kernel, stride=1, padding=kernel // 2).reshape(scores.shape)
+
+
+def select_positions(scores: torch.Tensor, total: int, count: int, *, sink: int, window: int) -> torch.Tensor:
+    """(min(count, total),) ascending positions one KV head keeps of ``total`` tokens.
+
+    ``scores``: (total - window,) pooled scores of the keys before the observation window. Kept: the last
+    ``window`` tokens (the observation window), the first ``sink`` tokens, then the ``count - window - sink``
+    best-scoring tokens in between; when ``count`` is smaller, the window first, then the sinks.
+    """
+    if count >= total:
+        return torch.arange(total)
+    recent = min(window, count)
+    sinks = min(sink, count - recent, total - window)
+    top = count - recent - sinks
+    candidates = scores[sinks: total - window]  # positions [sinks, total - window)
+    if top > candidates.numel():  # only when the window was smaller than ``window`` (never for count < total)
+        raise ValueError(f"cannot keep {count} of {total} tokens with a window of {window}")
+    chosen = torch.topk(candidates.float(), top).indices.cpu() + sinks if top else torch.zeros(0, dtype=torch.long)
+    kept = torch.cat([torch.arange(sinks), chosen, torch.arange(total - recent, total)])
+    return kept.sort().values
+
+
+def observing_attention(observer: ObservationWindow, inner):
+    """Wrap the attention function ``inner``: same output; window rows of plain-tensor calls go to ``observer``."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if observer.total is not None and isinstance(key, torch.Tensor):
+            observer.observe(module, query, key, attention_mask, scaling, kwargs)
+        return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return attention
+
+
+@contextmanager
+def capture_window(model, observer: ObservationWindow) -> Iterator[ObservationWindow]:
+    """Run ``model`` with ``observing_attention`` around its current attention function; always restore it."""
+    from ..hooks import model_kernel, register_wrapper, unregister
+
+    def wrapper(implementation: str):
+        def inner(module, *args, **kwargs):
+            return model_kernel(module, implementation)(module, *args, **kwargs)
+        return observing_attention(observer, inner)
+
+    original = model.config._attn_implementation
+    name = register_wrapper(model, wrapper, "retrieval_heads_obs")
+    try:
+        model.set_attn_implementation(name)
+        yield observer
+    finally:
+        model.set_attn_implementation(original)
+        unregister(name)
+        observer.total = None
+        observer.sums.clear()
+        observer.rows.clear()
