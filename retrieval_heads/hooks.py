@@ -246,6 +246,23 @@ def register_wrapper(model, wrapper: Callable[[str], Callable], prefix: str) -> 
     return name
 
 
+@contextmanager
+def wrapped_attention(model, wrapper: Callable[[str], Callable], prefix: str) -> Iterator[str]:
+    """Run ``model`` on ``wrapper(current_implementation)`` (``register_wrapper``) while the block runs.
+
+    Yields the registered name; the model's own implementation is restored and the name unregistered on
+    exit, also on errors.
+    """
+    original = model.config._attn_implementation
+    name = register_wrapper(model, wrapper, prefix)
+    try:
+        model.set_attn_implementation(name)
+        yield name
+    finally:
+        model.set_attn_implementation(original)
+        unregister(name)
+
+
 def unregister(name: str) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -261,12 +278,8 @@ def attention_control(model, control: AttentionControl | None = None) -> Iterato
     Yields the control object, whose fields may be changed between forward passes.
     """
     control = control or AttentionControl()
-    original = model.config._attn_implementation
-    name = register_wrapper(model, lambda current: controlled_attention(control, current), "retrieval_heads")
     try:
-        model.set_attn_implementation(name)
-        yield control
+        with wrapped_attention(model, lambda current: controlled_attention(control, current), "retrieval_heads"):
+            yield control
     finally:
-        model.set_attn_implementation(original)
-        unregister(name)
         control.top1.clear()

@@ -62,7 +62,7 @@ def ratios(query: torch.Tensor, key: torch.Tensor, mask, scale: float, recorder:
 @contextmanager
 def lookback_ratios(model, recorder: LookbackRecorder) -> Iterator[LookbackRecorder]:
     """Record lookback ratios while the block runs; the model's attention is restored on exit."""
-    from ..hooks import model_kernel, register_wrapper, unregister
+    from ..hooks import model_kernel, wrapped_attention
 
     def wrap(implementation: str):
         kernels: dict[type, object] = {}
@@ -79,11 +79,5 @@ def lookback_ratios(model, recorder: LookbackRecorder) -> Iterator[LookbackRecor
 
         return attention
 
-    original = model.config._attn_implementation
-    name = register_wrapper(model, wrap, "lookback")
-    try:
-        model.set_attn_implementation(name)
+    with wrapped_attention(model, wrap, "lookback"):
         yield recorder
-    finally:
-        model.set_attn_implementation(original)
-        unregister(name)

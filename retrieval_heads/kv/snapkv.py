@@ -151,21 +151,17 @@ def observing_attention(observer: ObservationWindow, inner):
 @contextmanager
 def capture_window(model, observer: ObservationWindow) -> Iterator[ObservationWindow]:
     """Run ``model`` with ``observing_attention`` around its current attention function; always restore it."""
-    from ..hooks import model_kernel, register_wrapper, unregister
+    from ..hooks import model_kernel, wrapped_attention
 
     def wrapper(implementation: str):
         def inner(module, *args, **kwargs):
             return model_kernel(module, implementation)(module, *args, **kwargs)
         return observing_attention(observer, inner)
 
-    original = model.config._attn_implementation
-    name = register_wrapper(model, wrapper, "retrieval_heads_obs")
     try:
-        model.set_attn_implementation(name)
-        yield observer
+        with wrapped_attention(model, wrapper, "retrieval_heads_obs"):
+            yield observer
     finally:
-        model.set_attn_implementation(original)
-        unregister(name)
         observer.total = None
         observer.sums.clear()
         observer.rows.clear()
