@@ -7,7 +7,8 @@ reference manual the heads were detected on). Each question gets its own context
 haystack of 1000, 1500 or 2000 tokens (cycling) with the three facts inserted at three depths.
 Questions g00-g23 form the tuning split, g24-g59 the report split.
 
-Parts (``--parts``, default all):
+Parts (``--parts``, default all); ``--split tune`` runs only the tuning questions and measures on
+them (in-sample, for choosing settings), the default measures on the report split:
   timing      one cold prefill vs. one cold grounding pass of a 2000-token question.
   tf          teacher-forced answers: per question the true answer (short and as a sentence), two
               fabricated values, a fabricated sentence, and a wrong extraction (the value of another
@@ -124,14 +125,11 @@ def citation_relevance(question: str, context: str, span) -> float:
     return len(asked & cited) / len(asked) if asked else 0.0
 
 
-def token_shares(m: dict, grounder: Grounder) -> tuple[np.ndarray, np.ndarray]:
-    """(R,) weighted context share and (R,) counted flag of one answer, for re-thresholding."""
-    g = grounder.interpret(m["prompt"], m["answer"], m["keys"], m["logprobs"])
-    return np.array([t.share for t in g.tokens]), np.array([t.counted for t in g.tokens])
-
-
-def grounding_at(shares: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> list[float]:
-    return [float(((s >= threshold) & c).sum() / c.sum()) if c.sum() else 0.0 for s, c in shares]
+def grounding_at(grounder: Grounder, rows: list[dict], threshold: float) -> list[float]:
+    """Item grounding of each row's answer at ``threshold`` (its pass re-read, not re-run)."""
+    grounder.threshold = threshold
+    return [grounder.interpret(r["m"]["prompt"], r["m"]["answer"], r["m"]["keys"], r["m"]["logprobs"]).grounding or 0.0
+            for r in rows]
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
@@ -187,7 +185,8 @@ def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
             for condition, correct, m in own_answers(grounder, recorder, prompt, item, mask):
                 gen.append({**base, "kind": condition, "label": int(correct), "m": m, "lookback": m["lookback"]})
     for split, rows in files.items():
-        (out / f"items-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if rows:
+            (out / f"items-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"tf": tf, "gen": gen}
 
 
@@ -305,20 +304,21 @@ def tqdm(items, desc):
 
 # ---- main -------------------------------------------------------------------------------------------------
 
-def evaluate_rows(grounder, rows: list[dict], threshold: float, title: str) -> tuple[list[dict], str]:
-    """AUROC table on the report split (Lookback LR trained on the tuning split) at ``threshold``."""
+def evaluate_rows(grounder, rows: list[dict], threshold: float, title: str, split: str = "report") -> tuple[list[dict], str]:
+    """AUROC table on ``split`` (Lookback LR trained on the tuning split) at ``threshold``."""
     grounder.threshold = threshold
     for r in rows:
         r.update(finish(grounder, r["m"], r.get("fact_chars")))
     tune = [r for r in rows if r["split"] == "tune"]
-    report = [r for r in rows if r["split"] == "report"]
+    report = [r for r in rows if r["split"] == split]
     lookback = lookback_scores(tune, report)
     if lookback is not None:
         for r, value in zip(report, lookback):
             r["Lookback-Lens LR"] = float(value)
     table = auroc_table(report)
-    return table, markdown(f"{title} (report split, n={len(report)} answers to {len({r['question_id'] for r in report})} "
-                           f"questions; Lookback LR trained on {len(tune)} tuning answers)", table)
+    caveat = "; in-sample: threshold and Lookback LR fitted on these answers" if split == "tune" else ""
+    return table, markdown(f"{title} ({split} split, n={len(report)} answers to {len({r['question_id'] for r in report})} "
+                           f"questions; Lookback LR trained on {len(tune)} tuning answers{caveat})", table)
 
 
 def main(argv=None) -> None:
@@ -328,6 +328,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/smollm2-135m/grounding-eval")
     parser.add_argument("--parts", default="timing,tf,gen,extractive,knowledge")
     parser.add_argument("--questions", type=int, default=60, help="first N held-out questions (default all 60)")
+    parser.add_argument("--split", choices=("report", "tune"), default="report",
+                        help="where the tables are measured: report (default) or tune (only the tuning questions "
+                             "are run; numbers in-sample, for choosing settings)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
 
@@ -351,13 +354,14 @@ def main(argv=None) -> None:
         report["timing"] = timing(grounder, loaded, load_facts())
         text.append(f"\none grounding pass vs one prefill (cold, same prompt): {report['timing']}")
     with lookback_ratios(loaded.model, recorder):
-        raw = held_out(grounder, recorder, loaded, load_facts()[: args.questions], top, parts, out) \
+        facts = [f for f in load_facts()[: args.questions] if args.split == "report" or f["split"] == "tune"]
+        raw = held_out(grounder, recorder, loaded, facts, top, parts, out) \
             if parts & {"tf", "gen"} else {"tf": [], "gen": []}
-        ex = extractive(grounder, recorder, loaded, top) if "extractive" in parts else []
-    if raw["tf"]:
-        tune = [r for r in raw["tf"] if r["split"] == "tune"]
-        shares = [token_shares(r["m"], grounder) for r in tune]
-        threshold, curve = evaluate.choose_threshold(lambda t: grounding_at(shares, t), [r["label"] for r in tune])
+        ex = extractive(grounder, recorder, loaded, top, n=60 if args.split == "report" else 24) \
+            if "extractive" in parts else []
+    if raw["tf"]:  # the threshold that best separates true from fabricated answers (wrong extractions are copied)
+        tune = [r for r in raw["tf"] if r["split"] == "tune" and r["kind"] != "wrong-extraction"]
+        threshold, curve = evaluate.choose_threshold(lambda t: grounding_at(grounder, tune, t), [r["label"] for r in tune])
         report["threshold"] = {"chosen": threshold, "tuning_curve": curve, "tuning_answers": len(tune)}
     else:
         threshold = grounder.threshold
@@ -365,10 +369,10 @@ def main(argv=None) -> None:
     for name, rows in (("teacher-forced", raw["tf"]), ("generated", raw["gen"]), ("extractive-qa", ex)):
         if not rows:
             continue
-        table, md = evaluate_rows(grounder, rows, threshold, name)
+        table, md = evaluate_rows(grounder, rows, threshold, name, args.split)
         report[name] = {"auroc": table, "rows": strip(rows)}
         text.append(md)
-        rep = [r for r in rows if r["split"] == "report"]
+        rep = [r for r in rows if r["split"] == args.split]
         report[name]["accuracy_by_condition"] = {k: (sum(r["label"] for r in rep if r["kind"] == k),
                                                      sum(1 for r in rep if r["kind"] == k))
                                                  for k in sorted({r["kind"] for r in rep})}
@@ -379,9 +383,9 @@ def main(argv=None) -> None:
             report[name]["auroc_true_vs_fabricated"] = auroc_table(plain)
             text.append(markdown(f"true vs fabricated only (no wrong extractions), n={len(plain)}",
                                  report[name]["auroc_true_vs_fabricated"]))
-            text.append(provenance_section(report, rep))
+            text.append(provenance_section(report, rep, args.split))
         if name != "teacher-forced":
-            text.append(f"\naccuracy (report split): {report[name]['accuracy_by_condition']}; mean grounding by "
+            text.append(f"\naccuracy ({args.split} split): {report[name]['accuracy_by_condition']}; mean grounding by "
                         f"condition: { {k: round(v, 3) for k, v in report[name]['mean_grounding_by_kind'].items()} }")
     if "knowledge" in parts:
         report["knowledge"] = knowledge(grounder, loaded, {"none": None, f"top-{MASK_K}": top, f"random-{MASK_K}": rand})
@@ -393,8 +397,8 @@ def main(argv=None) -> None:
     print(f"\n{report['wall_seconds']} s; everything in {out}/eval.json")
 
 
-def provenance_section(report: dict, rep: list[dict]) -> str:
-    """What the citations say for true answers and wrong extractions (report split)."""
+def provenance_section(report: dict, rep: list[dict], split: str = "report") -> str:
+    """What the citations say for true answers and wrong extractions (on ``split``)."""
     def rate(kind, key):
         rows = [r for r in rep if r["kind"] == kind]
         return sum(bool(r.get(key)) for r in rows), len(rows)
@@ -407,7 +411,7 @@ def provenance_section(report: dict, rep: list[dict]) -> str:
     report["teacher-forced"]["provenance"] = {"true_cites_asked_fact": [true_in, n_true],
                                               "wrong_cites_asked_fact": [wrong_in, n_wrong],
                                               "wrong_cites_elsewhere": [wrong_out, n_wrong], "true_vs_wrong": table}
-    return (f"\nprovenance (report split): true short answers citing a span inside the asked fact: {true_in}/{n_true}; "
+    return (f"\nprovenance ({split} split): true short answers citing a span inside the asked fact: {true_in}/{n_true}; "
             f"wrong extractions citing inside the asked fact: {wrong_in}/{n_wrong}, elsewhere: {wrong_out}/{n_wrong}"
             + markdown("true vs wrong extraction only", table))
 

@@ -40,41 +40,84 @@ def test_copy_events_follow_the_paper_criterion_inside_the_region():
     assert not signal.copy_events(keys, holds, (4, 8)).any()  # same tokens, outside the region
     weights = torch.tensor([[0.75, 0.25]], dtype=torch.float64)
     assert signal.weighted_share(copies, weights).tolist() == [0.75, 0.75, 0.0]
-    assert signal.token_sources(copies, keys, weights).tolist() == [2, 3, -1]
 
 
-class TableTokenizer:
-    """decode() from a fixed table: token texts chosen by the test."""
-
-    def __init__(self, texts: list[str]):
-        self.texts = texts
-
-    def decode(self, ids, **kwargs) -> str:
-        return "".join(self.texts[i] for i in ids)
-
-
-def test_matcher_compares_text_across_segmentations():
-    texts = [" Orv", "hor", "Or", "v", " the", "the", "e", "\n"]
-    matcher = signal.TokenMatcher(TableTokenizer(texts))
-    assert matcher.same(5, 4) and matcher.same(2, 0) and matcher.same(1, 1)  # whitespace; "Or" inside " Orv"
-    assert not matcher.same(3, 0)  # single characters match only exactly
-    assert not matcher.same(6, 4) and not matcher.same(5, 0)
-    holds = matcher.matrix([2, 3, 1], [4, 0, 1, 7])
-    assert holds.tolist() == [[False, True, False, False], [False, False, False, False], [False, False, True, False]]
+def test_located_evidence_reads_the_next_row_one_position_back():
+    prompt = torch.tensor([10, 11, 12, 13, 14, 15, 16, 17])
+    answer = torch.tensor([12, 20, 14])  # 20 is no prompt token: the answer leaves the context after 12
+    holds = answer[:, None] == prompt[None, :]
+    # (R + 1 = 4, L = 1, H = 3). Head 0 attends, on the row after a token, to the position after the
+    # token's occurrence (3 after 12 on row 1, 5 after 14 on row R = 3). Head 1 attends to the
+    # position before a token (1 before 12 on row 0, 3 before 14 on row 2) or to the token itself on
+    # the row after it (2 on row 1): no evidence. Head 2 copies 14 on its own row (the paper's criterion).
+    keys = torch.tensor([[[0, 1, 0]], [[3, 2, 0]], [[0, 3, 4]], [[5, 0, 0]]])
+    events, positions = signal.evidence(keys, holds, (0, 8))
+    assert events[:, 0].tolist() == [[True, False, False], [False, False, False], [True, False, True]], events[:, 0]
+    assert positions[:, 0].tolist() == [[2, -1, -1], [-1, -1, -1], [4, -1, 4]], positions[:, 0]
+    without_row_r = signal.evidence(keys[:3], holds, (0, 8))[0][:, 0, 0]
+    assert without_row_r.tolist() == [True, False, False]  # 14 was located by row R only
+    assert not signal.evidence(keys, holds, (3, 8))[0][0].any()  # 12 at position 2 lies outside the region
 
 
-def test_token_sources_prefer_the_continuation_of_the_previous_source():
-    keys = torch.tensor([[[4, 4, 9]], [[10, 5, 10]]])  # row 1: two heads say 10, one says 5 (= 4 + 1)
-    copies = torch.ones(2, 1, 3, dtype=torch.bool)
-    weights = torch.ones(1, 3, dtype=torch.float64)
-    assert signal.token_sources(copies, keys, weights).tolist() == [4, 5]
+def test_words_match_across_segmentations_but_not_by_shared_pieces():
+    context = "Cargo of barley, 1518 and Orvhor."
+    c_offsets = [(0, 5), (5, 8), (8, 15), (15, 16), (16, 21), (21, 25), (25, 28), (28, 29), (29, 32), (32, 33)]
+    # "Cargo", " of", " barley", ",", " 1518", " and", " Or", "v", "hor", "."
+    c_words = [None if w is None else context[w[0]:w[1]] for w in signal.word_spans(context, c_offsets)]
+    assert c_words == ["Cargo", "of", "barley", None, "1518", "and", "Orvhor", "Orvhor", "Orvhor", None]
+    answer = "BARley 1518 Orlan."
+    a_offsets = [(0, 3), (3, 6), (7, 8), (8, 9), (9, 10), (10, 11), (12, 14), (14, 17), (17, 18)]
+    a_spans = signal.word_spans(answer, a_offsets)
+    a_words = [None if w is None else answer[w[0]:w[1]] for w in a_spans]
+    holds = signal.holds(a_words, c_words)
+    assert holds[:2, 2].all() and holds[2:6, 4].all()  # "bar"+"ley" ~ " barley" (any case); digits ~ their number
+    assert not holds[6:8, 6:9].any()  # "Or"+"lan" shares the piece "Or" with "Orvhor", not the word
+    assert not holds[8].any() and not holds[:, 3].any()  # punctuation holds nothing
+    assert signal.word_index(a_spans) == [0, 0, 1, 1, 1, 1, 2, 2, -1]
+    assert signal.word_parts([(5, 9)], [(6, 12)]) == [(6, 9)]
+    cjk = "北京市"
+    assert signal.word_spans(cjk, [(0, 1), (1, 3)]) == [(0, 1), (1, 3)]  # unspaced scripts: token for token
 
 
-def test_token_runs_split_on_gaps_and_jumps():
-    grounded = [True, True, False, True, True, True]
-    sources = [7, 8, -1, 20, 21, 30]
-    assert token_runs(grounded, sources) == [(0, 2), (3, 5), (5, 6)]
-    assert token_runs([False, False], [-1, -1]) == []
+def test_evidence_for_one_piece_counts_for_the_whole_word():
+    events = torch.zeros(4, 1, 2, dtype=torch.bool)
+    events[1, 0, 0] = events[3, 0, 1] = True
+    pooled = signal.pool_words(events, [0, 0, -1, 1])
+    assert pooled[:, 0].tolist() == [[True, False], [True, False], [False, False], [False, True]]
+
+
+def test_token_sources_map_pieces_into_the_cited_word_and_prefer_continuations():
+    prompt = "Kelsel wrote. Orvhor Nesver. Orvhor Nesver"
+    p_offsets = [(0, 6), (6, 12), (12, 13), (13, 20), (20, 27), (27, 28), (28, 35), (35, 42)]
+    p_spans = signal.word_spans(prompt, p_offsets)
+    answer = "Orvhor Nesver"
+    a_offsets = [(0, 2), (2, 6), (7, 13)]  # "Or", "vhor", " Nesver"
+    a_spans = signal.word_spans(answer, a_offsets)
+    # head 0 (weight 1) points "Or" at the second Orvhor; for "Nesver", heads 1 and 2 (weight 0.8 + 0.8) point
+    # at the first Nesver, head 0 at the second, which continues "Orvhor " where the answer has it: it wins
+    positions = torch.full((3, 1, 3), -1)
+    positions[0, 0, 0] = 6
+    positions[2, 0] = torch.tensor([7, 4, 4])
+    weights = torch.tensor([[1.0, 0.8, 0.8]], dtype=torch.float64)
+    sources = signal.token_sources(positions, weights, [True, True, True], answer_text=answer, answer_spans=a_spans,
+                                   answer_parts=signal.word_parts(a_offsets, a_spans), prompt_text=prompt,
+                                   prompt_spans=p_spans)
+    assert sources == [(29, 31), (31, 35), (36, 42)], sources
+    assert [prompt[a:b] for a, b in sources] == ["Or", "vhor", "Nesver"]
+    alone = signal.token_sources(positions, weights, [False, False, True], answer_text=answer, answer_spans=a_spans,
+                                 answer_parts=signal.word_parts(a_offsets, a_spans), prompt_text=prompt,
+                                 prompt_spans=p_spans)
+    assert alone == [None, None, (21, 27)]  # without a previous word the heaviest occurrence wins
+
+
+def test_token_runs_join_copies_in_order_and_bridge_punctuation():
+    answer, context = "tin-plates, by ship", "of tin-plates, by ship. And ship"
+    parts = [(0, 3), None, (4, 10), None, (12, 14), (15, 19)]  # "tin", "-", "plates", ",", " by", " ship"
+    sources = [(3, 6), None, (7, 13), None, (15, 17), (18, 22)]
+    assert token_runs(parts, sources, answer, context) == [(0, 6)]
+    assert token_runs(parts, sources[:5] + [(28, 32)], answer, context) == [(0, 5), (5, 6)]  # a jump
+    assert token_runs(parts, sources[:4] + [None, (18, 22)], answer, context) == [(0, 3), (5, 6)]  # an ungrounded word
+    assert token_runs([None, (0, 2)], [None, None], "  ab", "ab") == []
 
 
 def test_head_weights_select_retrieval_heads_or_top_k():
@@ -175,37 +218,92 @@ def force_heads(model, targets: dict[int, int]) -> None:
     assert len({h // group for h in targets}) == len(targets)
 
 
-def test_forced_heads_yield_exactly_the_expected_copy_events_and_span(tiny_tokenizer):
+def one_token(tokenizer, prompt, text: str) -> int:
+    """The id of ``text``, a single token found exactly once in the prompt."""
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == 1 and prompt.ids.count(ids[0]) == 1, (text, ids)
+    return ids[0]
+
+
+def test_forced_heads_yield_exactly_the_expected_evidence_and_span(tiny_tokenizer):
     model = build_tiny("llama")
     prompt = build_prompt(tiny_tokenizer, CONTEXT, QUESTION)
-    start, end = prompt.context_tokens
-    once = {t for t in prompt.ids if prompt.ids.count(t) == 1}
-    m = next(i for i in range(start, end - 1) if prompt.ids[i] in once and prompt.ids[i + 1] in once
-             and tiny_tokenizer.decode(prompt.ids[i : i + 2]).strip().replace(" ", "").isalpha())
-    a, b = prompt.ids[m], prompt.ids[m + 1]
-    filler = [t for t in range(10, 500) if t not in prompt.ids and tiny_tokenizer.decode([t]).strip().isalpha()][:2]
-    force_heads(model, {0: a, 4: b})  # query heads 0 and 4 read KV heads 0 and 1
+    and_ = one_token(tiny_tokenizer, prompt, " and")
+    she = tiny_tokenizer(" she")["input_ids"]  # " s" + "he"
+    m = prompt.ids.index(and_)
+    assert len(she) > 1 and prompt.ids[m + 1:m + 1 + len(she)] == she and prompt.ids.count(she[0]) == 1
+    force_heads(model, {0: and_, 4: she[0]})  # query heads 0 and 4 read KV heads 0 and 1
     weights = torch.zeros(3, 8, dtype=torch.float64)
     weights[0, 0] = weights[0, 4] = 1.0
     grounder = Grounder(model, tiny_tokenizer, weights, threshold=0.5, chunk_size=16)
-    answer = answer_from_ids(tiny_tokenizer, [filler[0], a, b, filler[1]])
+    first, last = tiny_tokenizer(" Bram")["input_ids"], tiny_tokenizer(" Tollis")["input_ids"]
+    assert not {and_, she[0]} & set(first + last)
+    answer = answer_from_ids(tiny_tokenizer, first + [and_] + she + last)
+    a, b, n = len(first), len(first) + 1, len(answer.ids)  # " and" is token a, " s" token b
     keys, _ = grounder.forward(prompt.ids, answer.ids)
-    assert keys[1, 0, 0] == m and keys[2, 0, 4] == m + 1, keys[:, 0, [0, 4]]
-    copies = signal.copy_events(keys, grounder.matcher.matrix(answer.ids, prompt.ids), prompt.context_tokens)
-    expected = torch.zeros(4, 8, dtype=torch.bool)
-    expected[1, 0] = expected[2, 4] = True
-    assert torch.equal(copies[:, 0] & (weights[0] > 0), expected), copies[:, 0]
+    assert keys.shape == (n + 1, 3, 8)  # one row per answer token, and row n reads the last one
+    assert (keys[:a + 1, 0, 0] == m).all() and (keys[:b + 1, 0, 4] == m + 1).all(), keys[:, 0, [0, 4]]
+
+    a_words = [None if w is None else answer.text[w[0]:w[1]] for w in signal.word_spans(answer.text, answer.offsets)]
+    p_words = [None if w is None else prompt.text[w[0]:w[1]] for w in signal.word_spans(prompt.text, prompt.offsets)]
+    holds = signal.holds(a_words, p_words)
+    copied = signal.copy_events(keys[:n], holds, prompt.context_tokens)[:, 0, [0, 4]]
+    located = signal.copy_events(signal.next_row_keys(keys, n), holds, prompt.context_tokens)[:, 0, [0, 4]]
+    expected_copies, expected_located = torch.zeros(n, 2, dtype=torch.bool), torch.zeros(n, 2, dtype=torch.bool)
+    expected_copies[a, 0] = expected_copies[b, 1] = True  # each head on the row producing its token
+    expected_located[a, 1] = True  # head 4, on the row reading " and", attends right after it: to " s"
+    assert torch.equal(copied, expected_copies), copied
+    assert torch.equal(located, expected_located), located
 
     result = grounder.ground(prompt, answer)
-    assert [t.grounded for t in result.tokens] == [False, True, True, False]
-    assert [t.share for t in result.tokens] == [0.0, 0.5, 0.5, 0.0]
-    assert result.grounding == 0.5
+    shares = [t.share for t in result.tokens]
+    she_rows = range(b, b + len(she))
+    assert shares == [1.0 if i == a else 0.5 if i in she_rows else 0.0 for i in range(n)], shares  # "he": pooled
+    assert [t.grounded for t in result.tokens] == [i == a or i in she_rows for i in range(n)]
+    counted = sum(t.counted for t in result.tokens)
+    assert result.grounding == pytest.approx((1 + len(she)) / counted)
     assert len(result.spans) == 1
     span = result.spans[0]
-    assert span.tokens == (1, 3)
-    cited = answer.text[span.answer_start:span.answer_end]
-    assert cited == CONTEXT[span.context_start:span.context_end] == tiny_tokenizer.decode([a, b]).strip()
-    assert result.tokens[1].source == prompt.context_range(m)
+    assert span.tokens == (a, b + len(she))
+    assert answer.text[span.answer_start:span.answer_end] == CONTEXT[span.context_start:span.context_end] == "and she"
+    assert span.context_start == CONTEXT.index("and she")
+    assert result.tokens[a].source == (CONTEXT.index("and she"), CONTEXT.index("and she") + 3)
+
+
+def test_a_head_after_a_token_grounds_it_a_head_before_it_does_not(tiny_tokenizer):
+    prompt = build_prompt(tiny_tokenizer, CONTEXT, QUESTION)
+    and_ = one_token(tiny_tokenizer, prompt, " and")
+    m = prompt.ids.index(and_)
+    s_ = prompt.ids[m + 1]  # " s" of "she", right after " and"
+    assert tiny_tokenizer.decode([s_]) == " s" and prompt.ids.count(s_) == 1
+    at = CONTEXT.index("and she")
+
+    def grounder_at(token):
+        """Layer 0 head 0, the only selected head, attends to ``token`` on every row whose answer so far lacks it."""
+        model = build_tiny("llama")
+        force_heads(model, {0: token})
+        weights = torch.zeros(3, 8, dtype=torch.float64)
+        weights[0, 0] = 1.0
+        return Grounder(model, tiny_tokenizer, weights, threshold=0.5, chunk_size=16)
+
+    def ground(grounder, text, rows=None):
+        answer = answer_from_text(tiny_tokenizer, text)
+        keys, logprobs = grounder.forward(prompt.ids, answer.ids)
+        return grounder.interpret(prompt, answer, keys[:rows], logprobs)
+
+    on_and, on_s = grounder_at(and_), grounder_at(s_)
+    copied = ground(on_and, " and")  # the paper's criterion on the first token: row 0 attends to it
+    assert copied.grounding == 1.0 and copied.tokens[0].source == (at, at + 3)
+    before = ground(on_and, " she")  # attending to the position right before "she" is no evidence for it
+    assert before.grounding == 0.0 and before.spans == [] and all(t.share == 0 for t in before.tokens)
+    after = ground(on_s, " and")  # attending right after " and", on the row reading it (row R), grounds it
+    assert after.grounding == 1.0 and after.tokens[0].source == (at, at + 3)
+    assert ground(on_s, " and", rows=-1).grounding == 0.0  # without row R nothing does
+    phrase = ground(on_s, " and she")  # row 1 copies " s" and locates " and": one span from the first token on
+    assert phrase.grounding == 1.0 and len(phrase.spans) == 1
+    span = phrase.spans[0]
+    assert (span.answer_start, span.answer_end, span.context_start, span.context_end) == (1, 8, at, at + 7)
+    assert span.tokens == (0, len(phrase.tokens))
 
 
 def test_teacher_forced_rows_equal_the_decode_steps(tiny_tokenizer):
@@ -219,7 +317,8 @@ def test_teacher_forced_rows_equal_the_decode_steps(tiny_tokenizer):
         gen = Engine(model, control, lambda t: False, chunk_size=16).generate(prompt.ids, 6, probe=True)
     grounder = Grounder(model, tiny_tokenizer, torch.ones(3, 8), chunk_size=16)
     keys, logprobs = grounder.forward(prompt.ids, gen.generated_ids)
-    same = (keys == gen.top1).float().mean().item()
+    assert keys.shape[0] == 7  # six answer rows and the row reading the last answer token
+    same = (keys[:6] == gen.top1).float().mean().item()
     assert same > 0.99, f"teacher-forced top-1 equals the decode steps' in {same:.1%} of (step, layer, head)"
     assert (logprobs < 0).all() and logprobs.shape == (6,)
     again, _ = grounder.forward(prompt.ids, gen.generated_ids)  # kept cache: same numbers

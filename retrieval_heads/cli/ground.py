@@ -28,7 +28,7 @@ class Ground(Command):
         g.add_argument("--top-k", type=int, default=None, metavar="K",
                        help="use the K best heads (default: every head scoring above 0.1)")
         g.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                       help=f"token threshold on the weighted share of copying heads (default {DEFAULT_THRESHOLD})")
+                       help=f"token threshold on the weighted share of heads copying it (default {DEFAULT_THRESHOLD})")
         g.add_argument("--prompt", choices=STYLES, default="document",
                        help="--items prompts: document (as NIAH prompts, default) or task (as task prompts)")
         g.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,

@@ -1,9 +1,10 @@
 """Grounding monitor: retrieval heads as per-token provenance and hallucination flags.
 
-``Grounder`` teacher-forces an answer after its prompt with the probe on every answer row, marks
-each answer token copied from the context by the retrieval heads (the paper's copy criterion with
-the needle replaced by the context), maps copied runs back to characters of the answer and the
-context, and scores the answer's grounding in [0, 1]. Modules: ``prompt`` (prompts, answers,
+``Grounder`` teacher-forces an answer after its prompt with the probe on every answer row (and one
+row reading the last answer token), marks each answer word the retrieval heads copy from the
+context (the paper's copy criterion with the needle replaced by the context, read word by word,
+plus heads that attend right after a word's occurrence on the next row: ``signal``), maps copied
+runs back to characters of the answer and the context, and scores the answer's grounding in [0, 1]. Modules: ``prompt`` (prompts, answers,
 offsets), ``signal`` (copy events), ``provenance`` (spans), ``grounder``, ``items`` (JSONL items,
 run directories), ``run`` (output files), ``evaluate`` (AUROC, baselines), ``lookback``
 (Lookback-Lens features), ``report`` (HTML).
