@@ -387,13 +387,18 @@ def main(argv=None) -> None:
         if name != "teacher-forced":
             text.append(f"\naccuracy ({args.split} split): {report[name]['accuracy_by_condition']}; mean grounding by "
                         f"condition: { {k: round(v, 3) for k, v in report[name]['mean_grounding_by_kind'].items()} }")
+
+    def save() -> None:  # after each stage, so an interrupted run keeps what it measured
+        report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
+
+    save()
+    print(f"threshold chosen on the tuning split: {threshold}")
+    print("\n".join(text), flush=True)
     if "knowledge" in parts:
         report["knowledge"] = knowledge(grounder, loaded, {"none": None, f"top-{MASK_K}": top, f"random-{MASK_K}": rand})
-        text.append(knowledge_markdown(report["knowledge"]))
-    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "eval.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"threshold chosen on the tuning split: {threshold}")
-    print("\n".join(text))
+        save()
+        print(knowledge_markdown(report["knowledge"]))
     print(f"\n{report['wall_seconds']} s; everything in {out}/eval.json")
 
 
