@@ -89,15 +89,30 @@ class ObservationWindow:
         found[..., :k_len] += weights.sum(-2)
         self.rows[layer] = self.rows.get(layer, 0) + rows
 
-    def take(self, num_kv_heads: int) -> Observed:
-        """The pooled per-KV-head scores of the armed prefill; disarms. Batch row 0 (one prompt)."""
+    def mass_on(self, start: int, end: int) -> dict[int, torch.Tensor]:
+        """Per layer, (H,) float32: the attention weight each query head's window rows put on keys
+        [start, end), averaged over the rows (batch row 0); disarms. For ``lookup.needle_attention``."""
+        self._check_complete()
+        window = min(self.window, self.total)
+        mass = {layer: sums[0, :, start:end].sum(-1) / window for layer, sums in self.sums.items()}
+        self.total = None
+        self.sums.clear()
+        self.rows.clear()
+        return mass
+
+    def _check_complete(self) -> None:
         if self.total is None:
-            raise RuntimeError("ObservationWindow.take() without arm()")
-        total, window = self.total, min(self.window, self.total)
+            raise RuntimeError("ObservationWindow used without arm()")
+        window = min(self.window, self.total)
         incomplete = [layer for layer, n in self.rows.items() if n != window]
         if incomplete or not self.sums:
             raise RuntimeError(f"the observation window was not seen whole (layers {incomplete or 'none'}): "
                                "were its chunks prefilled under capture_window?")
+
+    def take(self, num_kv_heads: int) -> Observed:
+        """The pooled per-KV-head scores of the armed prefill; disarms. Batch row 0 (one prompt)."""
+        self._check_complete()
+        total, window = self.total, min(self.window, self.total)
         scores = {}
         for layer, sums in self.sums.items():
             b, h, _ = sums.shape
