@@ -57,3 +57,21 @@ def test_run_lookup_writes_a_run_directory_that_resumes(tiny_tokenizer, tmp_path
     again = run_lookup(loaded, config, out, resume=True, progress=False)
     assert again.summary["samples"] == 4
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_kv_eval_reads_a_lookup_run_and_names_its_scores(tiny_tokenizer, tmp_path):
+    from retrieval_heads.formats import load_scores
+    from retrieval_heads.kv.evaluate import run_kv_eval
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    needles = tmp_path / "needles.jsonl"
+    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:1]
+    needles.write_text("\n".join(lines) + "\n")
+    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[260], depths=[50.0], chunk_size=64,
+                         max_new_tokens=2)
+    run_lookup(loaded, config, tmp_path / "lookup", progress=False)
+    scores = load_scores(tmp_path / "lookup")
+    summary = run_kv_eval(loaded, config, tmp_path / "kv", scores, budgets=[0.3], policies=["full", "retrieval-snapkv"],
+                          sink=4, obs_window=8, full_share=0.8, query_agnostic=True, progress=False)
+    assert summary["scores"] == f"lookup: {tmp_path / 'lookup'}"
+    assert [r["scores"] for r in summary["rows"]] == [summary["scores"]] * 2

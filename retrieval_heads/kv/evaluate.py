@@ -155,13 +155,15 @@ def run_kv_eval(
             job = dict(config=config, out=base, name=cond.name, planner=planner, query_agnostic=query_agnostic,
                        obs_window=obs_window, resume=resume, overwrite=overwrite, progress=progress)
             results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
-    rows = merged_rows(out / "summary.json", summarize(results, query_agnostic=query_agnostic),
-                       model=loaded.name, config=config, query_agnostic=query_agnostic)
+    made = summarize(results, query_agnostic=query_agnostic)
+    for row in made:
+        row["scores"] = scores_label(scores)
+    rows = merged_rows(out / "summary.json", made, model=loaded.name, config=config, query_agnostic=query_agnostic)
     summary = {"model": loaded.name, "config": config.to_dict(), "query_agnostic": query_agnostic, "sink": sink,
                "window": window, "obs_window": obs_window, "full_share": full_share, "floor_share": floor_share,
                "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
                "isolated": isolate and not shared, "eligible_layers": int(eligible.sum()),
-               "kv_heads_per_layer": loaded.num_kv_heads, "rows": rows}
+               "kv_heads_per_layer": loaded.num_kv_heads, "scores": scores_label(scores), "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     lengths = "/".join(str(l) for l in config.lengths)
     frontier_plot(rows, out / "kv_frontier.png",
@@ -224,6 +226,13 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
             by_length.append(length_stats(length, plan, result.summary, list(read_jsonl(run_dir / SAMPLES)), timing,
                                           planned_tokens=length))
     return {"plan": plans[max(plans)].describe(), "by_length": by_length, "peak_rss_mb": peak_rss_mb()}
+
+
+def scores_label(scores: HeadScores) -> str:
+    """Which head scores chose the plans: ``"<criterion>: <source>"`` (criterion ``copy`` for detect runs and
+    files, ``lookup`` for ``lookup`` runs)."""
+    criterion = scores.meta.get("summary", {}).get("criterion", "copy")
+    return f"{criterion}: {scores.meta.get('source', scores.model or 'scores')}"
 
 
 def summarize(results: dict[Condition, dict], *, query_agnostic: bool = False) -> list[dict]:
