@@ -12,7 +12,8 @@ full, the others sink + window from the first token (``prefill="lambda"``). Any 
 fraction of the full cache's KV bytes instead: the prompt is prefilled in full (token-level policies
 record SnapKV's observation window on the way), compressed, then decoded, as ``kv-eval`` does.
 
-    python benchmarks/bench_kv.py --tokens 8000 --scores runs/smollm2-135m/detect --policy snapkv --budget 0.1
+    python benchmarks/bench_kv.py --tokens 8000 --scores runs/smollm2-135m/lookup --policy snapkv,retrieval-snapkv,headkv \
+        --budget 0.15 --full-share 0.8 --sink 64
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scores", default=None, help="head scores (run dir or file); default: first KV heads")
     parser.add_argument("--policy", default="headwise",
-                        help="headwise (top --budget fraction of KV heads full, lambda prefill) or a kv-eval policy: "
-                             "retrieval, random, uniform, snapkv, retrieval-snapkv, headkv")
+                        help="comma separated: headwise (top --budget fraction of KV heads full, lambda prefill) or "
+                             "kv-eval policies: retrieval, random, uniform, snapkv, retrieval-snapkv, headkv")
     parser.add_argument("--budget", type=float, default=0.2,
                         help="headwise: fraction of KV heads kept full; other policies: fraction of the KV bytes")
     parser.add_argument("--tokens", type=int, default=4096)
@@ -109,38 +110,43 @@ def main() -> None:
     from retrieval_heads.models import converted_dir
     from retrieval_heads.zoo import looks_like_zoo_name
 
-    if args.policy != "headwise" and args.policy not in POLICIES:
-        parser.error(f"--policy: headwise or one of {', '.join(POLICIES)}")
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    unknown = [p for p in policies if p != "headwise" and p not in POLICIES]
+    if unknown or not policies:
+        parser.error(f"--policy: headwise or one of {', '.join(POLICIES)} (comma separated), got {args.policy!r}")
     config = AutoConfig.from_pretrained(str(converted_dir(args.model)) if looks_like_zoo_name(args.model) else args.model)
     text = config.get_text_config()
     shape = (text.num_hidden_layers, text.num_key_value_heads)
     kv = kv_level(load_scores(args.scores), shape[1]) if args.scores else -np.arange(shape[0] * shape[1]).reshape(shape)
     eligible = eligible_layers(config)
-    if args.policy == "headwise":
-        plan = top_fraction(kv, args.budget, eligible=eligible, sink=args.sink, window=args.window)
-        job = {"cache": "headwise", "full": plan.full, "sink": args.sink, "window": args.window, "prefill": "lambda"}
-    else:
-        settings = PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window,
-                                  full_share=args.full_share, floor_share=args.floor_share)
-        plan = make_plan(args.policy, args.budget, args.tokens, kv_scores=kv, eligible=eligible, settings=settings)
-        job = ({"cache": "compressed", "plan": plan, "obs_window": args.obs_window} if plan.selects_tokens else
-               {"cache": "headwise", "full": plan.full, "sink": plan.sink, "window": plan.window, "prefill": "full"})
+    settings = PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window,
+                              full_share=args.full_share, floor_share=args.floor_share)
+    jobs = [("DynamicCache", {"cache": "dynamic"}, None)]
+    for policy in policies:
+        if policy == "headwise":
+            plan = top_fraction(kv, args.budget, eligible=eligible, sink=args.sink, window=args.window)
+            job = {"cache": "headwise", "full": plan.full, "sink": args.sink, "window": args.window, "prefill": "lambda"}
+        else:
+            plan = make_plan(policy, args.budget, args.tokens, kv_scores=kv, eligible=eligible, settings=settings)
+            job = ({"cache": "compressed", "plan": plan, "obs_window": args.obs_window} if plan.selects_tokens else
+                   {"cache": "headwise", "full": plan.full, "sink": plan.sink, "window": plan.window, "prefill": "full"})
+        jobs.append((f"{policy} {args.budget:g}", job, plan))
     rows = []
-    for label, one in (("DynamicCache", {"cache": "dynamic"}), (f"{args.policy} {args.budget:g}", job)):
+    for label, one, plan in jobs:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             r = pool.submit(measure, args.model, one, args.tokens, args.chunk, args.steps, args.threads).result()
-        rows.append((label, r))
+        rows.append((label, r, plan))
     base = rows[0][1]["kv_bytes"]
-    print(f"{args.model}, {args.tokens} prompt tokens + {args.steps} decode steps, sink {args.sink}, window {args.window}"
-          + (f", observation window {args.obs_window}" if plan.selects_tokens else "")
-          + f", {plan.num_full} of {plan.num_eligible} KV heads full")
-    print(f"{'cache':>22} {'KV MiB':>8} {'KV %':>6} {'peak KV MiB':>11} {'peak RSS MiB':>12} {'RSS after load':>14} "
-          f"{'RSS at end':>10} {'prefill s':>9} {'decode tok/s':>12}")
-    for label, r in rows:
+    print(f"{args.model}, {args.tokens} prompt tokens + {args.steps} decode steps, {args.threads} thread(s); "
+          f"sink {args.sink}, window {args.window}, observation window {args.obs_window}")
+    print(f"{'cache':>22} {'full KV heads':>13} {'KV MiB':>8} {'KV %':>6} {'peak KV MiB':>11} {'peak RSS MiB':>12} "
+          f"{'RSS after load':>14} {'RSS at end':>10} {'prefill s':>9} {'decode tok/s':>12}")
+    for label, r, plan in rows:
         end = "-" if r["rss_end_mb"] is None else f"{r['rss_end_mb']:.0f}"
-        print(f"{label:>22} {r['kv_bytes'] / 2**20:8.1f} {100 * r['kv_bytes'] / base:6.1f} {r['peak_kv_bytes'] / 2**20:11.1f} "
-              f"{r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {end:>10} {r['prefill_s']:9.1f} "
-              f"{r['decode_tokens_per_s']:12.2f}")
+        full = "-" if plan is None else f"{plan.num_full}/{plan.num_eligible}"
+        print(f"{label:>22} {full:>13} {r['kv_bytes'] / 2**20:8.1f} {100 * r['kv_bytes'] / base:6.1f} "
+              f"{r['peak_kv_bytes'] / 2**20:11.1f} {r['peak_rss_mb']:12.0f} {r['rss_after_load_mb']:14.0f} {end:>10} "
+              f"{r['prefill_s']:9.1f} {r['decode_tokens_per_s']:12.2f}")
 
 
 if __name__ == "__main__":
