@@ -1,0 +1,77 @@
+"""The README's KV tables from a ``kv-eval`` output directory, with bootstrap intervals over samples.
+
+    python benchmarks/kv_table.py runs/smollm2-135m/kv-v2/lookup/query-agnostic --against snapkv
+
+For every condition directory ``DIR/<condition>/L<length>/`` (one setting: pass ``OUT`` or
+``OUT/query-agnostic``): KV bytes right after compression and at the end of decoding (means over samples,
+as fractions of the dense cache), the mean NIAH score with a 95% interval, the share of the full cache's
+mean (resampled jointly with it), the samples whose answer contains the needle's answer, and with
+``--against P`` the paired difference from policy ``P`` at the same budget. Only samples present in every
+condition count; intervals are ``--draws`` bootstrap resamples of those samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def read_condition(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
+    """Records by sample id, and the mean KV byte fractions (compressed, end) of one condition's run."""
+    records = {r["id"]: r for r in map(json.loads, (path / "results.jsonl").read_text().splitlines())}
+    kv = [json.loads(line) for line in (path / "kv_samples.jsonl").read_text().splitlines()]
+    fractions = {
+        "compressed": float(np.mean([k.get("compressed_kv_bytes", k["kv_bytes"]) /
+                                     k.get("compressed_dense_kv_bytes", k["dense_kv_bytes"]) for k in kv])),
+        "end": float(np.mean([k["kv_bytes"] / k["dense_kv_bytes"] for k in kv])),
+    }
+    return records, fractions
+
+
+def interval(values: np.ndarray) -> str:
+    return f"[{np.percentile(values, 2.5):.2f}, {np.percentile(values, 97.5):.2f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", help="a kv-eval --out directory, or its query-agnostic/ subdirectory")
+    parser.add_argument("--length", type=int, default=None, help="context length (default: the only one)")
+    parser.add_argument("--against", default=None, help="policy to compare with at each budget, e.g. snapkv")
+    parser.add_argument("--draws", type=int, default=2000)
+    args = parser.parse_args()
+
+    root = Path(args.dir)
+    runs = sorted(root.glob(f"*/L{args.length or '*'}/results.jsonl"))
+    if not runs:
+        raise SystemExit(f"no condition runs under {root}")
+    conditions = {p.parent.parent.name: read_condition(p.parent) for p in runs}
+    if "full" not in conditions:
+        raise SystemExit("the full condition is needed for the share of full")
+    ids = sorted(set.intersection(*(set(records) for records, _ in conditions.values())))
+    scores = {name: np.array([records[i]["score"] for i in ids]) for name, (records, _) in conditions.items()}
+    draws = np.random.default_rng(0).integers(0, len(ids), (args.draws, len(ids)))
+    full = scores["full"][draws].mean(1)
+    print(f"{root}: {len(ids)} samples common to {len(conditions)} conditions")
+    order = sorted(conditions, key=lambda n: (n != "full", float(n.rsplit("-", 1)[-1]) if n != "full" else 0, n))
+    for name in order:
+        records, kv = conditions[name]
+        s = scores[name]
+        boot = s[draws].mean(1)
+        contained = sum(bool(records[i].get("contains_answer")) for i in ids)
+        line = (f"{name:24} KV {100 * kv['compressed']:5.1f}% ({100 * kv['end']:5.1f}%)  mean {s.mean():5.1f} "
+                f"[{np.percentile(boot, 2.5):.1f}, {np.percentile(boot, 97.5):.1f}]  share of full "
+                f"{s.mean() / max(scores['full'].mean(), 1e-9):.2f} {interval(boot / np.maximum(full, 1e-9))}  "
+                f"contains {contained}/{len(ids)}")
+        if args.against and name != "full" and not name.startswith(args.against + "-"):
+            base = f"{args.against}-{name.rsplit('-', 1)[-1]}"
+            if base in scores:
+                diff = s - scores[base]
+                line += f"  vs {base}: {diff.mean():+.1f} {interval(diff[draws].mean(1))}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
