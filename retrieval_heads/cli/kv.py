@@ -19,7 +19,9 @@ class KvEval(Command):
         defaults = PolicySettings()
         add_sweep_args(parser, command="kv-eval")
         g = parser.add_argument_group("KV cache")
-        g.add_argument("--scores", required=True, help="head scores: a detection run directory or a score file")
+        g.add_argument("--scores", required=True,
+                       help="head scores: a detect or lookup run directory (lookup scores suit --query-agnostic), "
+                            "or a score file")
         g.add_argument("--budgets", default=",".join(f"{b:g}" for b in DEFAULT_BUDGETS),
                        help="fractions of the full cache's KV bytes (global attention layers), comma separated; "
                             "the same for every policy")
