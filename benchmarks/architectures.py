@@ -1,6 +1,6 @@
 """Compatibility matrix: every causal-LM architecture of the installed transformers, on a tiny random model.
 
-    python benchmarks/architectures.py                      # all architectures (about 10-20 min on 2 CPU cores)
+    python benchmarks/architectures.py                      # all architectures (about 3 min on 2 idle CPU cores)
     python benchmarks/architectures.py llama qwen3_next     # some
     python benchmarks/architectures.py --no-engine --json matrix.json
 
