@@ -216,3 +216,20 @@ def test_niah_on_an_empty_shard_prints_instead_of_crashing(tiny_tokenizer, tmp_p
     code = main(["niah", "--model", str(directory), "--out", str(tmp_path / "n"), "--lengths", "200", "--depths", "50",
                  "--shard", "8/9", "--quiet", "--max-new-tokens", "2"])
     assert code == 0 and "no samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["qwen3_next", "gpt_oss", "deepseek_v3"])
+def test_cli_lookup_on_saved_hybrid_sinks_and_latent_checkpoints(arch, tiny_tokenizer, tmp_path):
+    from retrieval_heads.cli import main
+    from retrieval_heads.formats import load_scores
+
+    model = build_tiny_arch(arch)
+    kinds = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
+    directory = save_tiny(model, tiny_tokenizer, tmp_path / arch)
+    code = main(["lookup", "--model", str(directory), "--out", str(tmp_path / "run"), "--lengths", "300",
+                 "--depths", "50", "--chunk-size", "64", "--quiet", "--dtype", "float32"])
+    assert code == 0
+    scores = load_scores(tmp_path / "run")
+    global_layers = [i for i, k in enumerate(kinds) if k == "full_attention"]
+    assert scores.num_samples == 8 and scores.mean[global_layers].sum() > 0
+    assert scores.mean[[i for i in range(len(kinds)) if i not in global_layers]].sum() == 0
