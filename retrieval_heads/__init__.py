@@ -16,6 +16,7 @@ _API = {
     "LoadedModel": "models",
     "SweepConfig": "sweep",
     "run_detection": "detection",
+    "run_lookup": "lookup",
     "run_niah": "niah",
     "run_mask_sweep": "masksweep",
     "plan_masking": "masking",

@@ -117,4 +117,5 @@ def finalize(loaded: LoadedModel, config: SweepConfig, run: RunDir, seconds: flo
         "timing": {"model_load_s": loaded.load_seconds, "wall_s": seconds},
     }
     run.write_json("summary.json", summary)
+    scores.meta.update(format="run", source=str(run.path), run_dir=str(run.path), summary=summary)
     return LookupResult(scores, summary, run.path)

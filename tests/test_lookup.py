@@ -52,6 +52,9 @@ def test_run_lookup_writes_a_run_directory_that_resumes(tiny_tokenizer, tmp_path
     scores = load_scores(out)
     np.testing.assert_allclose(scores.mean, expected, atol=1e-6)
     assert scores.kv_view(2).shape == (3, 2)
+    from retrieval_heads.kv.evaluate import scores_label
+
+    assert scores_label(result.scores) == scores_label(scores) == f"lookup: {out}"
     with pytest.raises(UserError, match="--resume"):
         run_lookup(loaded, config, out, progress=False)
     again = run_lookup(loaded, config, out, resume=True, progress=False)
