@@ -95,10 +95,14 @@ class ObservationWindow:
         self._check_complete()
         window = min(self.window, self.total)
         mass = {layer: sums[0, :, start:end].sum(-1) / window for layer, sums in self.sums.items()}
+        self.disarm()
+        return mass
+
+    def disarm(self) -> None:
+        """Forget the armed prefill and whatever it left."""
         self.total = None
         self.sums.clear()
         self.rows.clear()
-        return mass
 
     def _check_complete(self) -> None:
         if self.total is None:
@@ -118,9 +122,7 @@ class ObservationWindow:
             b, h, _ = sums.shape
             per_kv = sums[0].reshape(num_kv_heads, h // num_kv_heads, total).mean(1)  # (Hkv, T)
             scores[layer] = pool_scores(per_kv[:, : total - window])
-        self.total = None
-        self.sums.clear()
-        self.rows.clear()
+        self.disarm()
         return Observed(total, window, scores)
 
 
@@ -177,6 +179,4 @@ def capture_window(model, observer: ObservationWindow) -> Iterator[ObservationWi
         with wrapped_attention(model, wrapper, "retrieval_heads_obs"):
             yield observer
     finally:
-        observer.total = None
-        observer.sums.clear()
-        observer.rows.clear()
+        observer.disarm()
