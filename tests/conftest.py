@@ -47,6 +47,26 @@ def build_tiny(family: str):
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "mixtral", "phi3", "gemma2", "gemma3"]
 
 
+def masked_attention(visibility):
+    """A slow reference attention function on a dense cache, with per-head visibility.
+
+    ``visibility(module, q_pos, k_len, heads)`` returns the (H, Q, K) bool keys each query head sees, with
+    ``q_pos`` the (Q, 1) absolute query positions; sliding-window layers run SDPA as they are.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if kwargs.get("sliding_window"):
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        h, q_len, k_len, n_rep = query.shape[1], query.shape[2], key.shape[2], module.num_key_value_groups
+        visible = visibility(module, torch.arange(k_len - q_len, k_len)[:, None], k_len, h)
+        scores = query @ repeat_kv(key, n_rep).transpose(2, 3) * scaling
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        return (probs @ repeat_kv(value, n_rep)).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A 600-token byte-level BPE trained on the default haystack, with a chat-free plain prompt."""

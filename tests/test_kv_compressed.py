@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, masked_attention
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
@@ -84,27 +84,20 @@ def ragged_keep(family: str) -> dict[int, list[torch.Tensor]]:
 
 def masked_reference(keep: dict[int, list[torch.Tensor]], compressed_at: int):
     """Dense-cache reference: KV head h of layer l sees its kept positions and every position >= compressed_at."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if kwargs.get("sliding_window"):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        _, h, q_len, _ = query.shape
-        k_len, n_rep = key.shape[2], module.num_key_value_groups
-        q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    def visibility(module, q_pos, k_len, h):
+        n_rep = module.num_key_value_groups
         causal = torch.arange(k_len)[None, :] <= q_pos  # (Q, K)
-        visible = causal.expand(h, q_len, k_len).clone()
+        visible = causal.expand(h, q_pos.shape[0], k_len).clone()
         for kv_head, positions in enumerate(keep.get(module.layer_idx, [])):
             allowed = torch.zeros(k_len, dtype=torch.bool)
             allowed[positions[positions < k_len]] = True
             allowed[compressed_at:] = True
             prefilling = q_pos < compressed_at  # the context's own prefill sees everything
             visible[kv_head * n_rep:(kv_head + 1) * n_rep] &= allowed | prefilling
-        scores = query @ repeat_kv(key, n_rep).transpose(2, 3) * scaling
-        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-        return (probs @ repeat_kv(value, n_rep)).transpose(1, 2).contiguous(), None
+        return visible
 
-    return attention
+    return masked_attention(visibility)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "llama-eager"])

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, masked_attention
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -68,25 +68,16 @@ def reference_attention(full: np.ndarray, sink: int, window: int, chunk_of=None)
     ``chunk_of(i)``: the start of query ``i``'s prefill chunk, for ``prefill="chunk"``, where the window
     counts back from the chunk's start instead of from ``i``.
     """
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if kwargs.get("sliding_window"):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        b, h, q_len, _ = query.shape
-        k_len, n_rep = key.shape[2], module.num_key_value_groups
-        q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    def visibility(module, q_pos, k_len, h):
         k_pos = torch.arange(k_len)[None, :]
         causal = k_pos <= q_pos
         start = q_pos if chunk_of is None else chunk_of(q_pos)
         lam = causal & ((k_pos < sink) | (k_pos >= start - window))
-        streaming = torch.tensor(~full[module.layer_idx]).repeat_interleave(n_rep)  # (H,)
-        visible = torch.where(streaming[:, None, None], lam, causal)  # (H, Q, K)
-        scores = query @ repeat_kv(key, n_rep).transpose(2, 3) * scaling
-        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-        return (probs @ repeat_kv(value, n_rep)).transpose(1, 2).contiguous(), None
+        streaming = torch.tensor(~full[module.layer_idx]).repeat_interleave(module.num_key_value_groups)  # (H,)
+        return torch.where(streaming[:, None, None], lam, causal)  # (H, Q, K)
 
-    return attention
+    return masked_attention(visibility)
 
 
 @torch.no_grad()
