@@ -199,13 +199,13 @@ class HeadwiseLayer(HeadSplitLayer):
         start, q = self.cumulative_length, key_states.shape[-2]
         self.cumulative_length = start + q
         if self.dense:
-            self.full_keys = _append(self.full_keys, key_states)
-            self.full_values = _append(self.full_values, value_states)
+            self.full_keys = append_tokens(self.full_keys, key_states)
+            self.full_values = append_tokens(self.full_values, value_states)
             return self.full_keys, self.full_values
         groups = []
         if self.full_heads.numel():
-            self.full_keys = _append(self.full_keys, key_states.index_select(1, self.full_heads))
-            self.full_values = _append(self.full_values, value_states.index_select(1, self.full_heads))
+            self.full_keys = append_tokens(self.full_keys, key_states.index_select(1, self.full_heads))
+            self.full_values = append_tokens(self.full_values, value_states.index_select(1, self.full_heads))
             groups.append(KVGroup(self.full_heads, self.full_keys, self.full_values))
         deferred = self.prefill == "full" and not self._evicted
         decoding = q == 1 if self.decoding is None else self.decoding
@@ -213,8 +213,8 @@ class HeadwiseLayer(HeadSplitLayer):
             self.stream_keys = self._evict(self.stream_keys, start)
             self.stream_values = self._evict(self.stream_values, start)
             self._evicted, deferred = True, False
-        keys = _append(self.stream_keys, key_states.index_select(1, self.stream_heads))  # (B, S, n, D)
-        values = _append(self.stream_values, value_states.index_select(1, self.stream_heads))
+        keys = append_tokens(self.stream_keys, key_states.index_select(1, self.stream_heads))  # (B, S, n, D)
+        values = append_tokens(self.stream_values, value_states.index_select(1, self.stream_heads))
         positions = torch.arange(start) if deferred else kept_positions(start, self.sink, self.window)
         positions = torch.cat([positions, torch.arange(start, start + q)]).to(self.device)
         prefill = "chunk" if self.prefill == "full" else self.prefill  # "full": every kept key and the chunk so far
@@ -268,7 +268,8 @@ class HeadwiseLayer(HeadSplitLayer):
         self.is_initialized = False
 
 
-def _append(stored: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+def append_tokens(stored: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """``stored`` (B, G, n, D) with ``new`` (B, G, q, D) appended along the positions (a copy either way)."""
     if stored is None:  # a contiguous copy, as DynamicLayer's first torch.cat makes
         return new.contiguous()
     return torch.cat([stored, new], dim=-2)

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .cache import GroupedKV, HeadSplitLayer, KVGroup, TrackedCache, num_kv_heads
+from .cache import GroupedKV, HeadSplitLayer, KVGroup, TrackedCache, append_tokens, num_kv_heads
 
 
 @dataclass
@@ -59,14 +59,14 @@ class CompressedLayer(HeadSplitLayer):
         self.cumulative_length += q
         if self.dense:
             group = self.groups[0]
-            group.keys = _append(group.keys, key_states)
-            group.values = _append(group.values, value_states)
+            group.keys = append_tokens(group.keys, key_states)
+            group.values = append_tokens(group.values, value_states)
             return group.keys, group.values
         groups = []
         for group in self.groups:
             heads = group.heads.to(key_states.device)
-            group.keys = _append(group.keys, key_states.index_select(1, heads))  # (B, G, n + q, D)
-            group.values = _append(group.values, value_states.index_select(1, heads))
+            group.keys = append_tokens(group.keys, key_states.index_select(1, heads))  # (B, G, n + q, D)
+            group.values = append_tokens(group.values, value_states.index_select(1, heads))
             visible = _new_tokens_causal(group.keys.shape[-2], q, group.keys.device)
             groups.append(KVGroup(heads, group.keys, group.values, visible))
         kv = GroupedKV(groups)
@@ -131,12 +131,6 @@ class CompressedLayer(HeadSplitLayer):
 
     def reset(self) -> None:
         self.__init__(self.num_kv_heads)
-
-
-def _append(stored: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-    if stored is None:
-        return new.contiguous()
-    return torch.cat([stored, new], dim=-2)
 
 
 def _new_tokens_causal(n: int, q: int, device):

@@ -155,15 +155,16 @@ def run_kv_eval(
             job = dict(config=config, out=base, name=cond.name, planner=planner, query_agnostic=query_agnostic,
                        obs_window=obs_window, resume=resume, overwrite=overwrite, progress=progress)
             results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
+    label = scores_label(scores)
     made = summarize(results, query_agnostic=query_agnostic)
     for row in made:
-        row["scores"] = scores_label(scores)
+        row["scores"] = label
     rows = merged_rows(out / "summary.json", made, model=loaded.name, config=config, query_agnostic=query_agnostic)
     summary = {"model": loaded.name, "config": config.to_dict(), "query_agnostic": query_agnostic, "sink": sink,
                "window": window, "obs_window": obs_window, "full_share": full_share, "floor_share": floor_share,
                "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
                "isolated": isolate and not shared, "eligible_layers": int(eligible.sum()),
-               "kv_heads_per_layer": loaded.num_kv_heads, "scores": scores_label(scores), "rows": rows}
+               "kv_heads_per_layer": loaded.num_kv_heads, "scores": label, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     lengths = "/".join(str(l) for l in config.lengths)
     frontier_plot(rows, out / "kv_frontier.png",
@@ -216,9 +217,7 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
             full = None if plan.policy == "full" else plan.full
             factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window,
                                            prefill=plan.prefill or "lambda", on_done=done)
-            one = replace(config, lengths=[length])
-            if hasattr(one, "batch_size"):
-                one = replace(one, batch_size=1)  # custom caches decode one prompt at a time anyway
+            one = replace(config, lengths=[length], batch_size=1)  # custom caches decode one prompt at a time anyway
             result = run_niah(loaded, one, run_dir, resume=resume, overwrite=overwrite, progress=progress,
                               cache_factory=factory)
             factory.close()
