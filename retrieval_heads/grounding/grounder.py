@@ -228,8 +228,7 @@ class Grounder:
         in_prompt = signal.token_sources(positions, self.weights, grounded.tolist(), answer_text=answer.text,
                                          answer_spans=a_spans, answer_parts=parts, prompt_text=prompt.text,
                                          prompt_spans=p_spans)
-        base, limit = prompt.context_chars
-        sources = [None if s is None else (max(s[0], base) - base, min(s[1], limit) - base) for s in in_prompt]
+        sources = [None if s is None else prompt.in_context(*s) for s in in_prompt]
         tokens = [
             TokenGrounding(answer.token_text(i), *answer.offsets[i], bool(counted[i]), bool(grounded[i]),
                            float(share[i]), float(q_share[i]), float(all_heads[i]), sources[i], float(logprobs[i]))

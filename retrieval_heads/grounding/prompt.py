@@ -44,12 +44,14 @@ class GroundedPrompt:
     def question_tokens(self) -> tuple[int, int]:
         return tokens_within(self.offsets, *self.question_chars)
 
+    def in_context(self, start: int, end: int) -> tuple[int, int]:
+        """Prompt characters [start, end) as characters of ``context`` (clipped to it)."""
+        base, limit = self.context_chars
+        return max(start, base) - base, min(end, limit) - base
+
     def context_range(self, token: int) -> tuple[int, int]:
         """[start, end) characters of prompt token ``token`` inside ``context``, leading whitespace trimmed."""
-        start, end = self.offsets[token]
-        base, limit = self.context_chars
-        start, end = max(start, base) - base, min(end, limit) - base
-        return trim(self.context, start, end)
+        return trim(self.context, *self.in_context(*self.offsets[token]))
 
 
 @dataclass(frozen=True)
