@@ -154,11 +154,8 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stabl
         **run.grid_summary(),
         "samples": len(records),
         "successes": scores.num_samples,
-        "retrieval_threshold": RETRIEVAL_THRESHOLD,
-        "n_retrieval_heads": int(scores.retrieval_mask().sum()),
+        **head_fields(scores, model.num_kv_heads),
         "sparsity": sparsity_counts(mean),
-        "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
-        "kv_head_scores": {reduce: scores.kv_view(model.num_kv_heads, reduce).round(6).tolist() for reduce in ("max", "mean")},
         "stopped_early": sweep.stopped_early if stopped_early is None else stopped_early,
         **stability_summary(records, grid_specs(sweep, config), config, shape, until_stable),
         "timing": timing,
@@ -167,6 +164,17 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stabl
     timing["io_s"] += time.perf_counter() - t0
     run.write_json("summary.json", summary)
     return DetectionResult(scores, summary, run.path)
+
+
+def head_fields(scores: HeadScores, num_kv_heads: int) -> dict:
+    """The head fields of a scores run's ``summary.json`` (detect, lookup): the 0.1 threshold, the heads above
+    it, the top 20 and the KV-head view (max and mean over each group)."""
+    return {
+        "retrieval_threshold": RETRIEVAL_THRESHOLD,
+        "n_retrieval_heads": int(scores.retrieval_mask().sum()),
+        "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)],
+        "kv_head_scores": {reduce: scores.kv_view(num_kv_heads, reduce).round(6).tolist() for reduce in ("max", "mean")},
+    }
 
 
 def grid_specs(sweep: SweepRun, config: SweepConfig) -> list[SampleSpec] | None:

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .detection import head_fields
 from .models import LoadedModel
 from .rundir import RunDir
-from .scores import RETRIEVAL_THRESHOLD, HeadScores
+from .scores import HeadScores
 from .sweep import SweepConfig, prepare
 
 CRITERION = "lookup"
@@ -109,11 +110,7 @@ def finalize(loaded: LoadedModel, config: SweepConfig, run: RunDir, seconds: flo
         **run.grid_summary(),
         "samples": len(records),
         "successes": len(records),
-        "retrieval_threshold": RETRIEVAL_THRESHOLD,
-        "n_retrieval_heads": int(scores.retrieval_mask().sum()) if records else 0,
-        "top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in scores.top(20)] if records else [],
-        "kv_head_scores": ({reduce: scores.kv_view(info.num_kv_heads, reduce).round(6).tolist()
-                            for reduce in ("max", "mean")} if records else {}),
+        **head_fields(scores, info.num_kv_heads),
         "timing": {"model_load_s": loaded.load_seconds, "wall_s": seconds},
     }
     run.write_json("summary.json", summary)
