@@ -9,7 +9,8 @@ Questions g00-g23 form the tuning split, g24-g59 the report split.
 
 Parts (``--parts``, default all); ``--split tune`` runs only the tuning questions and measures on
 them (in-sample, for choosing settings), the default measures on the report split:
-  timing      one cold prefill vs. one cold grounding pass of a 2000-token question.
+  timing      a prefill vs. a grounding pass of a 2000-token question, each from an empty cache
+              (medians of 3 after a warm-up round).
   tf          teacher-forced answers: per question the true answer (short and as a sentence), two
               fabricated values, a fabricated sentence, and a wrong extraction (the value of another
               inserted fact). The token threshold is chosen on the tuning split; the Lookback-Lens
@@ -354,7 +355,7 @@ def main(argv=None) -> None:
     text = []
     if "timing" in parts:
         report["timing"] = timing(grounder, loaded, load_facts())
-        text.append(f"\none grounding pass vs one prefill (cold, same prompt): {report['timing']}")
+        text.append(f"\none grounding pass vs one prefill (medians after a warm-up, same prompt): {report['timing']}")
     with lookback_ratios(loaded.model, recorder):
         facts = [f for f in load_facts()[: args.questions] if args.split == "report" or f["split"] == "tune"]
         raw = held_out(grounder, recorder, loaded, facts, top, parts, out) \
