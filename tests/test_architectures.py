@@ -233,3 +233,25 @@ def test_cli_lookup_on_saved_hybrid_sinks_and_latent_checkpoints(arch, tiny_toke
     global_layers = [i for i, k in enumerate(kinds) if k == "full_attention"]
     assert scores.num_samples == 8 and scores.mean[global_layers].sum() > 0
     assert scores.mean[[i for i in range(len(kinds)) if i not in global_layers]].sum() == 0
+
+
+@pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3", "qwen3_next"])
+def test_cli_restore_on_saved_sinks_and_latent_checkpoints_refuses_hybrids(arch, tiny_tokenizer, tmp_path, capsys):
+    from retrieval_heads.cli import main
+    from retrieval_heads.formats import load_scores
+
+    model = build_tiny_arch(arch)
+    kinds = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
+    directory = save_tiny(model, tiny_tokenizer, tmp_path / arch)
+    code = main(["restore", "--model", str(directory), "--out", str(tmp_path / "run"), "--lengths", "300",
+                 "--depths", "50", "--chunk-size", "64", "--quiet", "--dtype", "float32", "--budget", "0.5",
+                 "--sink", "4", "--obs-window", "8", "--max-new-tokens", "3", "--steps", "1"])
+    if arch == "qwen3_next":
+        assert code == 2 and "hybrid" in capsys.readouterr().err
+        return
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    chosen = summary["chosen_kv_heads"]
+    assert chosen and all(kinds[int(name.split("-")[0])] == "full_attention" for name in chosen)
+    kv = load_scores(tmp_path / "run").kv_view(model.config.num_key_value_heads)
+    assert (kv > 0).sum() == len(chosen) and kv.max() == 1.0

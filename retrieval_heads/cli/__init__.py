@@ -12,11 +12,11 @@ from ..errors import UserError
 
 def commands() -> list:
     """Every subcommand, in the order ``--help`` lists them."""
-    from . import analyze, convert, detect, ground, kv, lookup, merge, models, niah, tasks
+    from . import analyze, convert, detect, ground, kv, lookup, merge, models, niah, restore, tasks
 
     return [
         detect.Detect(), models.Models(), analyze.Analyze(), analyze.Compare(), analyze.Report(), convert.Convert(),
-        *(cls() for module in (lookup, niah, merge, kv, tasks, ground) for cls in module.COMMANDS),
+        *(cls() for module in (lookup, restore, niah, merge, kv, tasks, ground) for cls in module.COMMANDS),
     ]
 
 
