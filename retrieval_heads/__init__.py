@@ -34,6 +34,7 @@ _API = {
     "eligible_layers": "kv.policy",
     "CompressedCache": "kv.compressed",
     "run_kv_eval": "kv.evaluate",
+    "run_restore": "kv.restore",
     "UserError": "errors",
 }
 
