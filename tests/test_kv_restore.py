@@ -140,3 +140,11 @@ def test_run_restore_writes_scores_that_kv_eval_reads(tiny_tokenizer, tmp_path):
     summary = run_kv_eval(loaded, config, tmp_path / "kv", scores, budgets=[0.5], policies=["retrieval-snapkv"],
                           sink=4, obs_window=8, full_share=0.8, query_agnostic=True, progress=False)
     assert sorted(summary["rows"][0]["full_kv_heads"]) == sorted(s["kv_head"] for s in steps)
+
+
+def test_restore_cli_refuses_resume_in_one_line(capsys):
+    from retrieval_heads.cli import main
+
+    assert main(["restore", "--model", "no-such-model", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

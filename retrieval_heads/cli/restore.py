@@ -38,8 +38,8 @@ class Restore(Command):
                              obs_window=args.obs_window, steps=args.steps, overwrite=args.overwrite,
                              progress=not args.quiet)
         s = result.summary
-        print(f"{s['samples']} prompts; answer log-probability per token {s['objective_all_compressed']:.3f} with every "
-              f"KV head compressed, {s['objective_chosen']:.3f} with {len(s['chosen_kv_heads'])} whole")
+        print(f"{s['samples']} prompts; answer log-probability per token {s['objective_all_compressed']:.3f} with "
+              f"every KV head compressed, {s['objective_chosen']:.3f} with {len(s['chosen_kv_heads'])} whole")
         print("KV heads, in the order chosen: " + ", ".join(s["chosen_kv_heads"]))
         print(f"results in {out}/ (steps.jsonl, head_scores.json, summary.json)")
         return 0

@@ -296,7 +296,7 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
     settings = {"budget": budget, "full_share": full_share, "sink": sink, "obs_window": obs_window, "steps": steps}
     run.start({**config.identity(inputs.needles, inputs.haystack_text), "criterion": CRITERION, **settings},
               config.to_dict(), resume=False, overwrite=overwrite)
-    start, samples, masks, chosen = time.perf_counter(), [], [], []
+    start, samples, masks = time.perf_counter(), [], []
     layers = np.flatnonzero(eligible).tolist()
     try:
         bar = progress_bar(len(inputs.specs), progress, 0)
@@ -312,7 +312,7 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
             bar.update(1)
         bar.close()
         greedy_restore(loaded.model, samples, masks, eligible, steps,
-                       on_step=lambda step: (chosen.append(step), run.append({**step, "id": step["kv_head"]})))
+                       on_step=lambda step: run.append({**step, "id": step["kv_head"]}))
     finally:
         result = finalize(loaded, config, run, samples, settings, time.perf_counter() - start)
     return result
