@@ -263,6 +263,20 @@ def wrapped_attention(model, wrapper: Callable[[str], Callable], prefix: str) ->
         unregister(name)
 
 
+@contextmanager
+def around_kernel(model, wrap: Callable[[Callable, str], Callable], prefix: str) -> Iterator[str]:
+    """``wrapped_attention`` with ``wrap(kernel, implementation)``: ``kernel(module, ...)`` calls the module's
+    own attention function for the implementation the model uses (``model_kernel``)."""
+
+    def wrapper(implementation: str):
+        def kernel(module, *args, **kwargs):
+            return model_kernel(module, implementation)(module, *args, **kwargs)
+        return wrap(kernel, implementation)
+
+    with wrapped_attention(model, wrapper, prefix) as name:
+        yield name
+
+
 def unregister(name: str) -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface

@@ -84,6 +84,16 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
 
 
+def builtin_needles(directory, count: int) -> str:
+    """Path of a JSONL file in ``directory`` with the first ``count`` built-in needles."""
+    from importlib import resources
+
+    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:count]
+    path = directory / "needles.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 FORCED_ANSWER = "in the"  # three tokens with the newline in the tiny tokenizer
 
 

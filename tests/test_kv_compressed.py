@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-from importlib import resources
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, masked_attention
+from conftest import builtin_needles, build_tiny, masked_attention
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
@@ -284,10 +283,8 @@ def test_kv_eval_token_policies_in_both_settings(tiny_tokenizer, tmp_path):
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    needles = tmp_path / "needles.jsonl"
-    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]
-    needles.write_text("\n".join(lines) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[200], depths=[50.0], max_new_tokens=3,
+    needles = builtin_needles(tmp_path, 2)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[200], depths=[50.0], max_new_tokens=3,
                          chunk_size=64)
     policies = ["full", "uniform", "snapkv", "retrieval-snapkv", "headkv"]
     out = tmp_path / "out"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import build_tiny
+from conftest import builtin_needles, build_tiny
 from retrieval_heads.kv.attention import HeadwiseAttention
 from retrieval_heads.kv.compressed import CompressedCache
 from retrieval_heads.kv.prefill import extend
@@ -120,10 +119,8 @@ def test_run_restore_writes_scores_that_kv_eval_reads(tiny_tokenizer, tmp_path):
     from retrieval_heads.kv.evaluate import run_kv_eval, scores_label
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    needles = tmp_path / "needles.jsonl"
-    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]
-    needles.write_text("\n".join(lines) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[200], depths=[50.0], chunk_size=64,
+    needles = builtin_needles(tmp_path, 2)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[200], depths=[50.0], chunk_size=64,
                          max_new_tokens=4)
     out = tmp_path / "restore"
     result = run_restore(loaded, config, out, budget=0.5, full_share=0.8, sink=4, obs_window=8, progress=False)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny, masked_attention
+from conftest import builtin_needles, build_tiny, masked_attention
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -332,13 +332,11 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
     from retrieval_heads.scores import HeadScores
     from retrieval_heads.sweep import SweepConfig
 
-    from importlib import resources
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(0).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    needles = tmp_path / "needles.jsonl"
-    needles.write_text("\n".join(resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[200], depths=[50.0], max_new_tokens=4,
+    needles = builtin_needles(tmp_path, 2)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[200], depths=[50.0], max_new_tokens=4,
                          chunk_size=64)
     tmp_path = tmp_path / "out"
     # 2 of 6 KV heads full at 199 tokens: (2 x 199 + 4 x (4 + 16)) / (6 x 199) = 0.40 of the bytes
@@ -368,7 +366,6 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
     """kv-eval's one-prefill-per-prompt path gives every condition the answers, scores and KV bytes of
     a per-condition run (the per-condition path prefills streaming heads through the head-wise
     attention split, so logits may differ in the last float bits: compared through greedy answers)."""
-    from importlib import resources
 
     from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
@@ -377,9 +374,8 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(1).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    needles = tmp_path / "needles.jsonl"
-    needles.write_text("\n".join(resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[220, 300], depths=[20.0, 60.0],
+    needles = builtin_needles(tmp_path, 2)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[220, 300], depths=[20.0, 60.0],
                          max_new_tokens=5, chunk_size=32)
     runs = {}
     for shared in (True, False):

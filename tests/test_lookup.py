@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import build_tiny
+from conftest import builtin_needles, build_tiny
 from retrieval_heads.lookup import needle_attention, run_lookup
 from retrieval_heads.models import LoadedModel
 from retrieval_heads.sweep import SweepConfig
@@ -36,10 +35,8 @@ def test_run_lookup_writes_a_run_directory_that_resumes(tiny_tokenizer, tmp_path
     from retrieval_heads.formats import load_scores
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    needles = tmp_path / "needles.jsonl"
-    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:2]
-    needles.write_text("\n".join(lines) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[260], depths=[20.0, 70.0], chunk_size=64)
+    needles = builtin_needles(tmp_path, 2)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[260], depths=[20.0, 70.0], chunk_size=64)
     out = tmp_path / "lookup"
     result = run_lookup(loaded, config, out, progress=False)
     rows = [json.loads(l) for l in (out / "samples.jsonl").read_text().splitlines()]
@@ -67,10 +64,8 @@ def test_kv_eval_reads_a_lookup_run_and_names_its_scores(tiny_tokenizer, tmp_pat
     from retrieval_heads.kv.evaluate import run_kv_eval
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    needles = tmp_path / "needles.jsonl"
-    lines = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text().splitlines()[:1]
-    needles.write_text("\n".join(lines) + "\n")
-    config = SweepConfig(model="tiny-llama", needles=str(needles), lengths=[260], depths=[50.0], chunk_size=64,
+    needles = builtin_needles(tmp_path, 1)
+    config = SweepConfig(model="tiny-llama", needles=needles, lengths=[260], depths=[50.0], chunk_size=64,
                          max_new_tokens=2)
     run_lookup(loaded, config, tmp_path / "lookup", progress=False)
     scores = load_scores(tmp_path / "lookup")

@@ -103,15 +103,10 @@ def gated_attention(state: Gates, inner, implementation: str):
 @contextmanager
 def gating(model, state: Gates) -> Iterator[Gates]:
     """Run ``model`` with ``gated_attention`` around its current attention function; always restore it."""
-    from ..hooks import model_kernel, wrapped_attention
-
-    def wrapper(implementation: str):
-        def inner(module, *args, **kwargs):
-            return model_kernel(module, implementation)(module, *args, **kwargs)
-        return gated_attention(state, inner, implementation)
+    from ..hooks import around_kernel
 
     try:
-        with wrapped_attention(model, wrapper, "retrieval_heads_gate"):
+        with around_kernel(model, lambda kernel, name: gated_attention(state, kernel, name), "retrieval_heads_gate"):
             yield state
     finally:
         state.doc_len = None

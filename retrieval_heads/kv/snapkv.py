@@ -168,15 +168,10 @@ def observing_attention(observer: ObservationWindow, inner):
 @contextmanager
 def capture_window(model, observer: ObservationWindow) -> Iterator[ObservationWindow]:
     """Run ``model`` with ``observing_attention`` around its current attention function; always restore it."""
-    from ..hooks import model_kernel, wrapped_attention
-
-    def wrapper(implementation: str):
-        def inner(module, *args, **kwargs):
-            return model_kernel(module, implementation)(module, *args, **kwargs)
-        return observing_attention(observer, inner)
+    from ..hooks import around_kernel
 
     try:
-        with wrapped_attention(model, wrapper, "retrieval_heads_obs"):
+        with around_kernel(model, lambda kernel, _: observing_attention(observer, kernel), "retrieval_heads_obs"):
             yield observer
     finally:
         observer.disarm()
