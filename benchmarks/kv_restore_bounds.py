@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ import torch
 
 def main() -> None:
     from retrieval_heads.formats import load_scores
-    from retrieval_heads.kv.policy import eligible_layers
+    from retrieval_heads.kv.policy import eligible_layers, top_count, whole_head_count
     from retrieval_heads.kv.prefill import question_start
     from retrieval_heads.kv.restore import Gates, compressed_count, gating, keep_masks, objective, prepare_sample
     from retrieval_heads.models import load_model
@@ -60,15 +59,12 @@ def main() -> None:
     eligible = eligible_layers(loaded.model.config)
     layers = np.flatnonzero(eligible).tolist()
     heads = len(layers) * loaded.num_kv_heads
-    whole_count = int(math.floor(args.full_share * args.budget * heads + 1e-9))
+    whole_count = whole_head_count(args.full_share, args.budget, heads)
     sets = {"none": np.zeros((len(eligible), loaded.num_kv_heads))}
     for name, path in (("lookup", args.lookup), ("restore", args.restore)):
         if path:
             kv = load_scores(path).kv_view(loaded.num_kv_heads, "max")
-            order = np.lexsort((np.arange(kv.size), -np.where(eligible[:, None], kv, -np.inf).ravel()))
-            chosen = np.zeros(kv.size)
-            chosen[order[:whole_count]] = 1.0
-            sets[name] = chosen.reshape(kv.shape)
+            sets[name] = top_count(kv, whole_count, eligible=eligible).full.astype(float)
 
     samples, spans = [], []
     for spec in inputs.specs:

@@ -332,7 +332,6 @@ def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
     from retrieval_heads.scores import HeadScores
     from retrieval_heads.sweep import SweepConfig
 
-
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(0).random((2, 3, 8)), meta={"num_kv_heads": 2})
     needles = builtin_needles(tmp_path, 2)

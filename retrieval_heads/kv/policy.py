@@ -107,7 +107,7 @@ class KvPlan:
             per = np.where(self.full[rows], tokens, min(tokens, self.sink + self.window))
             counts[rows] = per
             return counts
-        counts[rows] = np.clip(np.floor(self.keep[rows] * tokens + 0.5 + EPS), 0, tokens).astype(np.int64)
+        counts[rows] = share_tokens(self.keep[rows], tokens)
         return counts
 
     def byte_fraction(self, tokens: int) -> float:
@@ -308,13 +308,29 @@ def retrieval_snapkv(kv_scores: np.ndarray, budget: float, *, eligible: np.ndarr
     eligible = _eligible(eligible, kv_scores.shape)
     heads = int(eligible.sum()) * kv_scores.shape[1]
     ranked = [i for i in _ranked(kv_scores, eligible) if kv_scores.flat[i] > settings.threshold]
-    count = min(len(ranked), int(math.floor(settings.full_share * budget * heads + EPS)))
+    count = min(len(ranked), whole_head_count(settings.full_share, budget, heads))
     keep = np.zeros(kv_scores.size)
     keep[ranked[:count]] = 1.0
-    rest = (budget * heads - count) / (heads - count) if heads > count else 0.0
-    keep[keep < 1.0] = rest
+    keep[keep < 1.0] = rest_share(budget, heads, count)
     return token_plan("retrieval-snapkv", keep.reshape(kv_scores.shape), eligible, settings, budget,
                       {"full_share": settings.full_share, "threshold": settings.threshold})
+
+
+def whole_head_count(full_share: float, budget: float, heads: int) -> int:
+    """How many of ``heads`` KV heads ``retrieval-snapkv`` keeps whole at most: those that fill ``full_share``
+    of the budget's ``budget x heads`` head-contexts."""
+    return int(math.floor(full_share * budget * heads + EPS))
+
+
+def rest_share(budget: float, heads: int, whole: int) -> float:
+    """Fraction of the context each of the ``heads - whole`` other KV heads keeps when ``whole`` heads keep
+    everything and all ``heads`` together hold ``budget`` of the bytes."""
+    return (budget * heads - whole) / (heads - whole) if heads > whole else 0.0
+
+
+def share_tokens(share, tokens: int):
+    """Tokens kept of a ``tokens``-token context at ``share`` (scalar or array), rounded as plans round them."""
+    return np.clip(np.floor(np.asarray(share) * tokens + 0.5 + EPS), 0, tokens).astype(np.int64)
 
 
 def headkv_keep(kv_scores: np.ndarray, budget: float, *, eligible: np.ndarray, floor_share: float = 0.2) -> np.ndarray:

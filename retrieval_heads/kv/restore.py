@@ -14,8 +14,8 @@ restricted to the document tokens SnapKV keeps for a non-full head at the budget
 objective is the answer's mean log-probability per token. Greedy selection: all gates 0 (every head
 compressed); the gradient of the objective over every sample ranks the heads not yet whole; the best is
 made whole (gate 1); repeat for ``steps`` heads (``retrieval-snapkv``'s number of full heads at the budget).
-On SmolLM2 the gradient at all-compressed ranked heads as the exact one-head restorations did (Spearman
-0.99, same top 10) at one backward pass per sample instead of one forward pass per head and sample.
+On SmolLM2 (a prototype of these gates, 10 prompts) the gradient at all-compressed ranked heads as the exact
+one-head restorations did (Spearman 0.99, same top 10) at one backward pass per sample instead of one forward pass per head and sample.
 
 A head's score is its place in that order, mapped to (0.5, 1] (first 1.0; heads never chosen 0), so
 ``kv-eval --scores`` keeps the chosen heads whole in that order. A restore run directory has
@@ -26,7 +26,6 @@ the exact objective), ``head_scores.json`` and ``summary.json`` (``criterion`` `
 from __future__ import annotations
 
 import copy
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from ..models import LoadedModel
 from ..rundir import RunDir
 from ..scores import HeadScores
 from ..sweep import SweepConfig, prepare
-from .policy import eligible_layers
+from .policy import eligible_layers, rest_share, share_tokens, whole_head_count
 from .snapkv import ObservationWindow, Observed, capture_window, select_positions
 
 CRITERION = "restore"
@@ -161,7 +160,7 @@ def _layers(cache) -> list:
 
 
 def _restore(cache, snapshot: list) -> None:
-    cache.layers = [copy.copy(layer) for layer in snapshot]
+    cache.layers = snapshot
 
 
 def answer_logprob(model, sample: Sample, state: Gates) -> torch.Tensor:
@@ -196,9 +195,8 @@ def keep_masks(observed: Observed, layers: list[int], count: int, *, sink: int) 
 
 def compressed_count(budget: float, heads: int, whole: int, doc_len: int) -> int:
     """Tokens each of the ``heads - whole`` non-whole KV heads keeps when ``whole`` heads keep all ``doc_len``
-    and all of them together hold ``budget`` of the bytes (as ``retrieval-snapkv`` splits them)."""
-    rest = (budget * heads - whole) / (heads - whole) if heads > whole else 0.0
-    return max(0, min(doc_len, int(math.floor(rest * doc_len + 0.5))))
+    and all of them together hold ``budget`` of the bytes (as ``retrieval-snapkv`` splits and rounds them)."""
+    return int(share_tokens(rest_share(budget, heads, whole), doc_len))
 
 
 def objective(model, samples: list[Sample], state: Gates, masks: list[dict], whole: np.ndarray,
@@ -282,7 +280,7 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
         raise UserError("--budget is a fraction in (0, 1] and --full-share a share in [0, 1]")
     eligible = eligible_layers(loaded.model.config)
     heads = int(eligible.sum()) * loaded.num_kv_heads
-    steps = int(math.floor(full_share * budget * heads + 1e-9)) if steps is None else steps
+    steps = whole_head_count(full_share, budget, heads) if steps is None else steps
     if not 0 < steps < heads:
         raise UserError(f"restore chooses between 1 and {heads - 1} KV heads; budget {budget:g} and full share "
                         f"{full_share:g} give {steps}")
