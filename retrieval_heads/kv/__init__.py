@@ -4,6 +4,7 @@
     compressed.py  ragged storage: each KV head its own kept positions (token-selection policies)
     attention.py   the attention wrapper that runs the model's kernel per group of KV heads
     snapkv.py      observation-window attention captured during prefill; SnapKV token selection
+    reconstruct.py KVzip's question-agnostic evidence: the attention each token gets while the context is re-read
     policy.py      plans: what each KV head keeps, every policy at a byte budget (numpy only)
     prefill.py     one prefill per prompt, compressed per condition, question, decode (kv-eval's engine)
     records.py     the files kv-eval writes next to each NIAH run

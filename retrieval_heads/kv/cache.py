@@ -43,8 +43,10 @@ A layer holding both groups runs two attention calls instead of one.
 
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -408,6 +410,18 @@ class StatsDynamicCache(TrackedCache):
 
     def dense_kv_bytes(self) -> int:
         return cache_kv_bytes(self)
+
+
+@contextmanager
+def put_back(cache) -> Iterator:
+    """Run forward passes on a plain ``cache`` (``DynamicCache`` layers, ``engine.PreallocatedLayer``) and have
+    its layers as they were afterwards. A forward pass replaces a layer's tensors or writes past its length,
+    never edits what it holds, so shallow copies of the layers are the whole snapshot."""
+    snapshot = [copy.copy(layer) for layer in cache.layers]
+    try:
+        yield cache
+    finally:
+        cache.layers = snapshot
 
 
 def num_kv_heads(config) -> int:

@@ -13,8 +13,10 @@ Head-level policies (``cache.HeadwiseCache``: a KV head is full or streams sink 
     random     as many full KV heads as ``retrieval``, drawn uniformly with a seed, same sink + window.
     uniform    no full head; every KV head keeps sink + a window sized to ``b``.
 Token-level policies (``compressed.CompressedCache``: each KV head keeps its own positions, chosen after
-the prefill by SnapKV's observation-window attention, ``snapkv.py``; then every new token):
-    snapkv            every KV head keeps ``b x T`` tokens: sink + observation window + top tokens.
+the prefill by ``selection``: SnapKV's observation-window attention, ``snapkv.py``, or KVzip's re-reading
+attention, ``reconstruct.py``; then every new token):
+    snapkv            every KV head keeps ``b x T`` tokens: sink + observation window + top tokens (the
+                      uniform split, whatever the selection).
     retrieval-snapkv  KV heads scoring above ``threshold`` full, best first, at most as many as fill
                       ``full_share`` of the budget; the others ``snapkv`` with what is left, equally.
     headkv            one pool of ``b x T x N`` tokens: each KV head a floor (``floor_share`` of the
@@ -33,6 +35,7 @@ from ..errors import UserError
 HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
 TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv")
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
+SELECTIONS = ("snapkv", "reconstruct")  # what chooses a token-level plan's tokens (see the module docstring)
 EPS = 1e-9  # budgets given with a few digits still reach the configuration they round
 
 
@@ -47,8 +50,11 @@ class PolicySettings:
     threshold: float = 0.1  # retrieval-snapkv: only KV heads scoring above this are kept full
     floor_share: float = 0.2  # headkv: every KV head gets at least this share of the equal split
     seed: int = 0  # random
+    selection: str = "snapkv"  # token-level policies: SELECTIONS
 
     def check(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise UserError(f"--selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
         if self.sink < 0 or self.window < 0:
             raise UserError("--sink and --window must be non-negative")
         if self.obs_window < 1:
@@ -70,6 +76,7 @@ class KvPlan:
         budget: the byte budget (fraction of the full cache's bytes) the plan was made for.
         keep: token-level plans only: (layers, kv_heads) float, the fraction of the context each KV head
             keeps (1 = full); None for head-level plans.
+        selection: token-level plans only: what chooses the tokens (``SELECTIONS``).
     """
 
     policy: str
@@ -81,6 +88,7 @@ class KvPlan:
     extra: dict = field(default_factory=dict)
     prefill: str | None = None  # what streaming heads see while prefilling (cache.py); None = "lambda"
     keep: np.ndarray | None = None
+    selection: str | None = None
 
     @property
     def selects_tokens(self) -> bool:
@@ -125,7 +133,7 @@ class KvPlan:
                "prefill": self.prefill, "num_full_kv_heads": self.num_full,
                "num_eligible_kv_heads": self.num_eligible, "full_kv_heads": self.full_heads(), **self.extra}
         if self.keep is not None:
-            out["selection"] = "snapkv"
+            out["selection"] = self.selection
             out["keep"] = [[round(float(x), 6) for x in row] for row in np.where(self.eligible[:, None], self.keep, 0)]
         return out
 
@@ -180,7 +188,8 @@ def token_plan(policy: str, keep: np.ndarray, eligible: np.ndarray, settings: Po
                extra: dict | None = None) -> KvPlan:
     eligible = _eligible(eligible, keep.shape)
     keep = np.clip(keep, 0.0, 1.0)
-    return KvPlan(policy, keep >= 1.0, eligible, settings.sink, settings.obs_window, budget, extra or {}, None, keep)
+    return KvPlan(policy, keep >= 1.0, eligible, settings.sink, settings.obs_window, budget, extra or {}, None, keep,
+                  settings.selection)
 
 
 def full_plan(shape: tuple[int, int], eligible: np.ndarray, *, sink: int = 4, window: int = 64) -> KvPlan:

@@ -4,7 +4,9 @@ Every plan starts from the same full prefill: head-level plans cut their streami
 when decoding starts (``HeadwiseCache.from_prefilled``, the ``prefill="full"`` state), token-level plans
 keep per KV head the tokens SnapKV selects (``CompressedCache.from_prefilled``). ``run_shared`` prefills
 each prompt once with the ``Engine`` (shared-prefix reuse included), under ``snapkv.capture_window`` when
-a plan selects tokens, so the observation window's attention is recorded on the way. Then, per condition:
+a plan selects tokens by SnapKV, so the observation window's attention is recorded on the way; plans that
+select by re-reading (``reconstruct.py``) have the context re-read once after the prefill, and the cache cut
+back. Then, per condition:
 
     compress   a copy of the prefilled cache under the condition's plan
     question   (``query_agnostic``) the question's tokens prefilled into the compressed cache
@@ -44,6 +46,7 @@ from .attention import HeadwiseAttention
 from .cache import HeadwiseCache, cache_stats, num_kv_heads
 from .compressed import CompressedCache
 from .policy import KvPlan
+from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss
 from .snapkv import ObservationWindow, Observed, capture_window, select_positions
 
@@ -85,12 +88,14 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planne
                         "prefill cannot hand to several conditions: pass --prefill-per-condition")
     reset_peak_rss()
     results = {name: {"by_length": []} for name in planners}
-    selects = any(planner(max(config.lengths)).selects_tokens for planner in planners.values())
-    observer = ObservationWindow(obs_window) if selects else None
+    selection = selection_of([planner(max(config.lengths)) for planner in planners.values()])
+    observer = ObservationWindow(obs_window) if selection == "snapkv" else None
     with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
         for length in sorted(config.lengths):
             one = replace(config, lengths=[length], batch_size=1)
-            found = _run_length(loaded, one, Path(out), planners, query_agnostic=query_agnostic, observer=observer,
+            instruction = repeat_ids(loaded.tokenizer) if selection == "reconstruct" else []
+            evidence = Evidence(selection, obs_window, observer, instruction)
+            found = _run_length(loaded, one, Path(out), planners, query_agnostic=query_agnostic, evidence=evidence,
                                 resume=resume, overwrite=overwrite, progress=progress)
             for name, (plan, stats) in found.items():
                 results[name]["by_length"].append(stats)
@@ -101,8 +106,44 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planne
     return results
 
 
+def selection_of(plans: list[KvPlan]) -> str | None:
+    """What chooses the tokens of ``plans`` (one shared prefill serves one kind of evidence); None when no plan
+    selects tokens."""
+    found = {plan.selection for plan in plans if plan.selects_tokens}
+    if len(found) > 1:
+        raise UserError(f"one shared prefill serves one token selection, not {', '.join(sorted(found))}")
+    return found.pop() if found else None
+
+
+@dataclass
+class Evidence:
+    """How the plans of one shared prefill choose their tokens: ``selection`` (None: they do not), the
+    observation window (``snapkv``: also its ``observer``; ``reconstruct``: the tokens always kept) and the
+    repeat instruction's ids (``reconstruct``). ``seconds``: spent re-reading."""
+
+    selection: str | None
+    window: int
+    observer: ObservationWindow | None = None
+    instruction: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def gather(self, engine: Engine, ids: list[int], num_kv_heads: int):
+        """Prefill ``ids`` with the engine; return the cache and the ``Observed`` scores (None: no selection)."""
+        if self.selection == "reconstruct":
+            cache = engine.prefill(ids, room=len(self.instruction) + engine.chunk_size + 1)
+            if cache is None:
+                raise UserError("this model builds a cache type of its own, which cannot be compressed")
+            start = time.perf_counter()
+            observed = reconstruction_scores(engine.model, cache, ids, self.instruction, window=self.window,
+                                             chunk_size=engine.chunk_size)
+            self.seconds += time.perf_counter() - start
+            return cache, observed
+        cache = prefill_observed(engine, ids, self.observer)
+        return cache, self.observer.take(num_kv_heads) if self.observer else None
+
+
 def _run_length(loaded: LoadedModel, config: SweepConfig, out: Path, planners: dict[str, Callable[[int], KvPlan]],
-                *, query_agnostic: bool, observer: ObservationWindow | None, resume: bool, overwrite: bool,
+                *, query_agnostic: bool, evidence: Evidence, resume: bool, overwrite: bool,
                 progress: bool) -> dict[str, tuple[KvPlan, dict]]:
     """Every condition at the one length of ``config``; returns each condition's plan and length statistics."""
     start = time.perf_counter()
@@ -128,8 +169,7 @@ def _run_length(loaded: LoadedModel, config: SweepConfig, out: Path, planners: d
     try:
         for spec in todo:
             prompt, split = inputs.prompts[spec.id], splits[spec.id]
-            prefilled = prefill_observed(engine, prompt.ids[:split], observer)
-            observed = observer.take(num_kv_heads(loaded.model.config)) if observer else None
+            prefilled, observed = evidence.gather(engine, prompt.ids[:split], num_kv_heads(loaded.model.config))
             for branch in branches:
                 if spec.id not in branch.done:
                     _decode_branch(loaded, engine, branch, prefilled, observed, spec, inputs, split,
@@ -140,6 +180,7 @@ def _run_length(loaded: LoadedModel, config: SweepConfig, out: Path, planners: d
         timing = {"model_load_s": loaded.load_seconds, "prefill_s": engine.timer.seconds["prefill_s"],
                   "prefilled_tokens": engine.timer.prefilled_tokens, "reused_tokens": engine.timer.reused_tokens,
                   "prefill_shared_by": len(branches), "query_agnostic": query_agnostic,
+                  "selection": evidence.selection, "selection_s": evidence.seconds,
                   "wall_s": time.perf_counter() - start}
         finished = {b.name: (b.plan, _finish(loaded, config, inputs, masking, b, timing, tokens)) for b in branches}
     return finished

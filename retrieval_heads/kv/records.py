@@ -50,7 +50,8 @@ def add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
     saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     new = {"decode_s": timing.get("decode_s", 0.0), "decode_steps": sum(s["decode_steps"] for s in found),
            "prefill_s": timing.get("prefill_s", 0.0), "prefilled_tokens": timing.get("prefilled_tokens", 0),
-           "question_prefill_s": timing.get("question_prefill_s", 0.0), "compress_s": timing.get("compress_s", 0.0)}
+           "question_prefill_s": timing.get("question_prefill_s", 0.0), "compress_s": timing.get("compress_s", 0.0),
+           "selection_s": timing.get("selection_s", 0.0)}
     total = {k: saved.get(k, 0) + v for k, v in new.items()}
     peaks = [saved.get("peak_rss_mb")] + ([peak_rss_mb()] if found else [])  # a resume with nothing to do: not a peak
     total["peak_rss_mb"] = max((p for p in peaks if p is not None), default=None)

@@ -25,7 +25,6 @@ the exact objective), ``head_scores.json`` and ``summary.json`` (``criterion`` `
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from ..models import LoadedModel
 from ..rundir import RunDir
 from ..scores import HeadScores
 from ..sweep import SweepConfig, prepare
+from .cache import num_kv_heads, put_back
 from .policy import eligible_layers, rest_share, share_tokens, whole_head_count
 from .snapkv import ObservationWindow, Observed, capture_window, select_positions
 
@@ -131,7 +131,6 @@ def prepare_sample(model, tokenizer, sample_id: str, prompt_ids: list[int], doc_
     from transformers import DynamicCache
 
     from ..engine import stop_condition
-    from .cache import num_kv_heads
     from .prefill import extend
 
     observer = ObservationWindow(obs_window)
@@ -141,26 +140,16 @@ def prepare_sample(model, tokenizer, sample_id: str, prompt_ids: list[int], doc_
         extend(model, cache, prompt_ids[:doc_len], 0, chunk_size=chunk_size)
         observed = observer.take(num_kv_heads(model.config))
     stop, answer = stop_condition(tokenizer, model), []
-    snapshot = _layers(cache)
     step = torch.tensor([prompt_ids[doc_len:]], device=next(model.parameters()).device)
-    for _ in range(max_new_tokens):
-        token = int(model(input_ids=step, cache=cache, use_cache=True).logits[0, -1].argmax())
-        if stop(token):
-            break
-        answer.append(token)
-        step = step.new_tensor([[token]])
-    _restore(cache, snapshot)
+    with put_back(cache):
+        for _ in range(max_new_tokens):
+            token = int(model(input_ids=step, cache=cache, use_cache=True).logits[0, -1].argmax())
+            if stop(token):
+                break
+            answer.append(token)
+            step = step.new_tensor([[token]])
     return Sample(sample_id, cache, doc_len, list(prompt_ids[doc_len:]) + answer, len(answer), observed,
                   tokenizer.decode(answer))
-
-
-def _layers(cache) -> list:
-    """Shallow copies of ``cache``'s layers: the document tensors, which a forward pass replaces, not edits."""
-    return [copy.copy(layer) for layer in cache.layers]
-
-
-def _restore(cache, snapshot: list) -> None:
-    cache.layers = snapshot
 
 
 def answer_logprob(model, sample: Sample, state: Gates) -> torch.Tensor:
@@ -168,15 +157,14 @@ def answer_logprob(model, sample: Sample, state: Gates) -> torch.Tensor:
     gates); ``sample.cache`` holds the document again afterwards."""
     if sample.answer_len == 0:
         return torch.zeros(())
-    snapshot = _layers(sample.cache)
     ids = torch.tensor([sample.ids], device=next(model.parameters()).device)
     state.doc_len = sample.doc_len
     try:
-        logits = model(input_ids=ids, cache=sample.cache, use_cache=True,
-                       logits_to_keep=sample.answer_len + 1).logits[0, :-1].float()
+        with put_back(sample.cache):
+            logits = model(input_ids=ids, cache=sample.cache, use_cache=True,
+                           logits_to_keep=sample.answer_len + 1).logits[0, :-1].float()
     finally:
         state.doc_len = None
-        _restore(sample.cache, snapshot)
     target = ids[0, -sample.answer_len:]
     return logits.log_softmax(-1).gather(1, target[:, None]).mean()
 

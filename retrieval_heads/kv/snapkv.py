@@ -62,8 +62,6 @@ class ObservationWindow:
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor, mask, scaling, kwargs: dict) -> None:
         """Add one attention call's window rows: query (B, H, Q, D), key (B, Hkv, K, D)."""
-        from ..hooks import query_logits
-
         layer = getattr(module, "layer_idx", None)
         if self.total is None or layer is None or kwargs.get("sliding_window"):
             return
@@ -74,15 +72,7 @@ class ObservationWindow:
         rows = k_len - max(k_len - q_len, self.total - window)  # the window's rows are a suffix of the chunk
         if rows <= 0:
             return
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        logits = query_logits(query, key, mask, scale, rows=rows, softcap=kwargs.get("softcap"),
-                              position_bias=kwargs.get("position_bias"))  # (B, H, rows, K)
-        sinks = kwargs.get("s_aux")
-        if sinks is not None:  # a learned sink column joins the softmax's denominator, then goes
-            column = sinks.float().reshape(1, -1, 1, 1).expand(*logits.shape[:3], 1)
-            weights = torch.cat([logits, column], dim=-1).softmax(-1)[..., :-1]
-        else:
-            weights = logits.softmax(-1)
+        weights = attention_weights(query, key, mask, scaling, kwargs, rows)
         found = self.sums.get(layer)
         if found is None:
             found = self.sums[layer] = weights.new_zeros(weights.shape[0], weights.shape[1], self.total)
@@ -124,6 +114,22 @@ class ObservationWindow:
             scores[layer] = pool_scores(per_kv[:, : total - window])
         self.disarm()
         return Observed(total, window, scores)
+
+
+def attention_weights(query: torch.Tensor, key: torch.Tensor, mask, scaling, kwargs: dict, rows: int) -> torch.Tensor:
+    """(B, H, rows, K) float32: the attention weights of the last ``rows`` query rows as the model computes
+    them (``hooks.query_logits``: scale, soft-cap, position bias, mask), a learned sink (``s_aux``) in the
+    softmax's denominator."""
+    from ..hooks import query_logits
+
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    logits = query_logits(query, key, mask, scale, rows=rows, softcap=kwargs.get("softcap"),
+                          position_bias=kwargs.get("position_bias"))  # (B, H, rows, K)
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        return logits.softmax(-1)
+    column = sinks.float().reshape(1, -1, 1, 1).expand(*logits.shape[:3], 1)  # joins the denominator, then goes
+    return torch.cat([logits, column], dim=-1).softmax(-1)[..., :-1]
 
 
 def pool_scores(scores: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""KVzip-style re-reading scores: equal to the model's own attention, the cache untouched, kv-eval's selection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import builtin_needles, build_tiny
+from retrieval_heads.engine import new_cache
+from retrieval_heads.errors import UserError
+from retrieval_heads.kv.policy import eligible_layers
+from retrieval_heads.kv.prefill import extend
+from retrieval_heads.kv.reconstruct import reconstruction_scores
+from retrieval_heads.kv.snapkv import pool_scores
+
+CONTEXT, WINDOW, CHUNK = 40, 4, 16
+INSTRUCTION = [7, 8, 9]
+
+
+def _model(family: str):
+    from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
+
+    model = build_tiny_arch(family) if family == "gpt_oss" else build_tiny(family)
+    model.set_attn_implementation("eager")
+    return model
+
+
+def _ids(length: int, seed: int = 0) -> list[int]:
+    return torch.randint(10, 512, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@torch.no_grad()
+def _expected(model, ids: list[int]) -> dict[int, torch.Tensor]:
+    """Per global layer, (Hkv, CONTEXT): max over chunks' rows and group heads of eager attention weights."""
+    hkv = model.config.num_key_value_heads
+    found = {}
+    for start in range(0, CONTEXT, CHUNK):
+        full = ids + INSTRUCTION + ids[start:start + CHUNK]
+        attentions = model(input_ids=torch.tensor([full]), output_attentions=True).attentions
+        for layer in np.flatnonzero(eligible_layers(model.config)).tolist():
+            w = attentions[layer][0, :, CONTEXT:, :CONTEXT].float()  # (H, rows, CONTEXT)
+            best = w.reshape(hkv, -1, w.shape[1], CONTEXT).amax(dim=(1, 2))
+            found[layer] = best if layer not in found else torch.maximum(found[layer], best)
+    return found
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_oss"])  # sliding layers skipped; learned sinks
+def test_scores_are_the_models_own_attention_maxima_pooled(family):
+    model = _model(family)
+    ids = _ids(CONTEXT)
+    cache = DynamicCache(config=model.config)
+    extend(model, cache, ids, 0, chunk_size=CHUNK)
+    observed = reconstruction_scores(model, cache, ids, INSTRUCTION, window=WINDOW, chunk_size=CHUNK)
+    expected = _expected(model, ids)
+    assert observed.total == CONTEXT and observed.window == WINDOW
+    assert sorted(observed.scores) == sorted(expected)
+    for layer, maxima in expected.items():
+        torch.testing.assert_close(observed.scores[layer], pool_scores(maxima[:, :CONTEXT - WINDOW]),
+                                   atol=1e-5, rtol=1e-4)
+    assert model.config._attn_implementation == "eager"  # the wrapper is gone
+
+
+@pytest.mark.parametrize("keep_past", [False, True])  # a plain DynamicCache, or the engine's preallocated one
+def test_re_reading_leaves_the_cache_as_it_was(keep_past):
+    model = _model("gemma3")  # sliding layers (window 16) evict while re-reading
+    ids, question = _ids(CONTEXT), _ids(6, seed=1)
+
+    def prefilled():
+        cache = new_cache(model, keep_past=True) if keep_past else DynamicCache(config=model.config)
+        extend(model, cache, ids, 0, chunk_size=CHUNK)
+        return cache
+
+    with torch.no_grad():
+        untouched = model(input_ids=torch.tensor([question]), cache=prefilled(), use_cache=True).logits
+        cache = prefilled()
+        reconstruction_scores(model, cache, ids, INSTRUCTION, window=WINDOW, chunk_size=CHUNK)
+        assert cache.get_seq_length() == CONTEXT
+        after = model(input_ids=torch.tensor([question]), cache=cache, use_cache=True).logits
+    assert torch.equal(untouched, after)
+
+
+def test_kv_eval_selects_by_re_reading(tiny_tokenizer, tmp_path):
+    from retrieval_heads.kv.evaluate import run_kv_eval
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.sweep import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
+    config = SweepConfig(model="tiny-llama", needles=builtin_needles(tmp_path, 2), lengths=[200], depths=[50.0],
+                         max_new_tokens=3, chunk_size=64)
+    options = dict(budgets=[0.3], policies=["full", "snapkv", "retrieval-snapkv"], sink=4, window=16, obs_window=8,
+                   query_agnostic=True, progress=False)
+    out = tmp_path / "out"
+    summary = run_kv_eval(loaded, config, out, scores, selection="reconstruct", **options)
+    assert summary["selection"] == "reconstruct"
+    by = {r["policy"]: r for r in summary["rows"]}
+    assert by["full"]["selection"] is None and by["snapkv"]["selection"] == "reconstruct"
+    for policy in ("snapkv", "retrieval-snapkv"):
+        assert by[policy]["compressed_kv_fraction"] == pytest.approx(0.3, abs=0.5 / 150)
+        assert by[policy]["samples"] == 2
+    run = out / "query-agnostic" / "snapkv-0.3" / "L200"
+    assert json.loads((run / "kv_plan.json").read_text())["selection"] == "reconstruct"
+    assert json.loads((run / "kv_timing.json").read_text())["selection_s"] > 0
+    with pytest.raises(UserError, match="another KV plan"):  # SnapKV's evidence is another plan
+        run_kv_eval(loaded, config, out, scores, resume=True, **options)
+    with pytest.raises(UserError, match="--selection"):
+        run_kv_eval(loaded, config, tmp_path / "bad", scores, selection="kvzip", **options)
