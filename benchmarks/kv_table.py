@@ -7,7 +7,9 @@ For every condition directory ``DIR/<condition>/L<length>/`` (one setting: pass 
 as fractions of the dense cache), the mean NIAH score with a 95% interval, the share of the full cache's
 mean (resampled jointly with it), the samples whose answer contains the needle's answer, and with
 ``--against P`` the paired difference from policy ``P`` at the same budget. Only samples present in every
-condition count; intervals are ``--draws`` bootstrap resamples of those samples.
+condition count; intervals are ``--draws`` bootstrap resamples of those samples. ``--extra LABEL=DIR`` adds
+the conditions of another run on the same samples as ``LABEL:<condition>`` (``--against LABEL:snapkv``
+compares with them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ def read_condition(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
     return records, fractions
 
 
+def runs_under(root: Path, length: int | None) -> dict[str, tuple[dict[str, dict], dict[str, float]]]:
+    """Every condition run of one kv-eval setting directory, by condition name."""
+    runs = sorted(root.glob(f"*/L{length or '*'}/results.jsonl"))
+    if not runs:
+        raise SystemExit(f"no condition runs under {root}")
+    return {p.parent.parent.name: read_condition(p.parent) for p in runs}
+
+
 def interval(values: np.ndarray) -> str:
     return f"[{np.percentile(values, 2.5):.2f}, {np.percentile(values, 97.5):.2f}]"
 
@@ -39,15 +49,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", help="a kv-eval --out directory, or its query-agnostic/ subdirectory")
     parser.add_argument("--length", type=int, default=None, help="context length (default: the only one)")
-    parser.add_argument("--against", default=None, help="policy to compare with at each budget, e.g. snapkv")
+    parser.add_argument("--against", default=None,
+                        help="policy to compare with at each budget, e.g. snapkv (or LABEL:snapkv, see --extra)")
     parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--extra", action="append", default=[],
+                        help="LABEL=DIR: the conditions of another kv-eval directory (same setting), as LABEL:<name>")
     args = parser.parse_args()
 
     root = Path(args.dir)
-    runs = sorted(root.glob(f"*/L{args.length or '*'}/results.jsonl"))
-    if not runs:
-        raise SystemExit(f"no condition runs under {root}")
-    conditions = {p.parent.parent.name: read_condition(p.parent) for p in runs}
+    conditions = runs_under(root, args.length)
+    for extra in args.extra:
+        label, _, where = extra.partition("=")
+        if not where:
+            raise SystemExit(f"--extra takes LABEL=DIR, got {extra!r}")
+        conditions.update({f"{label}:{name}": found for name, found in runs_under(Path(where), args.length).items()
+                           if name != "full"})
     if "full" not in conditions:
         raise SystemExit("the full condition is needed for the share of full")
     ids = sorted(set.intersection(*(set(records) for records, _ in conditions.values())))

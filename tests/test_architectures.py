@@ -255,3 +255,32 @@ def test_cli_restore_on_saved_sinks_and_latent_checkpoints_refuses_hybrids(arch,
     assert chosen and all(kinds[int(name.split("-")[0])] == "full_attention" for name in chosen)
     kv = load_scores(tmp_path / "run").kv_view(model.config.num_key_value_heads)
     assert (kv > 0).sum() == len(chosen) and kv.max() == 1.0
+
+
+@pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3"])
+def test_cli_kv_eval_re_reading_selection_on_saved_sinks_refuses_latent_checkpoints(arch, tiny_tokenizer, tmp_path,
+                                                                                       capsys):
+    from retrieval_heads.cli import main
+    from retrieval_heads.formats import save_scores
+    from retrieval_heads.scores import HeadScores
+
+    model = build_tiny_arch(arch)
+    text = model.config
+    directory = save_tiny(model, tiny_tokenizer, tmp_path / arch)
+    scores = HeadScores(np.random.default_rng(0).random((2, text.num_hidden_layers, text.num_attention_heads)),
+                        meta={"num_kv_heads": text.num_key_value_heads})
+    save_scores(scores, tmp_path / "scores.json")
+    out = tmp_path / "kv"
+    code = main(["kv-eval", "--model", str(directory), "--scores", str(tmp_path / "scores.json"), "--out", str(out),
+                 "--lengths", "300", "--depths", "50", "--chunk-size", "64", "--quiet", "--dtype", "float32",
+                 "--budgets", "0.3", "--policies", "full,snapkv,retrieval-snapkv", "--sink", "4", "--obs-window", "8",
+                 "--max-new-tokens", "3", "--query-agnostic", "--selection", "reconstruct"])
+    if arch == "deepseek_v3":  # one latent per layer, shared by every head: no KV head keeps tokens of its own
+        assert code == 2 and "multi-head latent attention" in capsys.readouterr().err
+        return
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [(r["policy"], r["selection"]) for r in rows] == [
+        ("full", None), ("snapkv", "reconstruct"), ("retrieval-snapkv", "reconstruct")]
+    assert all(r["samples"] == 8 for r in rows)
+    assert 0.29 < rows[1]["compressed_kv_fraction"] < 0.5  # 0.3 of the global layers; gpt-oss's sliding ones as they are

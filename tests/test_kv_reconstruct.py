@@ -83,6 +83,14 @@ def test_re_reading_leaves_the_cache_as_it_was(keep_past):
     assert torch.equal(untouched, after)
 
 
+def test_re_reading_refuses_a_cache_it_cannot_put_back():
+    from retrieval_heads.kv.compressed import CompressedCache
+
+    model = _model("llama")
+    with pytest.raises(ValueError, match="plain key/value cache, not one with CompressedLayer"):
+        reconstruction_scores(model, CompressedCache(model.config), _ids(8), INSTRUCTION, window=2)
+
+
 def test_kv_eval_selects_by_re_reading(tiny_tokenizer, tmp_path):
     from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel

@@ -424,6 +424,12 @@ def put_back(cache) -> Iterator:
         cache.layers = snapshot
 
 
+def latent_kv(config) -> bool:
+    """True for multi-head latent attention (DeepSeek-V2/V3 and kin): the cache holds one latent per layer, shared
+    by every head and expanded after the cache, so no KV head can keep tokens of its own."""
+    return getattr(config.get_text_config(decoder=True), "kv_lora_rank", None) is not None
+
+
 def num_kv_heads(config) -> int:
     """KV heads per layer of ``config``'s text model."""
     text = config.get_text_config(decoder=True)

@@ -122,7 +122,7 @@ def run_kv_eval(
     ``isolate`` (so its peak RSS is its own).
     """
     from ..plots.kv import frontier_plot
-    from .cache import PREFILL_MODES
+    from .cache import PREFILL_MODES, latent_kv
     from .prefill import run_shared
 
     settings = PolicySettings(sink=sink, window=window, obs_window=obs_window, full_share=full_share,
@@ -132,6 +132,9 @@ def run_kv_eval(
         raise UserError(f"--prefill must be one of {', '.join(PREFILL_MODES)}, not {prefill!r}")
     for budget in budgets:
         check_budget(budget)
+    if latent_kv(loaded.model.config):
+        raise UserError(f"{loaded.name} uses multi-head latent attention: its cache holds one latent per layer, shared "
+                        "by every head, so there are no KV heads to keep or compress apart")
     out = Path(out)
     kv_scores = kv_level(scores, loaded.num_kv_heads, "max")
     if kv_scores.shape != (loaded.num_layers, loaded.num_kv_heads):

@@ -53,6 +53,16 @@ class ReconstructionMaxima:
         self.maxima[layer] = found if seen is None else torch.maximum(seen, found)
 
 
+def is_plain(layer) -> bool:
+    """True for the cache layers ``cache.put_back`` restores exactly: transformers' dynamic (and sliding) key/value
+    layers and the engine's preallocated ones."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    from ..engine import PreallocatedLayer
+
+    return type(layer) in (DynamicLayer, DynamicSlidingWindowLayer, PreallocatedLayer)
+
+
 def repeat_ids(tokenizer) -> list[int]:
     """The repeat instruction's token ids (no special tokens)."""
     return list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"])
@@ -61,7 +71,7 @@ def repeat_ids(tokenizer) -> list[int]:
 @torch.no_grad()
 def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], *, window: int,
                           chunk_size: int = 512) -> Observed:
-    """KVzip scores of the context ``ids`` whose keys and values ``cache`` holds (and holds again after).
+    """KVzip scores of the context ``ids`` whose keys and values a plain ``cache`` holds (and holds again after).
 
     ``instruction``: the repeat prompt's ids (``repeat_ids``). ``window``: the context's last tokens, kept by
     every plan whatever they score (``Observed.window``). Returns per global layer (Hkv, len(ids) - window)
@@ -72,6 +82,9 @@ def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], 
     total = len(ids)
     if total < 1:
         raise ValueError("nothing to score in an empty context")
+    odd = sorted({type(layer).__name__ for layer in cache.layers if not is_plain(layer)})
+    if odd:  # put_back restores plain key/value layers only
+        raise ValueError(f"re-reading needs a plain key/value cache, not one with {', '.join(odd)} layers")
     device = next(model.parameters()).device
     found = ReconstructionMaxima()
     with around_kernel(model, lambda kernel, _: observing_attention(found, kernel), "retrieval_heads_rec"):
