@@ -131,3 +131,24 @@ def test_report_shows_kv_head_scores_as_a_heatmap_beside_the_heads(run_dir, scor
     pair = text[text.index('<div class="pair">'):]
     block = pair[:pair.index("</div>")]
     assert block.count("data:image/png;base64,") == 2 and "Score of each KV head" in block
+
+
+def test_frontier_names_the_token_selection_of_each_line(tmp_path, monkeypatch):
+    from retrieval_heads.plots import kv
+
+    drawn = []
+    real = kv._panel
+
+    def spy(ax, rows, right):
+        real(ax, rows, right)
+        drawn.extend((line.get_label(), line.get_linestyle()) for line in ax.get_lines())
+
+    monkeypatch.setattr(kv, "_panel", spy)
+    row = dict(query_agnostic=True, kv_fraction=0.15, mean_score=20.0)
+    rows = [{**row, "policy": "full", "selection": None, "kv_fraction": 1.0, "mean_score": 40.0},
+            {**row, "policy": "snapkv", "selection": "snapkv"}, {**row, "policy": "snapkv", "selection": "reconstruct"},
+            {**row, "policy": "headkv", "selection": "reconstruct"}]
+    assert kv.frontier_plot(rows, tmp_path / "f.png", title="t").stat().st_size > 0
+    assert ("SnapKV (same tokens per KV head)", "--") in drawn
+    assert ("re-read tokens (same tokens per KV head)", "-") in drawn
+    assert ("HeadKV (budget by retrieval score), re-read tokens", "-") in drawn

@@ -48,11 +48,17 @@ def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
 
 
 def _panel(ax, rows: list[dict], right: float) -> None:
+    mixed = len({r.get("selection") for r in rows if r.get("selection")}) > 1  # then SnapKV's lines are dashed
     for policy, style in STYLES.items():
-        points = sorted((r["kv_fraction"], r["mean_score"]) for r in rows
-                        if r["policy"] == policy and r["kv_fraction"] is not None and r["mean_score"] is not None)
-        if points:
-            ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.5, **style)
+        for selection in sorted({r.get("selection") or "" for r in rows if r["policy"] == policy}):
+            points = sorted((r["kv_fraction"], r["mean_score"]) for r in rows
+                            if r["policy"] == policy and (r.get("selection") or "") == selection
+                            and r["kv_fraction"] is not None and r["mean_score"] is not None)
+            dashed = mixed and selection == "snapkv"
+            if points:
+                ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.5,
+                        **{**style, "label": label(style["label"], selection)},
+                        **(dict(linestyle="--", alpha=0.6) if dashed else {}))
     full = next((r for r in rows if r["policy"] == "full" and r["mean_score"] is not None), None)
     if full is not None:
         ax.axhline(full["mean_score"], color="grey", linewidth=0.9, linestyle="--",
@@ -63,3 +69,10 @@ def _panel(ax, rows: list[dict], right: float) -> None:
     ax.set_ylim(0, 105)
     ax.set_xlabel("KV cache bytes (fraction of the full cache)")
     ax.grid(alpha=0.3)
+
+
+def label(base: str, selection: str) -> str:
+    """A policy's legend entry, naming tokens chosen by re-reading (``kv/reconstruct.py``) rather than SnapKV."""
+    if selection != "reconstruct":
+        return base
+    return base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
