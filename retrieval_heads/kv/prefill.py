@@ -2,11 +2,11 @@
 
 Every plan starts from the same full prefill: head-level plans cut their streaming heads to sink + window
 when decoding starts (``HeadwiseCache.from_prefilled``, the ``prefill="full"`` state), token-level plans
-keep per KV head the tokens SnapKV selects (``CompressedCache.from_prefilled``). ``run_shared`` prefills
+keep per KV head the tokens their selection chooses (``CompressedCache.from_prefilled``). ``run_shared`` prefills
 each prompt once with the ``Engine`` (shared-prefix reuse included), under ``snapkv.capture_window`` when
 a plan selects tokens by SnapKV, so the observation window's attention is recorded on the way; plans that
-select by re-reading (``reconstruct.py``) have the context re-read once after the prefill, and the cache cut
-back. Then, per condition:
+select by re-reading (``reconstruct.py``) have the context re-read once after the prefill (the cache is put
+back as it was). Then, per condition:
 
     compress   a copy of the prefilled cache under the condition's plan
     question   (``query_agnostic``) the question's tokens prefilled into the compressed cache
@@ -244,8 +244,8 @@ def extend(model, cache, ids: list[int], start: int, *, chunk_size: int) -> None
 
 
 def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
-    """A copy of ``prefilled`` under ``plan``: ``HeadwiseCache`` for head-level plans, ``CompressedCache`` (SnapKV
-    selection per KV head, from ``observed``) for token-level ones. ``prefilled`` is left as it is."""
+    """A copy of ``prefilled`` under ``plan``: ``HeadwiseCache`` for head-level plans, ``CompressedCache`` (the tokens
+    each KV head keeps, chosen by ``observed``'s scores) for token-level ones. ``prefilled`` is left as it is."""
     if not plan.selects_tokens:
         return HeadwiseCache.from_prefilled(config, prefilled, plan.full, sink=plan.sink, window=plan.window)
     if observed is None:
