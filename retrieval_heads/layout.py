@@ -29,7 +29,7 @@ class AttentionLayout:
     Attributes:
         heads, kv_heads: per layer, query heads and KV heads of its attention calls.
         key_dims, value_dims: per layer, head sizes of keys and values (they differ under
-            multi-head latent attention, whose cache holds decompressed per-head keys and values).
+            multi-head latent attention, whose attention calls see decompressed per-head keys and values).
         kinds: per layer, the declared kind (``config.layer_types``) or "attention"/"none".
     """
 

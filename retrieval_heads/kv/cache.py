@@ -424,10 +424,19 @@ def put_back(cache) -> Iterator:
         cache.layers = snapshot
 
 
-def latent_kv(config) -> bool:
-    """True for multi-head latent attention (DeepSeek-V2/V3 and kin): the cache holds one latent per layer, shared
-    by every head and expanded after the cache, so no KV head can keep tokens of its own."""
-    return getattr(config.get_text_config(decoder=True), "kv_lora_rank", None) is not None
+@torch.no_grad()
+def latent_kv(model) -> bool:
+    """True when the model caches fewer key heads than its KV heads: multi-head latent attention that caches one
+    latent per layer, shared by every head and expanded after the cache (DeepSeek-V3, GLM-4 MoE Lite and kin in
+    transformers 5.x), so no KV head can keep tokens of its own. Found by a two-token forward pass."""
+    if not getattr(model, "_supports_default_dynamic_cache", lambda: True)():
+        return False  # a cache type of its own: kv-eval refuses it elsewhere
+    cache = DynamicCache(config=model.config)
+    ids = torch.zeros(1, 2, dtype=torch.long, device=next(model.parameters()).device)
+    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    heads = num_kv_heads(model.config)
+    return any(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.dim() == 4
+               and layer.keys.shape[1] < heads for layer in cache.layers)
 
 
 def num_kv_heads(config) -> int:

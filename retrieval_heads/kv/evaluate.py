@@ -132,7 +132,7 @@ def run_kv_eval(
         raise UserError(f"--prefill must be one of {', '.join(PREFILL_MODES)}, not {prefill!r}")
     for budget in budgets:
         check_budget(budget)
-    if latent_kv(loaded.model.config):
+    if latent_kv(loaded.model):
         raise UserError(f"{loaded.name} uses multi-head latent attention: its cache holds one latent per layer, shared "
                         "by every head, so there are no KV heads to keep or compress apart")
     out = Path(out)
