@@ -55,9 +55,15 @@ def reuse_blocker(cache) -> str | None:
     convolutions of hybrid models) summarises every token seen and cannot.
     """
     for layer in cache.layers:
-        if type(layer) not in (PreallocatedLayer, DynamicLayer, DynamicSlidingWindowLayer):
+        if not is_key_value_layer(layer):
             return f"{type(layer).__name__} holds recurrent state, which cannot be cut back to a shared prefix"
     return None
+
+
+def is_key_value_layer(layer) -> bool:
+    """True for plain key/value cache layers (dynamic, sliding, preallocated): a forward pass replaces their
+    tensors or writes past their length, so they can be cut back or put back (``kv.cache.put_back``)."""
+    return type(layer) in (PreallocatedLayer, DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def truncate_cache(cache, length: int) -> None:

@@ -53,16 +53,6 @@ class ReconstructionMaxima:
         self.maxima[layer] = found if seen is None else torch.maximum(seen, found)
 
 
-def is_plain(layer) -> bool:
-    """True for the cache layers ``cache.put_back`` restores exactly: transformers' dynamic (and sliding) key/value
-    layers and the engine's preallocated ones."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    from ..engine import PreallocatedLayer
-
-    return type(layer) in (DynamicLayer, DynamicSlidingWindowLayer, PreallocatedLayer)
-
-
 def repeat_ids(tokenizer) -> list[int]:
     """The repeat instruction's token ids (no special tokens)."""
     return list(tokenizer(REPEAT_PROMPT, add_special_tokens=False)["input_ids"])
@@ -77,12 +67,13 @@ def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], 
     every plan whatever they score (``Observed.window``). Returns per global layer (Hkv, len(ids) - window)
     pooled scores.
     """
+    from ..engine import is_key_value_layer
     from ..hooks import around_kernel
 
     total = len(ids)
     if total < 1:
         raise ValueError("nothing to score in an empty context")
-    odd = sorted({type(layer).__name__ for layer in cache.layers if not is_plain(layer)})
+    odd = sorted({type(layer).__name__ for layer in cache.layers if not is_key_value_layer(layer)})
     if odd:  # put_back restores plain key/value layers only
         raise ValueError(f"re-reading needs a plain key/value cache, not one with {', '.join(odd)} layers")
     device = next(model.parameters()).device
