@@ -416,7 +416,13 @@ class StatsDynamicCache(TrackedCache):
 def put_back(cache) -> Iterator:
     """Run forward passes on a plain ``cache`` (``DynamicCache`` layers, ``engine.PreallocatedLayer``) and have
     its layers as they were afterwards. A forward pass replaces a layer's tensors or writes past its length,
-    never edits what it holds, so shallow copies of the layers are the whole snapshot."""
+    never edits what it holds, so shallow copies of the layers are the whole snapshot; other layers (ragged,
+    recurrent) are refused with ``ValueError``."""
+    from ..engine import is_key_value_layer
+
+    odd = sorted({type(layer).__name__ for layer in cache.layers if not is_key_value_layer(layer)})
+    if odd:
+        raise ValueError(f"putting a cache back needs a plain key/value cache, not one with {', '.join(odd)} layers")
     snapshot = [copy.copy(layer) for layer in cache.layers]
     try:
         yield cache

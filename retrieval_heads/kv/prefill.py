@@ -90,11 +90,11 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planne
     results = {name: {"by_length": []} for name in planners}
     selection = selection_of([planner(max(config.lengths)) for planner in planners.values()])
     observer = ObservationWindow(obs_window) if selection == "snapkv" else None
+    instruction = repeat_ids(loaded.tokenizer) if selection == "reconstruct" else []
     with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
         for length in sorted(config.lengths):
             one = replace(config, lengths=[length], batch_size=1)
-            instruction = repeat_ids(loaded.tokenizer) if selection == "reconstruct" else []
-            evidence = Evidence(selection, obs_window, observer, instruction)
+            evidence = Evidence(selection, obs_window, observer, instruction)  # per length: its own seconds
             found = _run_length(loaded, one, Path(out), planners, query_agnostic=query_agnostic, evidence=evidence,
                                 resume=resume, overwrite=overwrite, progress=progress)
             for name, (plan, stats) in found.items():
@@ -130,9 +130,7 @@ class Evidence:
     def gather(self, engine: Engine, ids: list[int], num_kv_heads: int):
         """Prefill ``ids`` with the engine; return the cache and the ``Observed`` scores (None: no selection)."""
         if self.selection == "reconstruct":
-            cache = engine.prefill(ids, room=len(self.instruction) + engine.chunk_size + 1)
-            if cache is None:
-                raise UserError("this model builds a cache type of its own, which cannot be compressed")
+            cache = cache_to_compress(engine, ids, room=len(self.instruction) + engine.chunk_size + 1)
             start = time.perf_counter()
             observed = reconstruction_scores(engine.model, cache, ids, self.instruction, window=self.window,
                                              chunk_size=engine.chunk_size)
@@ -206,6 +204,14 @@ def question_start(tokenizer, prompt) -> int:
     return split
 
 
+def cache_to_compress(engine: Engine, ids: list[int], *, room: int):
+    """``engine.prefill(ids, room)``; a model that builds a cache type of its own is refused (one line)."""
+    cache = engine.prefill(ids, room=room)
+    if cache is None:
+        raise UserError("this model builds a cache type of its own, which cannot be compressed")
+    return cache
+
+
 def prefill_observed(engine: Engine, ids: list[int], observer: ObservationWindow | None):
     """``engine.prefill(ids)``, with the chunks holding the last ``observer.window`` tokens computed (never
     reused from the previous prompt) while ``observer`` is armed.
@@ -217,9 +223,7 @@ def prefill_observed(engine: Engine, ids: list[int], observer: ObservationWindow
     if observer is None:
         return engine.prefill(ids)
     first = max(0, len(ids) - observer.window) // engine.chunk_size * engine.chunk_size
-    cache = engine.prefill(ids[:first], room=len(ids) - first + 1)
-    if cache is None:
-        raise UserError("this model builds a cache type of its own, which cannot be compressed")
+    cache = cache_to_compress(engine, ids[:first], room=len(ids) - first + 1)
     start = time.perf_counter()
     observer.arm(len(ids))
     extend(engine.model, cache, ids, first, chunk_size=engine.chunk_size)

@@ -9,9 +9,10 @@ model must look up to reproduce the context scores high; one it can predict with
 
 The re-reading runs in chunks of ``chunk_size`` context tokens, each chunk after the instruction on the
 context's cache alone, and the cache's layers are put back as they were after each chunk
-(``cache.put_back``), so the cache a plan compresses is exactly the prefilled one. ``reconstruction_scores`` returns ``snapkv.Observed`` (scores of
-the tokens before the last ``window``, max-pooled along the keys as SnapKV smooths its votes), so every
-token-selection policy (``policy.py``) takes either evidence (``PolicySettings.selection``).
+(``cache.put_back``), so the cache a plan compresses is exactly the prefilled one. ``reconstruction_scores``
+returns ``snapkv.Observed`` (scores of the tokens before the last ``window``, max-pooled along the keys as
+SnapKV smooths its votes), so every token-selection policy (``policy.py``) takes either evidence
+(``PolicySettings.selection``).
 
 Cost: the context is prefilled a second time over twice the keys, with the weights of every row computed
 beside the model's kernel (``snapkv.attention_weights``); that is the price of compressing once for any
@@ -67,15 +68,11 @@ def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], 
     every plan whatever they score (``Observed.window``). Returns per global layer (Hkv, len(ids) - window)
     pooled scores.
     """
-    from ..engine import is_key_value_layer
     from ..hooks import around_kernel
 
     total = len(ids)
     if total < 1:
         raise ValueError("nothing to score in an empty context")
-    odd = sorted({type(layer).__name__ for layer in cache.layers if not is_key_value_layer(layer)})
-    if odd:  # put_back restores plain key/value layers only
-        raise ValueError(f"re-reading needs a plain key/value cache, not one with {', '.join(odd)} layers")
     device = next(model.parameters()).device
     found = ReconstructionMaxima()
     with around_kernel(model, lambda kernel, _: observing_attention(found, kernel), "retrieval_heads_rec"):
