@@ -16,7 +16,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from retrieval_heads.engine import Engine
 from retrieval_heads.hooks import attention_control
 from retrieval_heads.kv.attention import HeadwiseAttention, HeadwiseCacheFactory
-from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, kept_positions
+from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, streaming_positions
 from retrieval_heads.kv.policy import (
     above_threshold,
     eligible_layers,
@@ -209,7 +209,7 @@ def test_streaming_heads_hold_exactly_sink_plus_window_after_long_prefill():
     assert cache.stream_lengths() == {0: SINK + WINDOW, 1: SINK + WINDOW, 2: SINK + WINDOW}
     assert cache.layers[0].full_keys.shape[-2] == 200
     assert cache.layers[2].full_keys is None
-    assert kept_positions(200, SINK, WINDOW).tolist() == [0, 1, 2] + list(range(193, 200))
+    assert streaming_positions(200, SINK, WINDOW).tolist() == [0, 1, 2] + list(range(193, 200))
     # peak stays bounded during chunked prefill: at most what the last state holds (evicted after each chunk)
     assert cache.peak_kv_bytes == cache.kv_bytes()
 

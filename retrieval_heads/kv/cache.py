@@ -83,7 +83,7 @@ class GroupedKV:
     groups: list[KVGroup]
 
 
-def kept_positions(total: int, sink: int, window: int) -> torch.Tensor:
+def streaming_positions(total: int, sink: int, window: int) -> torch.Tensor:
     """(n,) absolute positions a streaming head keeps after ``total`` tokens: sinks, then the recent window."""
     if total <= sink + window:
         return torch.arange(total)
@@ -217,7 +217,7 @@ class HeadwiseLayer(HeadSplitLayer):
             self._evicted, deferred = True, False
         keys = append_tokens(self.stream_keys, key_states.index_select(1, self.stream_heads))  # (B, S, n, D)
         values = append_tokens(self.stream_values, value_states.index_select(1, self.stream_heads))
-        positions = torch.arange(start) if deferred else kept_positions(start, self.sink, self.window)
+        positions = torch.arange(start) if deferred else streaming_positions(start, self.sink, self.window)
         positions = torch.cat([positions, torch.arange(start, start + q)]).to(self.device)
         prefill = "chunk" if self.prefill == "full" else self.prefill  # "full": every kept key and the chunk so far
         sink, window = self.sink, self.window
