@@ -115,17 +115,16 @@ def needle_first(observed, span: tuple[int, int]):
 
 
 def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
-    """A copy of ``observed`` where every head ranks tokens by the guide: the ``heads``' scores, each divided by
-    its mean, combined by ``how`` (mean or max); ``mix``: the guide added to each head's own normalised scores."""
+    """``observed.shared_from(heads, how)`` (what ``kv-eval --token-ranking retrieval`` does with ``mean``); ``mix``:
+    that guide added to each head's own mean-normalised scores."""
     from retrieval_heads.kv.snapkv import Observed
 
-    normal = torch.stack([observed.scores[l][h] / observed.scores[l][h].mean().clamp_min(1e-12) for l, h in heads])
-    guide = normal.mean(0) if how == "mean" else normal.amax(0)  # (total - window,)
-    scores = {}
-    for layer, s in observed.scores.items():
-        own = s / s.mean(-1, keepdim=True).clamp_min(1e-12)
-        scores[layer] = own + guide if mix else guide.expand_as(s).clone()
-    return Observed(observed.total, observed.window, scores)
+    shared = observed.shared_from(heads, how)
+    if not mix:
+        return shared
+    return Observed(observed.total, observed.window,
+                    {layer: s / s.mean(-1, keepdim=True).clamp_min(1e-12) + shared.scores[layer]
+                     for layer, s in observed.scores.items()})
 
 
 def needle_kept(keep: dict, span: tuple[int, int], heads: list[tuple[int, int]] | None = None) -> float:

@@ -147,8 +147,10 @@ def test_frontier_names_the_token_selection_of_each_line(tmp_path, monkeypatch):
     row = dict(query_agnostic=True, kv_fraction=0.15, mean_score=20.0)
     rows = [{**row, "policy": "full", "selection": None, "kv_fraction": 1.0, "mean_score": 40.0},
             {**row, "policy": "snapkv", "selection": "snapkv"}, {**row, "policy": "snapkv", "selection": "reconstruct"},
-            {**row, "policy": "headkv", "selection": "reconstruct"}]
+            {**row, "policy": "headkv", "selection": "reconstruct"},
+            {**row, "policy": "snapkv", "selection": "reconstruct", "token_ranking": "retrieval"}]
     assert kv.frontier_plot(rows, tmp_path / "f.png", title="t").stat().st_size > 0
     assert ("SnapKV (same tokens per KV head)", "--") in drawn
     assert ("re-read tokens (same tokens per KV head)", "-") in drawn
     assert ("HeadKV (budget by retrieval score), re-read tokens", "-") in drawn
+    assert ("re-read tokens (same tokens per KV head), ranked by retrieval heads", ":") in drawn

@@ -14,7 +14,7 @@ class KvEval(Command):
 
     def add_arguments(self, parser):
         from ..kv.evaluate import DEFAULT_BUDGETS
-        from ..kv.policy import POLICIES, SELECTIONS, PolicySettings
+        from ..kv.policy import POLICIES, SELECTIONS, TOKEN_RANKINGS, PolicySettings
 
         defaults = PolicySettings()
         add_sweep_args(parser, command="kv-eval")
@@ -39,6 +39,10 @@ class KvEval(Command):
                        help="what chooses the tokens of snapkv, retrieval-snapkv and headkv: snapkv = the "
                             "observation window's attention; reconstruct = the attention each token gets while the "
                             "model re-reads the context (KVzip; question-agnostic, costs a second prefill)")
+        g.add_argument("--token-ranking", default=defaults.token_ranking, choices=TOKEN_RANKINGS,
+                       help="whose evidence ranks each KV head's tokens (snapkv, retrieval-snapkv, headkv): own = its "
+                            "own; retrieval = the retrieval KV heads' (scoring above 0.1), so every head keeps the "
+                            "tokens they attend to (with --selection reconstruct: what they re-read)")
         g.add_argument("--full-share", type=float, default=defaults.full_share,
                        help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads")
         g.add_argument("--floor-share", type=float, default=defaults.floor_share,
@@ -69,18 +73,19 @@ class KvEval(Command):
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         conditions(policies, budgets)  # unknown names fail before the model loads
         PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=args.full_share,
-                       floor_share=args.floor_share, selection=args.selection).check()
+                       floor_share=args.floor_share, selection=args.selection,
+                       token_ranking=args.token_ranking).check()
         scores = load_scores(args.scores)
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, obs_window=args.obs_window,
                               full_share=args.full_share, floor_share=args.floor_share, selection=args.selection,
-                              prefill=args.prefill,
+                              token_ranking=args.token_ranking, prefill=args.prefill,
                               query_agnostic=args.query_agnostic, seed=args.seed, isolate=not args.no_isolate,
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, window {args.window}, "
-              f"observation window {args.obs_window}, selection {args.selection}, prefill {args.prefill}")
+              f"observation window {args.obs_window}, selection {args.selection}, token ranking {args.token_ranking}, prefill {args.prefill}")
         headers = ["setting", "policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "samples",
                    "peak RSS MB", "decode tok/s"]
         print(format_table(headers, [

@@ -21,12 +21,15 @@ attention, ``reconstruct.py``; then every new token):
                       ``full_share`` of the budget; the others ``snapkv`` with what is left, equally.
     headkv            one pool of ``b x T x N`` tokens: each KV head a floor (``floor_share`` of the
                       equal share), the rest in proportion to scores, capped at T (excess redistributed).
+Whose evidence ranks a token-level plan's tokens (``token_ranking``): ``own``, each KV head its own scores;
+``retrieval``, every KV head the retrieval KV heads' (scoring above ``threshold``), each divided by its mean,
+then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads re-read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +39,7 @@ HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
 TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv")
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
 SELECTIONS = ("snapkv", "reconstruct")  # what chooses a token-level plan's tokens (see the module docstring)
+TOKEN_RANKINGS = ("own", "retrieval")  # whose evidence ranks each KV head's tokens (see the module docstring)
 EPS = 1e-9  # budgets given with a few digits still reach the configuration they round
 
 
@@ -51,10 +55,13 @@ class PolicySettings:
     floor_share: float = 0.2  # headkv: every KV head gets at least this share of the equal split
     seed: int = 0  # random
     selection: str = "snapkv"  # token-level policies: SELECTIONS
+    token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
             raise UserError(f"--selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
+        if self.token_ranking not in TOKEN_RANKINGS:
+            raise UserError(f"--token-ranking must be one of {', '.join(TOKEN_RANKINGS)}, not {self.token_ranking!r}")
         if self.sink < 0 or self.window < 0:
             raise UserError("--sink and --window must be non-negative")
         if self.obs_window < 1:
@@ -77,6 +84,8 @@ class KvPlan:
         keep: token-level plans only: (layers, kv_heads) float, the fraction of the context each KV head
             keeps (1 = full); None for head-level plans.
         selection: token-level plans only: what chooses the tokens (``SELECTIONS``).
+        guides: token-level plans only: the (layer, kv head)s whose scores rank every KV head's tokens
+            (``token_ranking="retrieval"``); empty: each KV head ranks by its own.
     """
 
     policy: str
@@ -89,6 +98,7 @@ class KvPlan:
     prefill: str | None = None  # what streaming heads see while prefilling (cache.py); None = "lambda"
     keep: np.ndarray | None = None
     selection: str | None = None
+    guides: tuple[tuple[int, int], ...] = ()
 
     @property
     def selects_tokens(self) -> bool:
@@ -134,6 +144,9 @@ class KvPlan:
                "num_eligible_kv_heads": self.num_eligible, "full_kv_heads": self.full_heads(), **self.extra}
         if self.keep is not None:
             out["selection"] = self.selection
+            out["token_ranking"] = "retrieval" if self.guides else "own"
+            if self.guides:
+                out["guide_kv_heads"] = [f"{l}-{h}" for l, h in self.guides]
             out["keep"] = [[round(float(x), 6) for x in row] for row in np.where(self.eligible[:, None], self.keep, 0)]
         return out
 
@@ -171,12 +184,25 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
     if policy == "uniform":
         return uniform_for_bytes(shape, budget, tokens, eligible=eligible, sink=s.sink)
     if policy == "snapkv":
-        keep = np.full(shape, float(budget))
-        return token_plan("snapkv", keep, eligible, s, budget)
-    if policy == "retrieval-snapkv":
-        return retrieval_snapkv(kv_scores, budget, eligible=eligible, settings=s)
-    return token_plan("headkv", headkv_keep(kv_scores, budget, eligible=eligible, floor_share=s.floor_share),
-                      eligible, s, budget, {"floor_share": s.floor_share})
+        plan = token_plan("snapkv", np.full(shape, float(budget)), eligible, s, budget)
+    elif policy == "retrieval-snapkv":
+        plan = retrieval_snapkv(kv_scores, budget, eligible=eligible, settings=s)
+    else:
+        plan = token_plan("headkv", headkv_keep(kv_scores, budget, eligible=eligible, floor_share=s.floor_share),
+                          eligible, s, budget, {"floor_share": s.floor_share})
+    if s.token_ranking == "retrieval":
+        plan = replace(plan, guides=guide_heads(kv_scores, eligible, s.threshold))
+    return plan
+
+
+def guide_heads(kv_scores: np.ndarray, eligible: np.ndarray, threshold: float) -> tuple[tuple[int, int], ...]:
+    """The eligible (layer, kv head)s scoring above ``threshold``: with ``token_ranking="retrieval"`` their
+    evidence ranks every KV head's tokens."""
+    found = np.nonzero((np.asarray(kv_scores) > threshold) & _eligible(eligible, np.shape(kv_scores))[:, None])
+    if found[0].size == 0:
+        raise UserError(f"--token-ranking retrieval ranks tokens by the KV heads scoring above {threshold:g}, "
+                        "and none does in these scores")
+    return tuple((int(l), int(h)) for l, h in zip(*found))
 
 
 def check_budget(budget: float | None) -> None:

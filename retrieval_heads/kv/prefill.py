@@ -260,6 +260,8 @@ def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
 def kept_positions(plan: KvPlan, observed: Observed) -> dict[int, list[torch.Tensor]]:
     """Per eligible layer, per KV head, the positions a token-level ``plan`` keeps of the observed prefill."""
     counts = plan.token_counts(observed.total)
+    if plan.guides:
+        observed = observed.shared_from(plan.guides)
     keep = {}
     for layer in np.flatnonzero(plan.eligible).tolist():
         scores = observed.scores.get(layer)

@@ -39,6 +39,17 @@ class Observed:
     window: int
     scores: dict[int, torch.Tensor]
 
+    def shared_from(self, heads, combine: str = "mean") -> "Observed":
+        """Every KV head ranked by the same scores: those of ``heads`` ((layer, kv head) pairs), each divided by
+        its mean over the tokens (attention weights differ in scale from head to head), combined by ``combine``
+        (``mean`` or ``max``). A head then keeps the tokens the ``heads`` rank high, whatever it attends to."""
+        if not heads:
+            raise ValueError("no KV heads to share scores from")
+        normal = torch.stack([self.scores[layer][head] / self.scores[layer][head].mean().clamp_min(1e-12)
+                              for layer, head in heads])  # (len(heads), total - window)
+        shared = normal.mean(0) if combine == "mean" else normal.amax(0)
+        return Observed(self.total, self.window, {layer: shared.expand_as(s).clone() for layer, s in self.scores.items()})
+
 
 @dataclass
 class ObservationWindow:

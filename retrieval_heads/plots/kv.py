@@ -50,15 +50,16 @@ def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
 def _panel(ax, rows: list[dict], right: float) -> None:
     mixed = len({r.get("selection") for r in rows if r.get("selection")}) > 1  # then SnapKV's lines are dashed
     for policy, style in STYLES.items():
-        for selection in sorted({r.get("selection") or "" for r in rows if r["policy"] == policy}):
+        for selection, ranking in sorted({_tokens(r) for r in rows if r["policy"] == policy}):
             points = sorted((r["kv_fraction"], r["mean_score"]) for r in rows
-                            if r["policy"] == policy and (r.get("selection") or "") == selection
+                            if r["policy"] == policy and _tokens(r) == (selection, ranking)
                             and r["kv_fraction"] is not None and r["mean_score"] is not None)
-            dashed = mixed and selection == "snapkv"
+            line = dict(linestyle="--", alpha=0.6) if mixed and selection == "snapkv" else {}
+            if ranking == "retrieval":
+                line["linestyle"] = ":"
             if points:
                 ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.5,
-                        **{**style, "label": label(style["label"], selection)},
-                        **(dict(linestyle="--", alpha=0.6) if dashed else {}))
+                        **{**style, "label": label(style["label"], selection, ranking)}, **line)
     full = next((r for r in rows if r["policy"] == "full" and r["mean_score"] is not None), None)
     if full is not None:
         ax.axhline(full["mean_score"], color="grey", linewidth=0.9, linestyle="--",
@@ -71,8 +72,14 @@ def _panel(ax, rows: list[dict], right: float) -> None:
     ax.grid(alpha=0.3)
 
 
-def label(base: str, selection: str) -> str:
-    """A policy's legend entry, naming tokens chosen by re-reading (``kv/reconstruct.py``) rather than SnapKV."""
-    if selection != "reconstruct":
-        return base
-    return base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
+def _tokens(row: dict) -> tuple[str, str]:
+    """How a row's tokens were chosen: (selection, token ranking), "" where not recorded."""
+    return row.get("selection") or "", row.get("token_ranking") or ""
+
+
+def label(base: str, selection: str, ranking: str = "") -> str:
+    """A policy's legend entry, naming tokens chosen by re-reading (``kv/reconstruct.py``) rather than SnapKV, and
+    tokens ranked by the retrieval heads for every head (``token_ranking="retrieval"``)."""
+    if selection == "reconstruct":
+        base = base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
+    return f"{base}, ranked by retrieval heads" if ranking == "retrieval" else base
