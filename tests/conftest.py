@@ -94,6 +94,22 @@ def builtin_needles(directory, count: int) -> str:
     return str(path)
 
 
+def tiny_kv_eval(tokenizer, directory):
+    """What a fast ``run_kv_eval`` test needs: a loaded tiny llama, random scores over its 2 x 3 heads (2 KV
+    heads) and a sweep of 2 built-in needles at 200 tokens, depth 50."""
+    import numpy as np
+
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.sweep import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tokenizer, "tiny-llama", 0.0)
+    scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
+    config = SweepConfig(model="tiny-llama", needles=builtin_needles(directory, 2), lengths=[200], depths=[50.0],
+                         max_new_tokens=3, chunk_size=64)
+    return loaded, scores, config
+
+
 FORCED_ANSWER = "in the"  # three tokens with the newline in the tiny tokenizer
 
 

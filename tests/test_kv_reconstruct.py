@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import builtin_needles, build_tiny
+from conftest import build_tiny, tiny_kv_eval
 from retrieval_heads.engine import new_cache
 from retrieval_heads.errors import UserError
 from retrieval_heads.kv.policy import eligible_layers
@@ -93,14 +93,8 @@ def test_re_reading_refuses_a_cache_it_cannot_put_back():
 
 def test_kv_eval_selects_by_re_reading(tiny_tokenizer, tmp_path):
     from retrieval_heads.kv.evaluate import run_kv_eval
-    from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
 
-    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    config = SweepConfig(model="tiny-llama", needles=builtin_needles(tmp_path, 2), lengths=[200], depths=[50.0],
-                         max_new_tokens=3, chunk_size=64)
+    loaded, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
     options = dict(budgets=[0.3], policies=["full", "snapkv", "retrieval-snapkv"], sink=4, window=16, obs_window=8,
                    query_agnostic=True, progress=False)
     out = tmp_path / "out"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import builtin_needles, build_tiny
+from conftest import tiny_kv_eval
 from retrieval_heads.errors import UserError
 from retrieval_heads.kv.policy import PolicySettings, make_plan
 from retrieval_heads.kv.prefill import kept_positions
@@ -78,14 +78,8 @@ def test_every_head_keeps_what_the_guides_rank_high():
 
 def test_kv_eval_records_the_token_ranking(tiny_tokenizer, tmp_path):
     from retrieval_heads.kv.evaluate import run_kv_eval
-    from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
 
-    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
-    scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
-    config = SweepConfig(model="tiny-llama", needles=builtin_needles(tmp_path, 2), lengths=[200], depths=[50.0],
-                         max_new_tokens=3, chunk_size=64)
+    loaded, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
     options = dict(budgets=[0.3], policies=["full", "snapkv", "headkv"], sink=4, window=16, obs_window=8,
                    query_agnostic=True, progress=False, selection="reconstruct")
     out = tmp_path / "out"
