@@ -42,8 +42,10 @@ def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
     for ax in axes:
         for handle, name in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(name, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3 if len(settings) > 1 else 2,
-               fontsize=8)
+    columns = 3 if len(settings) > 1 else 2
+    if max(map(len, handles), default=0) > 45:  # long entries (re-read tokens, ranked by ...) get fewer columns
+        columns -= 1
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=columns, fontsize=8)
     return save(fig, path)
 
 
