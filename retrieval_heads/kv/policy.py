@@ -198,7 +198,7 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
 def guide_heads(kv_scores: np.ndarray, eligible: np.ndarray, threshold: float) -> tuple[tuple[int, int], ...]:
     """The eligible (layer, kv head)s scoring above ``threshold``: with ``token_ranking="retrieval"`` their
     evidence ranks every KV head's tokens."""
-    found = np.nonzero((np.asarray(kv_scores) > threshold) & _eligible(eligible, np.shape(kv_scores))[:, None])
+    found = np.nonzero(above_threshold(kv_scores, threshold, eligible=eligible).full)
     if found[0].size == 0:
         raise UserError(f"--token-ranking retrieval ranks tokens by the KV heads scoring above {threshold:g}, "
                         "and none does in these scores")
