@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -48,6 +49,9 @@ class Variant:
     needle: bool = False
     guide: str | None = None  # "mean" / "max": every head ranks by the retrieval KV heads' pooled scores
     mix: str | None = None  # the same guide, added to each head's own (mean-normalised) scores
+    pool: int = 7  # max-pooling kernel of the re-reading scores (SnapKV's 7; 1: none)
+    guides: float = 0.1  # the guide heads are those scoring above this
+    own: float = 0.0  # with a guide: this share of each head's chosen tokens by its own ranking first
 
 
 def parse_variant(text: str) -> Variant:
@@ -62,6 +66,12 @@ def parse_variant(text: str) -> Variant:
             fields["floor"] = float(part[6:])
         elif part.startswith("full="):
             fields["full_share"] = float(part[5:])
+        elif part.startswith("pool="):
+            fields["pool"] = int(part[5:])
+        elif part.startswith("guides="):
+            fields["guides"] = float(part[7:])
+        elif part.startswith("own="):
+            fields["own"] = float(part[4:])
         elif part.startswith("guide=") or part.startswith("mix="):
             key, value = part.split("=")
             if value not in ("mean", "max"):
@@ -127,6 +137,49 @@ def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
                      for layer, s in observed.scores.items()})
 
 
+def own_first(own, seen, counts: np.ndarray, share: float, sink: int):
+    """A copy of ``seen`` (the guide's ranking) in which each head's ``share`` of its chosen tokens (beyond sink and
+    window) are its own best by ``own``'s scores, ranked above every guide choice."""
+    from retrieval_heads.kv.snapkv import Observed
+
+    scores = {}
+    for layer, s in seen.scores.items():
+        s = s.clone()
+        for h in range(s.shape[0]):
+            n = int(share * max(0, int(counts[layer, h]) - sink - seen.window))
+            if n:
+                best = torch.topk(own.scores[layer][h, sink:], min(n, s.shape[1] - sink)).indices + sink
+                s[h, best] += 1e6
+        scores[layer] = s
+    return Observed(seen.total, seen.window, scores)
+
+
+def raw_evidence(engine, evidence, ids: list[int], path: str | None):
+    """The prefilled cache of ``ids`` and their re-reading maxima, not pooled (``Observed``); the maxima are
+    read from ``path`` when it exists and written there otherwise (the cache is prefilled either way)."""
+    from retrieval_heads.kv.prefill import cache_to_compress
+    from retrieval_heads.kv.reconstruct import reconstruction_scores
+    from retrieval_heads.kv.snapkv import Observed
+
+    cache = cache_to_compress(engine, ids, room=len(evidence.instruction) + engine.chunk_size + 1)
+    if path and os.path.exists(path):
+        saved = torch.load(path)
+        return cache, Observed(saved["total"], saved["window"], saved["scores"])
+    start = time.perf_counter()
+    observed = reconstruction_scores(engine.model, cache, ids, evidence.instruction, window=evidence.window,
+                                     chunk_size=engine.chunk_size, pool=1)
+    evidence.seconds += time.perf_counter() - start
+    if path:
+        torch.save({"total": observed.total, "window": observed.window, "scores": observed.scores}, path)
+    return cache, observed
+
+
+def pooled(raw, kernel: int):
+    from retrieval_heads.kv.snapkv import Observed, pool_scores
+
+    return Observed(raw.total, raw.window, {layer: pool_scores(s, kernel) for layer, s in raw.scores.items()})
+
+
 def needle_kept(keep: dict, span: tuple[int, int], heads: list[tuple[int, int]] | None = None) -> float:
     """Mean share of the needle's positions the listed (layer, kv head)s keep (all compressed heads: None)."""
     start, end = span
@@ -172,6 +225,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True, help="per-(prompt, variant) JSONL, appended and resumed")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--evidence", default=None,
+                        help="directory for each prompt's re-reading maxima (read when there, written otherwise)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = [Variant("full", "full", None)] + [parse_variant(v) for v in args.variants]
@@ -192,7 +247,11 @@ def main() -> None:
         kv_scores = load_scores(args.scores).kv_view(n_kv, "max")
         order = np.argsort(-np.where(eligible[:, None], kv_scores, -np.inf), axis=None)[:10]
         top10 = [(int(i) // n_kv, int(i) % n_kv) for i in order]
-        retrieval_kv = [(int(l), int(h)) for l, h in zip(*np.nonzero((kv_scores > 0.1) & eligible[:, None]))]
+        def guide_heads(threshold: float) -> list[tuple[int, int]]:
+            return [(int(l), int(h)) for l, h in zip(*np.nonzero((kv_scores > threshold) & eligible[:, None]))]
+
+        if args.evidence:
+            os.makedirs(args.evidence, exist_ok=True)
         base = PolicySettings(sink=args.sink, obs_window=args.obs_window, selection=args.selection)
         instruction = repeat_ids(loaded.tokenizer) if args.selection == "reconstruct" else []
         observer = ObservationWindow(args.obs_window) if args.selection == "snapkv" else None
@@ -206,15 +265,22 @@ def main() -> None:
                     continue
                 prompt = inputs.prompts[spec.id]
                 split = question_start(loaded.tokenizer, prompt)
-                prefilled, observed = evidence.gather(engine, prompt.ids[:split], n_kv)
+                if args.selection == "reconstruct":
+                    path = os.path.join(args.evidence, f"{spec.id}.pt") if args.evidence else None
+                    prefilled, raw = raw_evidence(engine, evidence, prompt.ids[:split], path)
+                    by_kernel = {}
+                else:
+                    prefilled, observed = evidence.gather(engine, prompt.ids[:split], n_kv)
                 for v in todo:
                     if v.policy == "full":
                         cache, keep = compress(loaded.model.config, prefilled, full_plan(kv_scores.shape, eligible),
                                                None), {}
                     else:
+                        if args.selection == "reconstruct":
+                            observed = by_kernel.setdefault(v.pool, pooled(raw, v.pool))
                         seen = needle_first(observed, prompt.needle_span) if v.needle else observed
                         if v.guide or v.mix:
-                            seen = guided(seen, retrieval_kv, v.guide or v.mix, mix=bool(v.mix))
+                            seen = guided(seen, guide_heads(v.guides), v.guide or v.mix, mix=bool(v.mix))
                         if v.policy == "kvzip":
                             counts = kvzip_counts(seen, eligible, n_kv, v.budget, sink=args.sink,
                                                   floor=v.floor or 0.0)
@@ -226,6 +292,8 @@ def main() -> None:
                                                **({"full_share": v.full_share} if v.full_share is not None else {}))
                             plan = make_plan(v.policy, v.budget, split, kv_scores=kv_scores, eligible=eligible,
                                              settings=settings)
+                            if v.own and v.guide:
+                                seen = own_first(observed, seen, plan.token_counts(seen.total), v.own, args.sink)
                             keep = kept_positions(plan, seen)
                         cache = CompressedCache.from_prefilled(loaded.model.config, prefilled, keep)
                     kv_fraction = cache.kv_bytes() / cache.dense_kv_bytes() if keep else 1.0

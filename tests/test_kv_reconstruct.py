@@ -61,6 +61,9 @@ def test_scores_are_the_models_own_attention_maxima_pooled(family):
     for layer, maxima in expected.items():
         torch.testing.assert_close(observed.scores[layer], pool_scores(maxima[:, :CONTEXT - WINDOW]),
                                    atol=1e-5, rtol=1e-4)
+    raw = reconstruction_scores(model, cache, ids, INSTRUCTION, window=WINDOW, chunk_size=CHUNK, pool=1)
+    for layer, maxima in expected.items():  # pool 1: the maxima themselves
+        torch.testing.assert_close(raw.scores[layer], maxima[:, :CONTEXT - WINDOW], atol=1e-5, rtol=1e-4)
     assert model.config._attn_implementation == "eager"  # the wrapper is gone
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import put_back
-from .snapkv import Observed, attention_weights, observing_attention, pool_scores
+from .snapkv import POOL_KERNEL, Observed, attention_weights, observing_attention, pool_scores
 
 REPEAT_PROMPT = "\n\nRepeat the document above exactly.\n"
 
@@ -61,12 +61,12 @@ def repeat_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], *, window: int,
-                          chunk_size: int = 512) -> Observed:
+                          chunk_size: int = 512, pool: int = POOL_KERNEL) -> Observed:
     """KVzip scores of the context ``ids`` whose keys and values a plain ``cache`` holds (and holds again after).
 
     ``instruction``: the repeat prompt's ids (``repeat_ids``). ``window``: the context's last tokens, kept by
     every plan whatever they score (``Observed.window``). Returns per global layer (Hkv, len(ids) - window)
-    pooled scores.
+    scores, max-pooled along the keys with kernel ``pool`` (1: the maxima themselves).
     """
     from ..hooks import around_kernel
 
@@ -85,4 +85,4 @@ def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], 
         finally:
             found.total = None
     window = min(window, total)
-    return Observed(total, window, {layer: pool_scores(m[:, : total - window]) for layer, m in found.maxima.items()})
+    return Observed(total, window, {layer: pool_scores(m[:, : total - window], pool) for layer, m in found.maxima.items()})
