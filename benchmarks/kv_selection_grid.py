@@ -9,7 +9,7 @@ for it (about a minute per 4000-token document on a 2-core CPU). Choosing settin
 evidence: here each prompt's document is prefilled and re-read once (``prefill.Evidence``, as kv-eval does),
 then every variant compresses its own copy, prefills the question and decodes greedily (kv-eval's
 ``compress`` / ``extend`` / ``Engine.decode``), and is scored as NIAH scores it. A variant is
-``POLICY:BUDGET[:floor=F][:full=S][:needle][:guide=mean|max][:mix=mean|max]``:
+``POLICY:BUDGET[:floor=F][:full=S][:needle][:guide=mean|max][:own=S][:guides=T][:pool=K][:mix=mean|max]``:
 
     POLICY   a kv-eval token policy (snapkv, retrieval-snapkv, headkv), ``full``, or ``kvzip``: KVzip's own
              budgets, one ranking of every (KV head, token) re-reading score across heads (each KV head
@@ -18,8 +18,14 @@ then every variant compresses its own copy, prefills the question and decodes gr
              head (same bytes), to measure how much of the gap to the full cache is token selection
     guide    every head ranks tokens by the retrieval KV heads' (``--scores`` > 0.1) pooled scores, each
              divided by its mean and combined by mean or max: the tokens retrieval heads re-read, kept everywhere
+             (``mean`` is ``kv-eval --token-ranking retrieval --own-share 0``)
+    own      with guide=mean: this share of each head's chosen tokens are its own best (``--own-share``)
+    guides   the score above which a KV head guides (default 0.1; retrieval-snapkv's full heads too)
+    pool     the max-pooling kernel of the re-reading scores (default SnapKV's 7; 1: none)
     mix      the same guide added to each head's own mean-normalised scores
 
+``--evidence DIR`` keeps each prompt's re-reading maxima (before pooling) in ``DIR/<id>.pt``: a later run with new
+variants prefills the document again (about 10 s at 4000 tokens) but skips the re-reading (about a minute).
 Each (prompt, variant) line goes to ``--out`` (JSONL, resumed by id and variant) with the score, whether
 the answer is contained, and the share of the needle's tokens the compressed KV heads keep (all of them, and
 the ten with the best ``--scores``). The table at the end: mean score, share of full with a paired bootstrap
@@ -51,7 +57,7 @@ class Variant:
     mix: str | None = None  # the same guide, added to each head's own (mean-normalised) scores
     pool: int = 7  # max-pooling kernel of the re-reading scores (SnapKV's 7; 1: none)
     guides: float = 0.1  # the guide heads are those scoring above this
-    own: float = 0.0  # with a guide: this share of each head's chosen tokens by its own ranking first
+    own: float = 0.0  # with guide=mean: this share of each head's chosen tokens by its own ranking first
 
 
 def parse_variant(text: str) -> Variant:
@@ -72,6 +78,8 @@ def parse_variant(text: str) -> Variant:
             fields["guides"] = float(part[7:])
         elif part.startswith("own="):
             fields["own"] = float(part[4:])
+            if "guide=mean" not in parts:
+                raise SystemExit(f"own= goes with guide=mean (kv-eval's --own-share), in {text!r}")
         elif part.startswith("guide=") or part.startswith("mix="):
             key, value = part.split("=")
             if value not in ("mean", "max"):
@@ -135,23 +143,6 @@ def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
     return Observed(observed.total, observed.window,
                     {layer: s / s.mean(-1, keepdim=True).clamp_min(1e-12) + shared.scores[layer]
                      for layer, s in observed.scores.items()})
-
-
-def own_first(own, seen, counts: np.ndarray, share: float, sink: int):
-    """A copy of ``seen`` (the guide's ranking) in which each head's ``share`` of its chosen tokens (beyond sink and
-    window) are its own best by ``own``'s scores, ranked above every guide choice."""
-    from retrieval_heads.kv.snapkv import Observed
-
-    scores = {}
-    for layer, s in seen.scores.items():
-        s = s.clone()
-        for h in range(s.shape[0]):
-            n = int(share * max(0, int(counts[layer, h]) - sink - seen.window))
-            if n:
-                best = torch.topk(own.scores[layer][h, sink:], min(n, s.shape[1] - sink)).indices + sink
-                s[h, best] += 1e6
-        scores[layer] = s
-    return Observed(seen.total, seen.window, scores)
 
 
 def raw_evidence(engine, evidence, ids: list[int], path: str | None):
@@ -279,7 +270,8 @@ def main() -> None:
                         if args.selection == "reconstruct":
                             observed = by_kernel.setdefault(v.pool, pooled(raw, v.pool))
                         seen = needle_first(observed, prompt.needle_span) if v.needle else observed
-                        if v.guide or v.mix:
+                        package_guide = v.guide == "mean" and not v.mix  # kv-eval --token-ranking retrieval
+                        if (v.guide or v.mix) and not package_guide:
                             seen = guided(seen, guide_heads(v.guides), v.guide or v.mix, mix=bool(v.mix))
                         if v.policy == "kvzip":
                             counts = kvzip_counts(seen, eligible, n_kv, v.budget, sink=args.sink,
@@ -289,11 +281,11 @@ def main() -> None:
                                             for h in range(n_kv)] for layer in np.flatnonzero(eligible).tolist()}
                         else:
                             settings = replace(base, **({"floor_share": v.floor} if v.floor is not None else {}),
-                                               **({"full_share": v.full_share} if v.full_share is not None else {}))
+                                               **({"full_share": v.full_share} if v.full_share is not None else {}),
+                                               **({"token_ranking": "retrieval", "threshold": v.guides,
+                                                   "own_share": v.own} if package_guide else {}))
                             plan = make_plan(v.policy, v.budget, split, kv_scores=kv_scores, eligible=eligible,
                                              settings=settings)
-                            if v.own and v.guide:
-                                seen = own_first(observed, seen, plan.token_counts(seen.total), v.own, args.sink)
                             keep = kept_positions(plan, seen)
                         cache = CompressedCache.from_prefilled(loaded.model.config, prefilled, keep)
                     kv_fraction = cache.kv_bytes() / cache.dense_kv_bytes() if keep else 1.0

@@ -66,7 +66,7 @@ def test_every_head_keeps_what_the_guides_rank_high():
     base = dict(kv_scores=kv_scores, eligible=eligible)
     own = make_plan("snapkv", 0.25, TOTAL, **base, settings=PolicySettings(sink=2, obs_window=WINDOW))
     guided = make_plan("snapkv", 0.25, TOTAL, **base,
-                       settings=PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval"))
+                       settings=PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", own_share=0))
     kept_own, kept_guided = kept_positions(own, observed), kept_positions(guided, observed)
     assert sum(spike in p.tolist() for per in kept_own.values() for p in per) < 4  # its own ranking drops it
     first = kept_guided[0][0]
@@ -74,6 +74,32 @@ def test_every_head_keeps_what_the_guides_rank_high():
     for per in kept_guided.values():
         for positions in per:
             assert torch.equal(positions, first)  # every head, every layer: the same tokens
+
+
+def test_each_head_keeps_its_own_best_share_first():
+    observed = _observed(2)
+    guide_spike, own_spikes = 30, {(0, 0): 10, (0, 1): 12, (2, 0): 14, (2, 1): 16}
+    guide = observed.scores[0][0]
+    guide[guide_spike] = 50.0
+    guide[[12, 14, 16]] = 0.0  # the guide ranks the other heads' own best tokens last
+    for (layer, head), position in own_spikes.items():
+        observed.scores[layer][head, position] = 40.0
+    kv_scores = np.array([[0.8, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    eligible = np.array([True, False, True])
+
+    def kept(own_share: float) -> dict:
+        settings = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", own_share=own_share)
+        plan = make_plan("snapkv", 0.25, TOTAL, kv_scores=kv_scores, eligible=eligible, settings=settings)
+        assert plan.own_share == own_share and plan.describe()["own_share"] == own_share
+        return kept_positions(plan, observed)
+
+    shared, mixed = kept(0.0), kept(0.3)  # 15 kept: 2 sink + 4 window + 9 chosen, 2 of them by the head itself
+    for (layer, head), position in own_spikes.items():
+        assert guide_spike in mixed[layer][head].tolist() and mixed[layer][head].numel() == 15
+        assert position in mixed[layer][head].tolist()
+        assert (position in shared[layer][head].tolist()) == ((layer, head) == (0, 0))
+    with pytest.raises(UserError, match="--own-share"):
+        PolicySettings(own_share=1.5).check()
 
 
 def test_kv_eval_records_the_token_ranking(tiny_tokenizer, tmp_path):
@@ -89,6 +115,7 @@ def test_kv_eval_records_the_token_ranking(tiny_tokenizer, tmp_path):
     assert by["full"]["token_ranking"] is None and by["headkv"]["token_ranking"] == "retrieval"
     assert by["snapkv"]["compressed_kv_fraction"] == pytest.approx(0.3, abs=0.5 / 150)
     plan = json.loads((out / "query-agnostic" / "snapkv-0.3" / "L200" / "kv_plan.json").read_text())
-    assert plan["token_ranking"] == "retrieval" and plan["guide_kv_heads"]
+    assert plan["token_ranking"] == "retrieval" and plan["guide_kv_heads"] and plan["own_share"] == 0.2
+    assert summary["own_share"] == 0.2 and by["snapkv"]["own_share"] == 0.2
     with pytest.raises(UserError, match="another KV plan"):  # each head's own ranking is another plan
         run_kv_eval(loaded, config, out, scores, resume=True, **options)

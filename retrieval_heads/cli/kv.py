@@ -43,6 +43,9 @@ class KvEval(Command):
                        help="whose evidence ranks each KV head's tokens (snapkv, retrieval-snapkv, headkv): own = its "
                             "own; retrieval = the retrieval KV heads' (scoring above 0.1), so every head keeps the "
                             "tokens they attend to (with --selection reconstruct: what they re-read)")
+        g.add_argument("--own-share", type=float, default=defaults.own_share,
+                       help="with --token-ranking retrieval: this share of each KV head's chosen tokens (beyond sink "
+                            "and window) are its own best, the rest the retrieval heads'")
         g.add_argument("--full-share", type=float, default=defaults.full_share,
                        help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads")
         g.add_argument("--floor-share", type=float, default=defaults.floor_share,
@@ -74,13 +77,13 @@ class KvEval(Command):
         conditions(policies, budgets)  # unknown names fail before the model loads
         PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=args.full_share,
                        floor_share=args.floor_share, selection=args.selection,
-                       token_ranking=args.token_ranking).check()
+                       token_ranking=args.token_ranking, own_share=args.own_share).check()
         scores = load_scores(args.scores)
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, obs_window=args.obs_window,
                               full_share=args.full_share, floor_share=args.floor_share, selection=args.selection,
-                              token_ranking=args.token_ranking, prefill=args.prefill,
+                              token_ranking=args.token_ranking, own_share=args.own_share, prefill=args.prefill,
                               query_agnostic=args.query_agnostic, seed=args.seed, isolate=not args.no_isolate,
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)

@@ -101,6 +101,7 @@ def run_kv_eval(
     floor_share: float = 0.2,
     selection: str = "snapkv",
     token_ranking: str = "own",
+    own_share: float = 0.2,
     prefill: str = "full",
     query_agnostic: bool = False,
     seed: int = 0,
@@ -114,8 +115,8 @@ def run_kv_eval(
 
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
     ``budgets``: fractions of the full cache's KV bytes. ``sink``/``window``: what streaming heads keep
-    (head-level policies); ``obs_window``, ``full_share``, ``floor_share``, ``selection``, ``token_ranking``:
-    see ``policy.PolicySettings``.
+    (head-level policies); ``obs_window``, ``full_share``, ``floor_share``, ``selection``, ``token_ranking``,
+    ``own_share``: see ``policy.PolicySettings``.
     ``prefill``: what streaming heads see while prefilling, ``lambda``, ``chunk`` or ``full`` (see
     ``cache.py``); token-level policies and ``query_agnostic`` need ``full``.
     ``share_prefill``: with ``prefill="full"`` prefill each prompt once for all conditions, in this process
@@ -127,7 +128,8 @@ def run_kv_eval(
     from .prefill import run_shared
 
     settings = PolicySettings(sink=sink, window=window, obs_window=obs_window, full_share=full_share,
-                              floor_share=floor_share, seed=seed, selection=selection, token_ranking=token_ranking)
+                              floor_share=floor_share, seed=seed, selection=selection, token_ranking=token_ranking,
+                              own_share=own_share)
     settings.check()
     if prefill not in PREFILL_MODES:
         raise UserError(f"--prefill must be one of {', '.join(PREFILL_MODES)}, not {prefill!r}")
@@ -168,7 +170,7 @@ def run_kv_eval(
     rows = merged_rows(out / "summary.json", made, model=loaded.name, config=config, query_agnostic=query_agnostic)
     summary = {"model": loaded.name, "config": config.to_dict(), "query_agnostic": query_agnostic, "sink": sink,
                "window": window, "obs_window": obs_window, "full_share": full_share, "floor_share": floor_share,
-               "selection": selection, "token_ranking": token_ranking,
+               "selection": selection, "token_ranking": token_ranking, "own_share": own_share,
                "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
                "isolated": isolate and not shared, "eligible_layers": int(eligible.sum()),
                "kv_heads_per_layer": loaded.num_kv_heads, "scores": label, "rows": rows}
@@ -273,6 +275,7 @@ def summarize(results: dict[Condition, dict], *, query_agnostic: bool = False) -
             "obs_window": plan["window"] if selects else None,
             "selection": plan.get("selection"),
             "token_ranking": plan.get("token_ranking"),
+            "own_share": plan.get("own_share"),
             "full_share": plan.get("full_share"),
             "floor_share": plan.get("floor_share"),
             "prefill": plan["prefill"],

@@ -23,7 +23,8 @@ attention, ``reconstruct.py``; then every new token):
                       equal share), the rest in proportion to scores, capped at T (excess redistributed).
 Whose evidence ranks a token-level plan's tokens (``token_ranking``): ``own``, each KV head its own scores;
 ``retrieval``, every KV head the retrieval KV heads' (scoring above ``threshold``), each divided by its mean,
-then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads re-read.
+then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads re-read;
+``own_share`` of each head's chosen tokens (beyond sink and window) are still its own best, chosen first.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class PolicySettings:
     seed: int = 0  # random
     selection: str = "snapkv"  # token-level policies: SELECTIONS
     token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS
+    own_share: float = 0.2  # token_ranking "retrieval": this share of each head's chosen tokens by its own ranking
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
@@ -66,7 +68,8 @@ class PolicySettings:
             raise UserError("--sink and --window must be non-negative")
         if self.obs_window < 1:
             raise UserError("--obs-window must be at least 1")
-        for name, value in (("--full-share", self.full_share), ("--floor-share", self.floor_share)):
+        for name, value in (("--full-share", self.full_share), ("--floor-share", self.floor_share),
+                            ("--own-share", self.own_share)):
             if not 0 <= value <= 1:
                 raise UserError(f"{name} is a share in [0, 1], got {value:g}")
 
@@ -86,6 +89,8 @@ class KvPlan:
         selection: token-level plans only: what chooses the tokens (``SELECTIONS``).
         guides: token-level plans only: the (layer, kv head)s whose scores rank every KV head's tokens
             (``token_ranking="retrieval"``); empty: each KV head ranks by its own.
+        own_share: with guides, the share of each KV head's chosen tokens (beyond sink and window) that are its
+            own best, chosen before the guides' (``snapkv.own_first``).
     """
 
     policy: str
@@ -99,6 +104,7 @@ class KvPlan:
     keep: np.ndarray | None = None
     selection: str | None = None
     guides: tuple[tuple[int, int], ...] = ()
+    own_share: float = 0.0
 
     @property
     def selects_tokens(self) -> bool:
@@ -147,6 +153,7 @@ class KvPlan:
             out["token_ranking"] = "retrieval" if self.guides else "own"
             if self.guides:
                 out["guide_kv_heads"] = [f"{l}-{h}" for l, h in self.guides]
+                out["own_share"] = self.own_share
             out["keep"] = [[round(float(x), 6) for x in row] for row in np.where(self.eligible[:, None], self.keep, 0)]
         return out
 
@@ -191,7 +198,7 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
         plan = token_plan("headkv", headkv_keep(kv_scores, budget, eligible=eligible, floor_share=s.floor_share),
                           eligible, s, budget, {"floor_share": s.floor_share})
     if s.token_ranking == "retrieval":
-        plan = replace(plan, guides=guide_heads(kv_scores, eligible, s.threshold))
+        plan = replace(plan, guides=guide_heads(kv_scores, eligible, s.threshold), own_share=s.own_share)
     return plan
 
 

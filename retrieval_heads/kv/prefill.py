@@ -48,7 +48,7 @@ from .compressed import CompressedCache
 from .policy import KvPlan
 from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss
-from .snapkv import ObservationWindow, Observed, capture_window, select_positions
+from .snapkv import ObservationWindow, Observed, capture_window, own_first, select_positions
 
 # the prompt's document ends with this line; the question part (instruction, question, chat template's
 # tail) starts right after it
@@ -260,15 +260,20 @@ def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
 def kept_positions(plan: KvPlan, observed: Observed) -> dict[int, list[torch.Tensor]]:
     """Per eligible layer, per KV head, the positions a token-level ``plan`` keeps of the observed prefill."""
     counts = plan.token_counts(observed.total)
-    if plan.guides:
-        observed = observed.shared_from(plan.guides)
+    ranked = observed.shared_from(plan.guides) if plan.guides else observed
     keep = {}
     for layer in np.flatnonzero(plan.eligible).tolist():
-        scores = observed.scores.get(layer)
+        scores = ranked.scores.get(layer)
         if scores is None:
             raise RuntimeError(f"no observation-window scores for layer {layer}")
-        keep[layer] = [select_positions(scores[h], observed.total, int(counts[layer, h]), sink=plan.sink,
-                                        window=observed.window) for h in range(counts.shape[1])]
+        keep[layer] = []
+        for h in range(counts.shape[1]):
+            count, ranking = int(counts[layer, h]), scores[h]
+            if plan.guides and plan.own_share:
+                ranking = own_first(observed.scores[layer][h], ranking, count, plan.own_share, sink=plan.sink,
+                                    window=observed.window)
+            keep[layer].append(select_positions(ranking, observed.total, count, sink=plan.sink,
+                                                window=observed.window))
     return keep
 
 

@@ -171,6 +171,20 @@ def select_positions(scores: torch.Tensor, total: int, count: int, *, sink: int,
     return kept.sort().values
 
 
+def own_first(own: torch.Tensor, ranking: torch.Tensor, count: int, share: float, *, sink: int,
+              window: int) -> torch.Tensor:
+    """A copy of ``ranking`` (total - window,) in which one KV head's ``share`` of its ``count`` - sink - window
+    chosen tokens are its own best by ``own`` (same shape), ranked above every other token."""
+    n = int(share * max(0, count - sink - window))
+    candidates = own.shape[-1] - sink
+    if n <= 0 or candidates <= 0:
+        return ranking
+    best = torch.topk(own[sink:].float(), min(n, candidates)).indices + sink
+    ranking = ranking.clone()
+    ranking[best] += 1e6  # above every other score: weights, or weights over their mean (below the context length)
+    return ranking
+
+
 def observing_attention(observer: ObservationWindow, inner):
     """Wrap the attention function ``inner``: same output; window rows of plain-tensor calls go to ``observer``."""
 
