@@ -238,6 +238,7 @@ def main() -> None:
         kv_scores = load_scores(args.scores).kv_view(n_kv, "max")
         order = np.argsort(-np.where(eligible[:, None], kv_scores, -np.inf), axis=None)[:10]
         top10 = [(int(i) // n_kv, int(i) % n_kv) for i in order]
+
         def guide_heads(threshold: float) -> list[tuple[int, int]]:
             return [(int(l), int(h)) for l, h in zip(*np.nonzero((kv_scores > threshold) & eligible[:, None]))]
 

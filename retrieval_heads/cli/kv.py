@@ -88,7 +88,8 @@ class KvEval(Command):
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, window {args.window}, "
-              f"observation window {args.obs_window}, selection {args.selection}, token ranking {args.token_ranking}, "
+              f"observation window {args.obs_window}, selection {args.selection}, token ranking {args.token_ranking}"
+              f"{f' (own share {args.own_share:g})' if args.token_ranking == 'retrieval' else ''}, "
               f"prefill {args.prefill}")
         headers = ["setting", "policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "samples",
                    "peak RSS MB", "decode tok/s"]
