@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -145,21 +144,17 @@ def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
                      for layer, s in observed.scores.items()})
 
 
-def raw_evidence(engine, evidence, ids: list[int], path: str | None):
-    """The prefilled cache of ``ids`` and their re-reading maxima, not pooled (``Observed``); the maxima are
-    read from ``path`` when it exists and written there otherwise (the cache is prefilled either way)."""
+def raw_evidence(engine, evidence, ids: list[int], num_kv_heads: int, path: str | None):
+    """``evidence.gather`` (``evidence.pool`` 1: the re-reading maxima, not pooled), with the maxima read from
+    ``path`` when it exists (then only the document is prefilled) and written there otherwise."""
     from retrieval_heads.kv.prefill import cache_to_compress
-    from retrieval_heads.kv.reconstruct import reconstruction_scores
     from retrieval_heads.kv.snapkv import Observed
 
-    cache = cache_to_compress(engine, ids, room=len(evidence.instruction) + engine.chunk_size + 1)
     if path and os.path.exists(path):
         saved = torch.load(path)
+        cache = cache_to_compress(engine, ids, room=len(evidence.instruction) + engine.chunk_size + 1)
         return cache, Observed(saved["total"], saved["window"], saved["scores"])
-    start = time.perf_counter()
-    observed = reconstruction_scores(engine.model, cache, ids, evidence.instruction, window=evidence.window,
-                                     chunk_size=engine.chunk_size, pool=1)
-    evidence.seconds += time.perf_counter() - start
+    cache, observed = evidence.gather(engine, ids, num_kv_heads)
     if path:
         torch.save({"total": observed.total, "window": observed.window, "scores": observed.scores}, path)
     return cache, observed
@@ -250,7 +245,7 @@ def main() -> None:
         with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
             engine = Engine(loaded.model, AttentionControl(), stop_condition(loaded.tokenizer, loaded.model),
                             chunk_size=config.chunk_size, share_prefix=config.share_prefix)
-            evidence = Evidence(args.selection, args.obs_window, observer, instruction)
+            evidence = Evidence(args.selection, args.obs_window, observer, instruction, pool=1)  # pooled per variant
             for spec in sorted(inputs.specs, key=lambda s: inputs.prompts[s.id].ids):
                 todo = [v for v in variants if (spec.id, v.label) not in done]
                 if not todo:
@@ -259,7 +254,7 @@ def main() -> None:
                 split = question_start(loaded.tokenizer, prompt)
                 if args.selection == "reconstruct":
                     path = os.path.join(args.evidence, f"{spec.id}.pt") if args.evidence else None
-                    prefilled, raw = raw_evidence(engine, evidence, prompt.ids[:split], path)
+                    prefilled, raw = raw_evidence(engine, evidence, prompt.ids[:split], n_kv, path)
                     by_kernel = {}
                 else:
                     prefilled, observed = evidence.gather(engine, prompt.ids[:split], n_kv)

@@ -48,7 +48,7 @@ from .compressed import CompressedCache
 from .policy import KvPlan
 from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss
-from .snapkv import ObservationWindow, Observed, capture_window, own_first, select_positions
+from .snapkv import POOL_KERNEL, ObservationWindow, Observed, capture_window, own_first, select_positions
 
 # the prompt's document ends with this line; the question part (instruction, question, chat template's
 # tail) starts right after it
@@ -118,14 +118,16 @@ def selection_of(plans: list[KvPlan]) -> str | None:
 @dataclass
 class Evidence:
     """How the plans of one shared prefill choose their tokens: ``selection`` (None: they do not), the
-    observation window (``snapkv``: also its ``observer``; ``reconstruct``: the tokens always kept) and the
-    repeat instruction's ids (``reconstruct``). ``seconds``: spent re-reading."""
+    observation window (``snapkv``: also its ``observer``; ``reconstruct``: the tokens always kept), the
+    repeat instruction's ids and the re-reading scores' pooling kernel (``reconstruct``). ``seconds``: spent
+    re-reading."""
 
     selection: str | None
     window: int
     observer: ObservationWindow | None = None
     instruction: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    pool: int = POOL_KERNEL
 
     def gather(self, engine: Engine, ids: list[int], num_kv_heads: int):
         """Prefill ``ids`` with the engine; return the cache and the ``Observed`` scores (None: no selection)."""
@@ -133,7 +135,7 @@ class Evidence:
             cache = cache_to_compress(engine, ids, room=len(self.instruction) + engine.chunk_size + 1)
             start = time.perf_counter()
             observed = reconstruction_scores(engine.model, cache, ids, self.instruction, window=self.window,
-                                             chunk_size=engine.chunk_size)
+                                             chunk_size=engine.chunk_size, pool=self.pool)
             self.seconds += time.perf_counter() - start
             return cache, observed
         cache = prefill_observed(engine, ids, self.observer)
