@@ -33,7 +33,8 @@ class RunDir:
             else:
                 self._check_identity(identity)
         saved = {} if overwrite else self._saved_config()
-        write_json_atomic(self.path / CONFIG, {"identity": identity, "config": config, **grid_history(saved, config)})
+        write_json_atomic(self.path / CONFIG, {"identity": identity, "config": config, **grid_history(saved, config),
+                                               "versions": software_versions()})
         repair_jsonl(self.records_path)
         return {r["id"] for r in self.records()}
 
@@ -76,6 +77,23 @@ class RunDir:
         target = self.path / name
         write_json_atomic(target, data)
         return target
+
+
+RECORDED_PACKAGES = ("retrieval-heads", "torch", "transformers", "accelerate", "tokenizers", "numpy")
+
+
+def software_versions() -> dict[str, str]:
+    """Python and the installed versions of the packages a run's numbers depend on (absent ones left out)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 GRID_KEYS = ("lengths", "depths", "shard")

@@ -47,6 +47,11 @@ def test_detection_writes_every_output(loaded, tmp_path, forced_needles):
     paper = json.loads((tmp_path / "head_scores.json").read_text())
     assert len(paper) == 24 and all(len(v) == summary["successes"] for v in paper.values())
     assert result.scores.num_samples == summary["successes"]
+    import torch
+    import transformers
+
+    versions = json.loads((tmp_path / "config.json").read_text())["versions"]
+    assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
 
 
 def test_rerun_needs_resume_and_never_double_counts(loaded, tmp_path):
