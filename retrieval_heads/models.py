@@ -64,6 +64,7 @@ class LoadedModel:
     name: str
     load_seconds: float
     _layout: Any = field(default=None, repr=False)
+    settings: LoadSettings | None = None  # how it was loaded (None: built in-process, no other process can load it)
 
     @property
     def layout(self):
@@ -99,6 +100,32 @@ class LoadedModel:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def release(self) -> None:
+        """Let go of the weights: their memory is freed once nothing else refers to the model. Shapes already
+        inspected (``layout``) stay; anything that runs the model fails afterwards."""
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """Everything ``load_model`` takes: another process given these loads the same setup."""
+
+    spec: str = zoo.DEFAULT_MODEL
+    dtype: str = "auto"
+    device: str = "cpu"
+    device_map: str | None = None
+    attn_implementation: str | None = None
+
+    def load(self) -> LoadedModel:
+        return load_with(self)
 
 
 def resolve_dtype(dtype: str, device: str):
@@ -162,7 +189,13 @@ def load_model(
     device_map: str | None = None,
     attn_implementation: str | None = None,
 ) -> LoadedModel:
-    """Load ``spec`` (zoo name, hub id or local directory) in eval mode.
+    """Load ``spec`` (zoo name, hub id or local directory) in eval mode (see ``load_with``)."""
+    return load_with(LoadSettings(spec, dtype=dtype, device=device, device_map=device_map,
+                                  attn_implementation=attn_implementation))
+
+
+def load_with(settings: LoadSettings) -> LoadedModel:
+    """Load ``settings.spec`` (zoo name, hub id or local directory) in eval mode; the result keeps ``settings``.
 
     ``attn_implementation``: ``sdpa``, ``eager``, ``flash_attention_2``, ``flex_attention``, a
     kernels-hub name, or None for whatever transformers picks for the model (SDPA where the model
@@ -174,15 +207,15 @@ def load_model(
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
+    spec = settings.spec
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():
         raise UserError(f"Model directory not found: {spec}")
     path = str(pull(spec)) if zoo.looks_like_zoo_name(spec) else str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec
-    torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype)
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if device_map:
-        kwargs["device_map"] = device_map
+    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(settings.dtype, settings.device))
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    if settings.device_map:
+        kwargs["device_map"] = settings.device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = _auto_model(path, kwargs)
@@ -190,10 +223,10 @@ def load_model(
         raise UserError(f"Model '{spec}' is not available offline: {_first_line(exc)}") from None
     except (ValueError, ImportError) as exc:  # e.g. an attention implementation the model or machine lacks
         raise UserError(f"Model '{spec}' cannot be loaded: {_first_line(exc)}") from None
-    if not device_map:
-        model.to(device)
+    if not settings.device_map:
+        model.to(settings.device)
     model.eval()
-    return LoadedModel(model, tokenizer, spec, time.perf_counter() - start)
+    return LoadedModel(model, tokenizer, spec, time.perf_counter() - start, settings=settings)
 
 
 def _first_line(exc: Exception) -> str:

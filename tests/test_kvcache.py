@@ -394,3 +394,63 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
             theirs = sorted((json.loads(l) for l in (other / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
             assert mine == theirs, name
         assert json.loads((run / "summary.json").read_text())["timing"]["prefill_shared_by"] == 4
+
+
+class _InProcess:
+    """Stands in for ``ProcessPoolExecutor``: runs what is submitted here, at once (no spawn in unit tests)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def test_isolated_conditions_load_like_the_parent_which_lets_go_of_its_weights(tiny_tokenizer, tmp_path, monkeypatch):
+    """A condition run in its own process loads the model with every load setting of the parent (here the
+    eager kernel and a device map, which the child dropped before), while the parent holds no weights."""
+    import concurrent.futures
+    import gc
+    import weakref
+
+    from conftest import tiny_kv_eval
+
+    import retrieval_heads.kv.evaluate as evaluate
+    from retrieval_heads.models import load_model
+
+    _, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
+    saved = tmp_path / "tiny-llama"
+    build_tiny("llama").save_pretrained(saved)
+    tiny_tokenizer.save_pretrained(saved)
+    loaded = load_model(str(saved), attn_implementation="eager", device_map="cpu")
+    parent = weakref.ref(loaded.model)
+    children = []
+    real = evaluate.run_condition
+
+    def child(loaded_here, **job):
+        gc.collect()
+        model = loaded_here.model
+        settings = getattr(loaded_here, "settings", None)  # what it was loaded with
+        children.append((model.config._attn_implementation, getattr(settings, "device_map", None), parent() is None))
+        return real(loaded_here, **job)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _InProcess)
+    monkeypatch.setattr(evaluate, "run_condition", child)
+    summary = evaluate.run_kv_eval(loaded, config, tmp_path / "out", scores, budgets=[0.4], policies=["full", "uniform"],
+                                   sink=4, window=16, share_prefill=False, isolate=True, progress=False)
+    assert summary["isolated"] and [r["samples"] for r in summary["rows"]] == [2, 2]
+    assert children == [("eager", "cpu", True)] * 2
+    built = evaluate.LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    with pytest.raises(evaluate.UserError, match="--no-isolate"):
+        evaluate.run_kv_eval(built, config, tmp_path / "built", scores, budgets=[0.4], policies=["full"],
+                             share_prefill=False, isolate=True, progress=False)

@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import UserError
 from ..formats import kv_level
 from ..io import append_jsonl, read_jsonl, write_json_atomic
-from ..models import LoadedModel
+from ..models import LoadedModel, LoadSettings
 from ..scores import HeadScores
 from ..sweep import SweepConfig
 from .policy import POLICIES, KvPlan, PolicySettings, check_budget, eligible_layers, make_plan
@@ -121,7 +121,9 @@ def run_kv_eval(
     ``cache.py``); token-level policies and ``query_agnostic`` need ``full``.
     ``share_prefill``: with ``prefill="full"`` prefill each prompt once for all conditions, in this process
     (``prefill.run_shared``); otherwise every condition prefills on its own, each in a fresh process when
-    ``isolate`` (so its peak RSS is its own).
+    ``isolate`` (so its peak RSS is its own). Isolated children load the model as ``loaded`` was loaded
+    (``loaded.settings``: dtype, device, device map, attention kernel), and ``loaded`` lets go of its weights
+    before the first child starts (``LoadedModel.release``: it cannot run the model afterwards).
     """
     from ..plots.kv import frontier_plot
     from .cache import PREFILL_MODES, latent_kv
@@ -158,11 +160,13 @@ def run_kv_eval(
                            progress=progress)
         results = {cond: found[cond.name] for cond in planners}
     else:
+        if isolate:
+            _release_for_children(loaded)
         results = {}
         for cond, planner in planners.items():
             job = dict(config=config, out=base, name=cond.name, planner=planner, query_agnostic=query_agnostic,
                        obs_window=obs_window, resume=resume, overwrite=overwrite, progress=progress)
-            results[cond] = _isolated(loaded.name, job) if isolate else run_condition(loaded, **job, reset_rss=True)
+            results[cond] = _isolated(loaded.settings, job) if isolate else run_condition(loaded, **job, reset_rss=True)
     label = scores_label(scores)
     made = summarize(results, query_agnostic=query_agnostic)
     for row in made:
@@ -301,22 +305,28 @@ def _ratio(parts: list[dict], key: str, reference: str) -> float | None:
     return float(np.mean([a for a, _ in pairs]) / np.mean([b for _, b in pairs])) if pairs else None
 
 
-def _isolated(model_name: str, job: dict) -> dict:
-    """Run ``run_condition`` in a fresh spawned process that loads ``model_name`` itself."""
+def _release_for_children(loaded: LoadedModel) -> None:
+    """Before isolated conditions run: make sure children can load ``loaded`` as it was loaded, then let go of
+    the parent's weights, so that they are not held twice (on one GPU: twice in its memory) while children run."""
+    if loaded.settings is None:
+        raise UserError(f"{loaded.name} was built in this process, so a fresh process cannot load it: run the "
+                        "conditions in this process (--no-isolate) or load the model by name")
+    loaded.release()
+
+
+def _isolated(settings: LoadSettings, job: dict) -> dict:
+    """Run ``run_condition`` in a fresh spawned process that loads the model itself, with ``settings``."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_child, model_name, job).result()
+        return pool.submit(_child, settings, job).result()
 
 
-def _child(model_name: str, job: dict) -> dict:
+def _child(settings: LoadSettings, job: dict) -> dict:
     import torch
 
-    from ..models import load_model
-
-    config = job["config"]
-    loaded = load_model(model_name, dtype=config.dtype, device=config.device)
+    loaded = settings.load()
     with torch.no_grad():
         start = time.perf_counter()
         result = run_condition(loaded, **job)
