@@ -4,8 +4,9 @@
 ``AttentionInterface`` (plus the mask function of the implementation the model was loaded with,
 through ``AttentionMaskInterface``), switches the model to it, and restores the model's own
 implementation on exit. The function wraps the kernel the model was loaded with (``sdpa``,
-``eager`` from the model's own modeling file, ``flash_attention_2``, ``flex_attention``, a
-kernels-hub function, or another wrapper such as the head-wise KV cache's), so observing a model
+``eager`` from the model's own modeling file, ``flash_attention_2``, a kernels-hub function, or
+another wrapper such as the head-wise KV cache's; ``flex_attention`` is refused, see
+``check_implementation``), so observing a model
 never changes it: soft-caps, sinks and biases stay with the kernel that handles them. When asked it:
 
 * records, for the last query row, each query head's top-1 key of the attention logits, computed
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+
+from .errors import UserError
 
 _names = itertools.count()
 
@@ -228,6 +231,18 @@ def controlled_attention(control: AttentionControl, implementation: str):
     return attention
 
 
+def check_implementation(implementation: str | None) -> None:
+    """Refuse (``UserError``) an attention implementation the hooks cannot wrap.
+
+    ``flex_attention`` hands its kernel a ``BlockMask`` instead of a tensor mask; the probe and the head-wise
+    KV caches read tensor masks only. Wrapped names keep the wrapped implementation as a suffix
+    (``register_wrapper``), so a wrapper of flex is refused too.
+    """
+    if implementation and implementation.endswith("flex_attention"):
+        raise UserError("flex_attention is not supported: its block masks reach neither the top-1 probe nor the "
+                        "head-wise KV caches; use --attn-implementation sdpa, eager or flash_attention_2")
+
+
 def register_wrapper(model, wrapper: Callable[[str], Callable], prefix: str) -> str:
     """Register ``wrapper(current_implementation)`` and the current mask function under a fresh name.
 
@@ -239,6 +254,7 @@ def register_wrapper(model, wrapper: Callable[[str], Callable], prefix: str) -> 
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     current = model.config._attn_implementation or "sdpa"
+    check_implementation(current)
     name = f"{prefix}_{next(_names)}_{current}"
     AttentionInterface.register(name, wrapper(current))
     mask_name = current if current in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"

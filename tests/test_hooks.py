@@ -108,3 +108,40 @@ def test_last_row_top1_handles_gqa_and_masks():
     float_mask = torch.zeros(1, 1, 1, 3)
     float_mask[..., 1] = float("-inf")
     assert (last_row_top1(q, k, float_mask, 1.0) + 3)[0, 0].item() != 1
+
+
+def test_flex_attention_is_refused_before_any_hook_is_installed():
+    """flex_attention hands its kernel a BlockMask, which neither the probe nor the head-wise caches read."""
+    from transformers import AttentionInterface
+
+    from retrieval_heads.errors import UserError
+    from retrieval_heads.kv.attention import HeadwiseAttention
+
+    model = build_tiny("llama")
+    model.set_attn_implementation("flex_attention")
+    names = set(AttentionInterface._global_mapping)
+    for install in (attention_control, HeadwiseAttention):
+        with pytest.raises(UserError, match="flex_attention"):
+            with install(model):
+                pass
+        assert model.config._attn_implementation == "flex_attention"
+    assert set(AttentionInterface._global_mapping) == names
+
+
+@pytest.mark.parametrize("command", ["detect", "lookup", "kv-eval", "restore"])
+def test_cli_refuses_flex_attention_in_one_line(command, tiny_tokenizer, tmp_path, capsys):
+    import json
+
+    from retrieval_heads.cli import main
+    from retrieval_heads.compat.tiny import save_tiny
+
+    directory = save_tiny(build_tiny("llama"), tiny_tokenizer, tmp_path / "llama")
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(3) for h in range(8)}))
+    extra = ["--scores", str(scores)] if command == "kv-eval" else []
+    capsys.readouterr()
+    code = main([command, "--model", str(directory), "--out", str(tmp_path / "run"), "--lengths", "200", "--depths",
+                 "50", "--max-new-tokens", "3", "--quiet", "--attn-implementation", "flex_attention", *extra])
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip() and "it/s]" not in l]
+    assert code == 2 and len(lines) == 1 and "flex_attention" in lines[0], lines
+    assert not list((tmp_path / "run").rglob("*.jsonl"))

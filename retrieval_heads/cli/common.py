@@ -16,7 +16,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     g.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a large model over several GPUs")
     g.add_argument("--attn-implementation", default=None, metavar="NAME",
-                   help="attention kernel to load the model with: sdpa, eager, flash_attention_2, flex_attention or a "
+                   help="attention kernel to load the model with: sdpa, eager, flash_attention_2 or a "
                         "kernels-hub name (default: what transformers picks for the model); the hooks wrap it")
 
 
