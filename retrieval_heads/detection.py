@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import Launch, all_gather
 from .errors import UserError
 from .haystack import load_needles
 from .models import LoadedModel, ModelInfo
@@ -48,6 +49,7 @@ def run_detection(
     overwrite: bool = False,
     progress: bool = True,
     until_stable: StopRule | None = None,
+    launch: Launch | None = None,
 ) -> DetectionResult:
     """Detect retrieval heads of ``loaded`` over the sweep ``config``; results go to ``out``.
 
@@ -55,10 +57,11 @@ def run_detection(
     ``summary.json`` and ``stability.png``; these are also written when the run is interrupted.
     With ``until_stable``, the grid runs in balanced blocks (``config.block_size``, default
     ``DEFAULT_BLOCK_SIZE``) and stops after the first block at which the rule is met; ``resume``
-    continues such a run over the rest of the grid.
+    continues such a run over the rest of the grid. ``launch``: this process is one rank of a
+    data-parallel run over ``config.shard``; the stop decision is then taken for all ranks together.
     """
     results: list[DetectionResult] = []
-    watch = StabilityWatch(until_stable, (loaded.num_layers, loaded.num_heads)) if until_stable else None
+    watch = StabilityWatch(until_stable, (loaded.num_layers, loaded.num_heads), launch) if until_stable else None
     if until_stable and not config.block_size:
         config = dataclasses.replace(config, block_size=DEFAULT_BLOCK_SIZE)
 
@@ -68,8 +71,11 @@ def run_detection(
             watch.add(record)
         return record
 
-    run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
-              should_stop=watch, finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, until_stable)))
+    sweep = run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
+                      should_stop=watch,
+                      finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, until_stable)))
+    if watch is not None and not sweep.stopped_early:
+        watch.drain(sweep)
     return results[0]
 
 
@@ -78,26 +84,57 @@ class StabilityWatch:
 
     Records are added as they are made; at the first check, those already on disk (a resumed
     run) are read once. Samples are taken in id order, like ``stability_summary``'s curve.
+
+    Under a launcher (``launch``), each check is one round in which every rank shares what it
+    finished since the last round and measures the union, so all ranks take one decision for the
+    whole run and stop at the same round; a rank done with its shard keeps taking rounds
+    (``drain``) until every rank is done or the rule is met.
     """
 
-    def __init__(self, rule: StopRule, shape: tuple[int, int]):
-        self.rule, self.shape = rule, shape
+    def __init__(self, rule: StopRule, shape: tuple[int, int], launch: Launch | None = None):
+        self.rule, self.shape, self.launch = rule, shape, launch
         self.scores: dict[str, list | None] = {}  # id -> (layers, heads) scores, None when failed
+        self.fresh: dict[str, list | None] = {}  # added since the last round (shared with the other ranks)
         self.synced = False
         self.last: CurvePoint | None = None
 
     def add(self, record: dict) -> None:
-        self.scores[record["id"]] = record["head_scores"] if record["success"] else None
+        self.scores[record["id"]] = self.fresh[record["id"]] = record["head_scores"] if record["success"] else None
 
     def __call__(self, sweep: SweepRun) -> bool:
+        self._sync(sweep)
+        met, _ = self._round(finished=False)
+        return met
+
+    def drain(self, sweep: SweepRun) -> None:
+        """After this rank's last sample (not stopped): take rounds until every rank is done or the rule is met."""
+        if self.launch is None:
+            return
+        self._sync(sweep)
+        while True:
+            met, all_done = self._round(finished=True)
+            if met or all_done:
+                return
+
+    def _sync(self, sweep: SweepRun) -> None:
         if not self.synced:
             for record in sweep.run.records():
                 self.add(record)
             self.synced = True
+
+    def _round(self, *, finished: bool) -> tuple[bool, bool]:
+        """(rule met on every sample known, every rank finished), after sharing this rank's new samples."""
+        all_done = finished
+        if self.launch is not None:
+            shared = all_gather((self.fresh, finished))
+            for scores, _ in shared:
+                self.scores.update(scores)
+            all_done = all(done for _, done in shared)
+        self.fresh = {}
         ids = sorted(i for i, s in self.scores.items() if s is not None)
         samples = np.asarray([self.scores[i] for i in ids], dtype=np.float64).reshape(len(ids), *self.shape)
         self.last = measure(samples, len(self.scores), self.rule)
-        return self.rule.met(self.last)
+        return self.rule.met(self.last), all_done
 
 
 def _record(loaded, spec, prompt, needle, generation) -> dict:

@@ -37,13 +37,26 @@ def current_launch() -> Launch | None:
     return Launch(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
 
 
-def barrier() -> None:
-    """Wait for every rank (gloo process group, created on first use from the launcher's env)."""
+def _group():
+    """``torch.distributed``, with the gloo process group created on first use from the launcher's env."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
-    dist.barrier()
+    return dist
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    _group().barrier()
+
+
+def all_gather(obj) -> list:
+    """``obj`` of every rank, in rank order (every rank must call it, the same number of times)."""
+    dist = _group()
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def finish(launch: Launch, out: str | Path, merge) -> dict | None:

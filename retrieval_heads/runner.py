@@ -54,7 +54,8 @@ def run_sweep(
     for a sample; only samples with the same heads share a batch.
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
     ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
-    ``should_stop(run)`` is asked after each completed block; True ends the run there.
+    ``should_stop(run)`` is asked after each completed block but the last (batches end at block
+    ends); True ends the run there.
     """
     start = time.perf_counter()
     layout = loaded.layout  # one dry forward pass: refuses models the hook cannot see before any work
@@ -77,7 +78,7 @@ def run_sweep(
                             num_heads=layout.num_heads)
             result.timing.update(engine_notes(engine))
             bar = progress_bar(len(todo), progress, len(done))
-            for batch, heads in batches(todo, heads_for, config.batch_size):
+            for batch, heads in batches(todo, heads_for, config.batch_size, blocks):
                 control.ablate = head_mask(list(heads), *shape) if heads else None
                 prompts = [inputs.prompts[spec.id].ids for spec in batch]
                 tag = heads if control.phase is AblationPhase.ALL else None
@@ -115,13 +116,18 @@ def engine_notes(engine: Engine) -> dict:
     return notes
 
 
-def batches(specs: list[SampleSpec], heads_for, size: int):
-    """Consecutive runs of at most ``size`` specs that ablate the same heads, with those heads."""
+def batches(specs: list[SampleSpec], heads_for, size: int, blocks: dict[str, int] | None = None):
+    """Consecutive runs of at most ``size`` specs that ablate the same heads, with those heads.
+
+    A batch never spans two blocks of ``blocks`` (id -> block), so a block's end is a batch's end:
+    a stop check after a block sees exactly the samples up to it, whatever the batch size.
+    """
     batch: list[SampleSpec] = []
     heads = None
+    block_of = (lambda spec: blocks[spec.id]) if blocks else (lambda spec: 0)  # noqa: E731
     for spec in specs:
         these = tuple(heads_for(spec))
-        if batch and (these != heads or len(batch) == size):
+        if batch and (these != heads or len(batch) == size or block_of(spec) != block_of(batch[-1])):
             yield batch, heads
             batch = []
         batch.append(spec)

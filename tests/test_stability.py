@@ -291,3 +291,69 @@ def test_merged_shards_that_stopped_early_say_so(loaded, tmp_path, monkeypatch):
     merged = merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged")
     assert merged["stopped_early"] is True and merged["samples_run"] == 8 and merged["grid_samples"] == 16
     assert merged["stability"]["target"] == 0.9 and merged["stability"]["k"] == 5
+
+
+def test_until_stable_checks_at_block_ends_whatever_the_batch_size(loaded, tmp_path, monkeypatch):
+    """Batches of 3 and blocks of 8: the checks come after 8 and 16 samples, not after 9 and 18."""
+    from retrieval_heads import detection
+    from retrieval_heads.sweep import SweepConfig
+
+    monkeypatch.setattr(detection, "is_success", lambda recall: True)
+    config = SweepConfig(model="tiny-llama", lengths=[200, 260], depths=[0, 50, 100], max_new_tokens=2,
+                         chunk_size=64, batch_size=3, block_size=8)
+    checked = []
+    measure_at = detection.measure
+    monkeypatch.setattr(detection, "measure", lambda s, done, rule: checked.append(done) or measure_at(s, done, rule))
+    detection.run_detection(loaded, config, tmp_path, progress=False, until_stable=StopRule(k=5, min_successes=12))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert checked == [8, 16] and summary["samples_run"] == 16 and summary["stopped_early"]
+    assert [p["samples"] for p in summary["stability_curve"]] == checked  # the live checks are the recorded curve
+
+
+def test_ranks_take_one_stop_decision_for_the_whole_run(monkeypatch):
+    """Two ranks: rank 1 has one block, rank 0 three. Each round measures the union of both ranks' samples, so
+    both decide alike; rank 1, done, keeps taking rounds until rank 0 stops, and neither stops on its own shard."""
+    import threading
+    from types import SimpleNamespace
+
+    from retrieval_heads import detection
+    from retrieval_heads.distributed import Launch
+
+    barrier, slots = threading.Barrier(2), [None, None]
+
+    def all_gather(obj):
+        rank = int(threading.current_thread().name)
+        slots[rank] = obj
+        barrier.wait()
+        gathered = list(slots)
+        barrier.wait()
+        return gathered
+
+    monkeypatch.setattr(detection, "all_gather", all_gather)
+    samples = planted(12)
+    rule = StopRule(k=5, stability=0.9, min_successes=6)
+    blocks = {0: [range(0, 2), range(2, 4), range(4, 6)], 1: [range(6, 10)]}  # rank -> its blocks (sample indices)
+    decisions = {0: [], 1: []}
+
+    def rank(r: int) -> None:
+        watch = detection.StabilityWatch(rule, (6, 8), Launch(r, 2, r))
+        sweep = SimpleNamespace(run=SimpleNamespace(records=lambda: []))
+        for i, block in enumerate(blocks[r]):
+            for j in block:
+                watch.add({"id": f"s{j:02d}", "success": True, "head_scores": samples[j].tolist()})
+            if i == len(blocks[r]) - 1:  # the runner does not check after the last block
+                watch.drain(sweep)
+                decisions[r].append(("drained", watch.last.samples))
+                return
+            stop = watch(sweep)
+            decisions[r].append((stop, watch.last.samples))
+            if stop:
+                return
+
+    threads = [threading.Thread(target=rank, args=(r,), name=str(r)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert decisions[0] == [(True, 6)]  # 2 + 4 samples: 6 successes; rank 0 alone had 2
+    assert decisions[1] == [("drained", 6)]

@@ -26,7 +26,7 @@ class Detect(Command):
         rule = stop_rule_from_args(args)
         loaded = load_for(args)
         result = run_detection(loaded, config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
-                               until_stable=rule)
+                               until_stable=rule, launch=launch)
         summary, scores = result.summary, result.scores
         if launch is not None:
             summary = finish(launch, args.out, merge_runs)
