@@ -11,7 +11,8 @@ model's own (``kv.snapkv.ObservationWindow`` computes them beside the model's ke
 sliding-window layers score 0, as no cache plan touches them.
 
 A lookup run directory has the files of a detection run (``samples.jsonl``, ``head_scores.json``,
-``summary.json``), so ``kv-eval --scores``, ``analyze`` and ``convert`` read it as they read ``detect``'s.
+``summary.json``), so ``kv-eval --scores``, ``analyze`` and ``convert`` read it as they read ``detect``'s; its
+``criterion`` (in ``config.json``'s identity and ``summary.json``) tells them apart, and ``merge`` keeps it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .detection import head_fields
-from .models import LoadedModel
+from .models import LoadedModel, ModelInfo
 from .rundir import RunDir
 from .scores import HeadScores
 from .sweep import SweepConfig, prepare
@@ -91,13 +92,13 @@ def run_lookup(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, res
             bar.update(1)
         bar.close()
     finally:
-        result = finalize(loaded, config, run, time.perf_counter() - start)
+        timing = {"model_load_s": loaded.load_seconds, "wall_s": time.perf_counter() - start}
+        result = finalize(loaded.info, config, run, timing)
     return result
 
 
-def finalize(loaded: LoadedModel, config: SweepConfig, run: RunDir, seconds: float) -> LookupResult:
-    """Average the finished samples into ``head_scores.json`` and ``summary.json``."""
-    info = loaded.info
+def finalize(info: ModelInfo, config: SweepConfig, run: RunDir, timing: dict) -> LookupResult:
+    """Average the finished samples into ``head_scores.json`` and ``summary.json`` (a run's, or merged shards')."""
     records = sorted(run.records(), key=lambda r: r["id"])
     samples = np.asarray([r["head_scores"] for r in records], dtype=np.float64)
     samples = samples.reshape(len(records), info.num_layers, info.num_heads)
@@ -111,7 +112,7 @@ def finalize(loaded: LoadedModel, config: SweepConfig, run: RunDir, seconds: flo
         "samples": len(records),
         "successes": len(records),
         **head_fields(scores, info.num_kv_heads),
-        "timing": {"model_load_s": loaded.load_seconds, "wall_s": seconds},
+        "timing": timing,
     }
     run.write_json("summary.json", summary)
     scores.meta.update(format="run", source=str(run.path), run_dir=str(run.path), summary=summary)

@@ -12,7 +12,7 @@ from .rundir import CONFIG, RunDir
 from .runner import SweepRun
 from .sweep import SweepConfig
 
-KINDS = {"samples.jsonl": "detect", "results.jsonl": "niah"}
+KINDS = {"samples.jsonl": "detect", "results.jsonl": "niah"}  # records file -> command (lookup: its criterion)
 PHASES = ("prefill_s", "decode_s", "scoring_s", "io_s", "prefilled_tokens", "reused_tokens")
 
 
@@ -26,6 +26,13 @@ def read_shard(path: Path) -> tuple[str, dict, dict]:
     return names[0], json.loads((path / CONFIG).read_text(encoding="utf-8")), summary
 
 
+def run_kind(records_name: str, config: dict) -> str:
+    """The command that wrote a run directory: ``niah``, ``detect``, or ``lookup`` (detect's files, with the
+    ``criterion`` of ``config.json``'s identity)."""
+    kind = KINDS[records_name]
+    return config["identity"].get("criterion", kind) if kind == "detect" else kind
+
+
 def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
     """Merge shard directories into ``out``; refuses shards of different models, inputs or settings.
 
@@ -36,9 +43,10 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
         raise UserError("merge needs at least one run directory")
     shards = [(Path(d), *read_shard(Path(d))) for d in dirs]
     records_name, first_config, first_summary = shards[0][1], shards[0][2], shards[0][3]
+    kind = run_kind(records_name, first_config)
     for path, name, config, _ in shards[1:]:
-        if name != records_name:
-            raise UserError(f"{path} holds {KINDS[name]} results, {shards[0][0]} holds {KINDS[records_name]} results")
+        if run_kind(name, config) != kind:
+            raise UserError(f"{path} holds {run_kind(name, config)} results, {shards[0][0]} holds {kind} results")
         diff = sorted(k for k in set(config["identity"]) | set(first_config["identity"])
                       if config["identity"].get(k) != first_config["identity"].get(k))
         if diff:
@@ -56,7 +64,11 @@ def merge_runs(dirs: list[str | Path], out: str | Path) -> dict:
     config = SweepConfig(**{**settings, "shard": (0, 1)})
     sweep = SweepRun(run, inputs=None, timing=timing)
     info = model_info(shards)
-    if records_name == "samples.jsonl":
+    if kind == "lookup":
+        from .lookup import finalize
+
+        return finalize(info, config, run, timing).summary
+    if kind == "detect":
         from .detection import finalize, stop_rule_of
 
         stopped = any(summary.get("stopped_early") for *_, summary in shards)

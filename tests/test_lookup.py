@@ -73,3 +73,26 @@ def test_kv_eval_reads_a_lookup_run_and_names_its_scores(tiny_tokenizer, tmp_pat
                           sink=4, obs_window=8, full_share=0.8, query_agnostic=True, progress=False)
     assert summary["scores"] == f"lookup: {tmp_path / 'lookup'}"
     assert [r["scores"] for r in summary["rows"]] == [summary["scores"]] * 2
+
+
+def test_merged_lookup_shards_stay_a_lookup_run_for_kv_eval(tiny_tokenizer, tmp_path):
+    from dataclasses import replace
+
+    from retrieval_heads.formats import load_scores
+    from retrieval_heads.kv.evaluate import scores_label
+    from retrieval_heads.merge import merge_runs
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    config = SweepConfig(model="tiny-llama", needles=builtin_needles(tmp_path, 2), lengths=[260], depths=[20.0, 70.0],
+                         chunk_size=64)
+    whole = run_lookup(loaded, config, tmp_path / "whole", progress=False)
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, shard in enumerate(shards):
+        run_lookup(loaded, replace(config, shard=(i, 2)), shard, progress=False)
+    merged = tmp_path / "merged"
+    summary = merge_runs(shards, merged)
+    assert summary["criterion"] == "lookup" and summary["samples"] == 4
+    assert json.loads((merged / "config.json").read_text())["identity"]["criterion"] == "lookup"
+    scores = load_scores(merged)
+    assert scores_label(scores) == f"lookup: {merged}"
+    np.testing.assert_allclose(scores.mean, whole.scores.mean, atol=1e-6)

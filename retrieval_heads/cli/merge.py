@@ -7,7 +7,7 @@ from .base import Command
 
 class Merge(Command):
     name = "merge"
-    help = "merge shard run directories (detect or niah) into one run directory"
+    help = "merge shard run directories (detect, lookup or niah) into one run directory"
 
     def add_arguments(self, parser):
         parser.add_argument("dirs", nargs="+", metavar="DIR", help="shard run directories")
