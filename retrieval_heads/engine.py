@@ -399,6 +399,10 @@ class PreallocatedLayer(DynamicLayer):
     def _expose(self) -> None:
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
+    def held(self) -> list[torch.Tensor]:
+        """The buffers (``keys``/``values`` are views into them): what the layer holds."""
+        return [t for t in (self._keys, self._values) if t is not None]
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

@@ -21,6 +21,7 @@ from retrieval_heads.kv.policy import eligible_layers
 from retrieval_heads.kv.snapkv import ObservationWindow, capture_window, pool_scores, select_positions
 
 PER_TOKEN = 2 * 8 * 4  # keys + values of one KV head, head_dim 8, float32
+INDEX = 8  # one int64 index entry
 
 
 def ids_of(length: int, seed: int = 0) -> torch.Tensor:
@@ -136,7 +137,9 @@ def test_compressed_cache_stores_exactly_the_chosen_positions():
     stored = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in layer.stored())
     assert cache.kv_bytes() == kept * PER_TOKEN == stored
     assert cache.kept_counts() == {0: [4, 40], 1: [1, 2], 2: [10, 10]}
-    assert cache.peak_kv_bytes == 3 * 2 * 40 * PER_TOKEN  # the prefill held the full cache
+    # held at once: the source (alive beside its copy), the copy and its indexes (kept positions, heads)
+    indexes = (kept + 3 * 2) * INDEX
+    assert cache.peak_kv_bytes == 3 * 2 * 40 * PER_TOKEN + kept * PER_TOKEN + indexes
     for index, heads in keep.items():
         layer = cache.layers[index]
         for h, positions in enumerate(heads):
@@ -153,6 +156,53 @@ def test_compressed_cache_stores_exactly_the_chosen_positions():
     assert cache.layers[1].positions(0).tolist() == [5, 40, 41, 42]  # every new token, to every head
     assert cache.kv_bytes() == (kept + 3 * 3 * 2) * PER_TOKEN
     assert cache.dense_kv_bytes() == 3 * 2 * 43 * PER_TOKEN
+    assert cache.peak_kv_bytes == 3 * 2 * 40 * PER_TOKEN + cache.kv_bytes() + indexes
+
+
+def bytes_alive(*caches) -> int:
+    """nbytes of every distinct storage reachable from the caches' layers: their tensors (a view stands for
+    the buffer it looks into) and those of the groups they list (compressed layers)."""
+    storages = {}
+
+    def visit(obj):
+        for value in vars(obj).values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, torch.Tensor):
+                    storages[item.untyped_storage().data_ptr()] = item.untyped_storage().nbytes()
+                elif hasattr(item, "__dataclass_fields__"):
+                    visit(item)
+
+    for cache in caches:
+        for layer in cache.layers:
+            visit(layer)
+    return sum(storages.values())
+
+
+def test_peak_bytes_are_every_tensor_held_at_once():
+    """The peak of a compressed copy of the shared prefill is what both caches hold at once: the prefill's
+    preallocated buffers (not the views of their filled part), the copy's keys and values and its index
+    tensors, at whichever moment after a forward pass holds the most."""
+    from retrieval_heads.engine import Engine
+    from retrieval_heads.hooks import AttentionControl
+    from retrieval_heads.kv.prefill import cache_to_compress
+
+    model = build_tiny("llama")
+    engine = Engine(model, AttentionControl(), lambda token: False, chunk_size=16)
+    source = cache_to_compress(engine, ids_of(40)[0].tolist(), room=24)  # buffers of 64 positions, 40 filled
+    keep = {0: [torch.tensor([0, 3, 9, 39]), torch.arange(40)], 1: [torch.tensor([5]), torch.tensor([1, 2])],
+            2: [torch.arange(10), torch.arange(10) + 20]}
+    cache = CompressedCache.from_prefilled(model.config, source, keep)
+    alive = [bytes_alive(source, cache)]
+    with HeadwiseAttention(model), torch.no_grad():
+        cache.decoding = False
+        model(input_ids=ids_of(3, seed=2), cache=cache, use_cache=True)
+        alive.append(bytes_alive(source, cache))
+        cache.decoding = True
+        for step in range(2):
+            model(input_ids=ids_of(1, seed=3 + step), cache=cache, use_cache=True)
+            alive.append(bytes_alive(source, cache))
+    assert source.layers[0].keys.shape[-2] == 40 and bytes_alive(source) == 3 * 2 * 64 * PER_TOKEN
+    assert cache.peak_kv_bytes == max(alive), (cache.peak_kv_bytes, alive)
 
 
 def g_row(group, head: int) -> int:

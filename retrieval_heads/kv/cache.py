@@ -114,6 +114,10 @@ class HeadSplitLayer(CacheLayerMixin):
         """Every key/value tensor the layer holds."""
         raise NotImplementedError
 
+    def held(self) -> list[torch.Tensor]:
+        """Every tensor the layer holds: ``stored()`` and the index tensors that say whose keys they are."""
+        raise NotImplementedError
+
     def _map(self, fn) -> None:
         """Replace every stored tensor ``t`` by ``fn(t)``."""
         raise NotImplementedError
@@ -258,6 +262,9 @@ class HeadwiseLayer(HeadSplitLayer):
     def stored(self) -> list[torch.Tensor]:
         return [t for t in (getattr(self, n) for n in self._names) if t is not None]
 
+    def held(self) -> list[torch.Tensor]:
+        return self.stored() + [self.full_heads, self.stream_heads]
+
     def _map(self, fn) -> None:
         for name in self._names:
             if getattr(self, name) is not None:
@@ -301,15 +308,18 @@ def streaming_mask(mask: torch.Tensor | None, positions: torch.Tensor, q_len: in
 class TrackedCache(DynamicCache):
     """A ``DynamicCache`` that tracks peak stored bytes and decode steps, and knows the phase it is driven in.
 
-    Base of ``HeadwiseCache``, ``CompressedCache`` and ``StatsDynamicCache``; ``kv_bytes()`` and
-    ``peak_kv_bytes`` report stored bytes.
+    Base of ``HeadwiseCache``, ``CompressedCache`` and ``StatsDynamicCache``. ``kv_bytes()`` reports the
+    key/value bytes stored (what budgets count); ``peak_kv_bytes`` the most bytes held at once after a forward
+    pass (``held_bytes``): buffers rather than the views into them, index tensors, and for a copy made from a
+    prefilled cache (``_take``) that cache too, which its caller keeps while the copy is built and decoded.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.peak_kv_bytes = 0
         self.decode_steps = 0
-        self._bytes: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}  # bytes held, by layer
+        self._source_bytes = 0  # bytes held by the cache this one was copied from (``_take``)
         self._decoding: bool | None = None
 
     @property
@@ -330,9 +340,12 @@ class TrackedCache(DynamicCache):
         out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
         if layer_idx == 0 and is_decode_step(self, key_states):
             self.decode_steps += 1
-        self._bytes[layer_idx] = layer_bytes(self.layers[layer_idx])
-        self.peak_kv_bytes = max(self.peak_kv_bytes, sum(self._bytes.values()))
+        self._bytes[layer_idx] = layer_held_bytes(self.layers[layer_idx])
+        self._note_peak()
         return out
+
+    def _note_peak(self) -> None:
+        self.peak_kv_bytes = max(self.peak_kv_bytes, self._source_bytes + sum(self._bytes.values()))
 
     def kv_bytes(self) -> int:
         return cache_kv_bytes(self)
@@ -343,8 +356,8 @@ class TrackedCache(DynamicCache):
 
     def _take(self, prefilled, load: Callable[[int, HeadSplitLayer, torch.Tensor, torch.Tensor], None]) -> None:
         """Fill this (empty) cache from ``prefilled``: ``load(index, layer, keys, values)`` for head-split
-        layers, a copy of the recent window for sliding layers. ``peak_kv_bytes`` starts at ``prefilled``'s
-        bytes (the prefill held them)."""
+        layers, a copy of the recent window for sliding layers. The copy shares no storage with ``prefilled``,
+        which stays alive alongside it: ``peak_kv_bytes`` counts both."""
         for index, (mine, theirs) in enumerate(zip(self.layers, prefilled.layers)):
             keys, values = getattr(theirs, "keys", None), getattr(theirs, "values", None)
             if not isinstance(keys, torch.Tensor):
@@ -356,8 +369,9 @@ class TrackedCache(DynamicCache):
                 keep = min(keys.shape[-2], mine.sliding_window - 1)
                 mine.keys, mine.values = keys[:, :, -keep:].clone(), values[:, :, -keep:].clone()
                 mine.cumulative_length = theirs.get_seq_length()
-            self._bytes[index] = layer_bytes(mine)
-        self.peak_kv_bytes = max(cache_kv_bytes(prefilled), sum(self._bytes.values()))
+            self._bytes[index] = layer_held_bytes(mine)
+        self._source_bytes = cache_held_bytes(prefilled)
+        self._note_peak()
 
 
 class HeadwiseCache(TrackedCache):
@@ -393,7 +407,7 @@ class HeadwiseCache(TrackedCache):
         The same state as prefilling with ``prefill="full"`` and evicting at the first decode step: full KV
         heads keep all T positions, streaming heads their sinks and recent window, sliding layers their
         window. ``prefilled`` is left untouched and shares no storage with the copy, so one prefill can
-        serve several plans. ``peak_kv_bytes`` starts at ``prefilled``'s bytes (the prefill held them).
+        serve several plans. ``peak_kv_bytes`` counts ``prefilled``'s bytes too (the caller keeps it).
         """
         cache = cls(config, full, sink=sink, window=window, prefill="full")
         cache._take(prefilled, lambda index, layer, keys, values: layer.load(keys, values))
@@ -468,6 +482,27 @@ def layer_bytes(layer) -> int:
 def cache_kv_bytes(cache) -> int:
     """Bytes of every key/value tensor stored in ``cache`` (``DynamicCache`` or a ``TrackedCache``)."""
     return sum(layer_bytes(layer) for layer in cache.layers)
+
+
+def held_bytes(tensors) -> int:
+    """Bytes of the storage behind ``tensors``, each storage once: a view counts the whole buffer it looks into."""
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def layer_held_bytes(layer) -> int:
+    """Bytes a cache layer holds: what it lists in ``held()`` (head-split layers, ``engine.PreallocatedLayer``:
+    buffers, not the views it hands to attention, and index tensors), else its keys and values."""
+    tensors = layer.held() if hasattr(layer, "held") else (getattr(layer, "keys", None), getattr(layer, "values", None))
+    return held_bytes(t for t in tensors if isinstance(t, torch.Tensor))
+
+
+def cache_held_bytes(cache) -> int:
+    """Bytes every layer of ``cache`` holds (``layer_held_bytes``)."""
+    return sum(layer_held_bytes(layer) for layer in cache.layers)
 
 
 def cache_stats(cache) -> dict:

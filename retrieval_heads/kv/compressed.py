@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .cache import GroupedKV, HeadSplitLayer, KVGroup, TrackedCache, append_tokens, num_kv_heads
+from .cache import GroupedKV, HeadSplitLayer, KVGroup, TrackedCache, append_tokens, layer_held_bytes, num_kv_heads
 
 
 @dataclass
@@ -124,6 +124,9 @@ class CompressedLayer(HeadSplitLayer):
     def stored(self) -> list[torch.Tensor]:
         return [t for g in self.groups for t in (g.keys, g.values) if t is not None]
 
+    def held(self) -> list[torch.Tensor]:
+        return self.stored() + [t for g in self.groups for t in (g.heads, g.kept)]
+
     def _map(self, fn) -> None:
         for group in self.groups:
             if group.keys is not None:
@@ -167,7 +170,7 @@ class CompressedCache(TrackedCache):
         """A compressed copy of ``prefilled``: global layer ``l`` keeps ``keep[l][h]`` for KV head ``h``.
 
         Layers missing from ``keep`` keep everything; sliding layers their window. ``prefilled`` is left
-        untouched. ``peak_kv_bytes`` starts at ``prefilled``'s bytes (the prefill held them).
+        untouched. ``peak_kv_bytes`` counts ``prefilled``'s bytes too (the caller keeps it).
         """
         cache = cls(config)
         cache._take(prefilled, lambda index, layer, keys, values: layer.load(keys, values, keep.get(index)))
@@ -180,7 +183,7 @@ class CompressedCache(TrackedCache):
             if not isinstance(layer, CompressedLayer):
                 raise ValueError(f"layer {index} is not a global attention layer")
             layer.compress(positions)
-            self._bytes[index] = layer.kv_bytes()
+            self._bytes[index] = layer_held_bytes(layer)
 
     def kept_counts(self) -> dict[int, list[int]]:
         """Positions each KV head kept at compression, by global layer."""

@@ -2,7 +2,9 @@
 
     kv_plan.json     the plan and the setting (refuses to resume under another)
     kv_samples.jsonl one line per finished sample: tokens, stored and dense-equivalent KV bytes at the end,
-                     peak KV bytes, decode steps, and the tokens in the cache when it was compressed
+                     peak bytes held (``cache.TrackedCache``: buffers, index tensors and, with a shared
+                     prefill, the prefilled cache beside the copy), decode steps, and the tokens in the
+                     cache when it was compressed
                      (decoding starts; query-agnostic: before the question), with (shared prefill) its
                      stored and dense-equivalent bytes right then
     kv_timing.json   decode seconds and steps, prefill seconds and tokens, summed over invocations, and
