@@ -24,8 +24,11 @@ then every variant compresses its own copy, prefills the question and decodes gr
     pool     the max-pooling kernel of the re-reading scores (default SnapKV's 7; 1: none)
     mix      the same guide added to each head's own mean-normalised scores
 
-``--evidence DIR`` keeps each prompt's re-reading maxima (before pooling) in ``DIR/<id>.pt``: a later run with new
-variants prefills the document again (about 10 s at 4000 tokens) but skips the re-reading (about a minute).
+``--evidence DIR`` keeps each prompt's re-reading maxima (before pooling) in ``DIR/<id>-<key>.pt``: a later run with
+new variants prefills the document again (about 10 s at 4000 tokens) but skips the re-reading (about a minute).
+``<key>`` hashes everything the maxima depend on (``evidence_key``: model, dtype, the document's tokens, which
+follow from needles, haystack, length and depth, the instruction, window and chunk size), so a run with other
+inputs re-reads instead of reusing another run's evidence.
 Each (prompt, variant) line goes to ``--out`` (JSONL, resumed by id and variant) with the score, whether
 the answer is contained, and the share of the needle's tokens the compressed KV heads keep (all of them, and
 the ten with the best ``--scores``). The table at the end: mean score, share of full with a paired bootstrap
@@ -35,6 +38,7 @@ interval (2000 resamples), and the paired difference against ``--against``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from contextlib import nullcontext
@@ -142,6 +146,13 @@ def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
     return Observed(observed.total, observed.window,
                     {layer: s / s.mean(-1, keepdim=True).clamp_min(1e-12) + shared.scores[layer]
                      for layer, s in observed.scores.items()})
+
+
+def evidence_key(model: str, dtype: str, document: list[int], evidence, chunk_size: int) -> str:
+    """16 hex digits of a hash of everything the re-reading maxima of ``document`` depend on."""
+    inputs = {"model": model, "dtype": dtype, "document": document, "instruction": evidence.instruction,
+              "window": evidence.window, "chunk_size": chunk_size}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def raw_evidence(engine, evidence, ids: list[int], num_kv_heads: int, path: str | None):
@@ -253,7 +264,8 @@ def main() -> None:
                 prompt = inputs.prompts[spec.id]
                 split = question_start(loaded.tokenizer, prompt)
                 if args.selection == "reconstruct":
-                    path = os.path.join(args.evidence, f"{spec.id}.pt") if args.evidence else None
+                    key = evidence_key(args.model, config.dtype, prompt.ids[:split], evidence, engine.chunk_size)
+                    path = os.path.join(args.evidence, f"{spec.id}-{key}.pt") if args.evidence else None
                     prefilled, raw = raw_evidence(engine, evidence, prompt.ids[:split], n_kv, path)
                     by_kernel = {}
                 else:

@@ -115,3 +115,46 @@ def test_kv_eval_selects_by_re_reading(tiny_tokenizer, tmp_path):
         run_kv_eval(loaded, config, out, scores, resume=True, **options)
     with pytest.raises(UserError, match="--selection"):
         run_kv_eval(loaded, config, tmp_path / "bad", scores, selection="kvzip", **options)
+
+
+def _grid_main():
+    """``benchmarks/kv_selection_grid.py``'s ``main`` (the benchmarks are scripts, not a package)."""
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kv_selection_grid.py"
+    return runpy.run_path(str(path), run_name="kv_selection_grid")["main"]
+
+
+def test_grid_evidence_cache_is_never_read_for_other_inputs(tiny_tokenizer, tmp_path, monkeypatch):
+    """Evidence kept for one set of needles is not reused for another: the shared directory ends up holding what
+    a fresh directory holds for the second run."""
+    from conftest import builtin_needles
+
+    from retrieval_heads.compat.tiny import save_tiny
+
+    model = save_tiny(build_tiny("llama"), tiny_tokenizer, tmp_path / "llama")
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({f"{l}-{h}": [0.5 if h < 4 else 0.0] for l in range(3) for h in range(8)}))
+    (tmp_path / "a").mkdir()
+    first = builtin_needles(tmp_path / "a", 1)
+    second = tmp_path / "b.jsonl"
+    second.write_text(json.dumps({"needle": "The lighthouse keeper hides the spare key under the blue stone.",
+                                  "question": "Where is the spare key hidden?",
+                                  "real_needle": "under the blue stone"}) + "\n")
+    main = _grid_main()
+
+    def grid(needles, evidence: str, out: str) -> None:
+        monkeypatch.setattr("sys.argv", [
+            "kv_selection_grid.py", "--model", str(model), "--scores", str(scores), "--needles", str(needles),
+            "--length", "200", "--max-new-tokens", "2", "--sink", "4", "--obs-window", "8", "--threads", "1",
+            "--variants", "snapkv:0.5", "--evidence", str(tmp_path / evidence), "--out", str(tmp_path / out)])
+        main()
+
+    grid(first, "shared", "first.jsonl")
+    grid(second, "shared", "second.jsonl")
+    grid(second, "fresh", "fresh.jsonl")
+    shared = [torch.load(p) for p in sorted((tmp_path / "shared").iterdir())]
+    (fresh_path,) = (tmp_path / "fresh").iterdir()
+    fresh = torch.load(fresh_path)
+    assert any(all(torch.equal(s["scores"][l], fresh["scores"][l]) for l in fresh["scores"]) for s in shared)
