@@ -68,9 +68,11 @@ def run_lookup(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, res
     Writes ``samples.jsonl`` (appended per sample, so ``resume`` continues), then ``head_scores.json`` and
     ``summary.json``, also when interrupted.
     """
+    from .kv.policy import check_eligible, eligible_layers
     from .kv.prefill import question_start
     from .runner import progress_bar
 
+    check_eligible(eligible_layers(loaded.model.config), loaded.name)
     inputs = prepare(config, loaded.tokenizer, loaded.max_context)
     run = RunDir(out)
     done = run.start({**config.identity(inputs.needles, inputs.haystack_text), "criterion": CRITERION},

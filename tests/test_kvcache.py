@@ -388,8 +388,10 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
     for run in (runs[True][0] / "retrieval-0.4").glob("L*"):
         other = runs[False][0] / "retrieval-0.4" / run.name
         for name in ("results.jsonl", "kv_samples.jsonl"):
-            # bytes right after compression; the peak also counts the shared prefill, held beside every copy
-            shared_only = ("compressed_kv_bytes", "compressed_dense_kv_bytes", "peak_kv_bytes")
+            # bytes right after compression; the peak also counts the shared prefill, held beside every copy; a KV
+            # row's sample id (written before the sample's record, which marks it done)
+            shared_only = ("compressed_kv_bytes", "compressed_dense_kv_bytes", "peak_kv_bytes",
+                           *(("id",) if name == "kv_samples.jsonl" else ()))
             mine = sorted(({k: v for k, v in json.loads(l).items() if k not in shared_only}
                            for l in (run / name).read_text().splitlines()), key=lambda r: r.get("id", json.dumps(r)))
             theirs = sorted(({k: v for k, v in json.loads(l).items() if k not in shared_only}
@@ -456,3 +458,31 @@ def test_isolated_conditions_load_like_the_parent_which_lets_go_of_its_weights(t
     with pytest.raises(evaluate.UserError, match="--no-isolate"):
         evaluate.run_kv_eval(built, config, tmp_path / "built", scores, budgets=[0.4], policies=["full"],
                              share_prefill=False, isolate=True, progress=False)
+
+
+@pytest.mark.parametrize("command", ["kv-eval", "restore", "lookup"])
+def test_kv_commands_refuse_a_model_without_a_full_attention_layer(command, tiny_tokenizer, tmp_path):
+    """A Mistral whose ``sliding_window`` makes every layer slide has no KV head to keep whole or compress: refused
+    before any run starts, instead of every policy silently being the full cache."""
+    from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
+    from retrieval_heads.errors import UserError
+    from retrieval_heads.kv.evaluate import run_kv_eval
+    from retrieval_heads.kv.restore import run_restore
+    from retrieval_heads.lookup import run_lookup
+    from retrieval_heads.models import LoadedModel
+    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.sweep import SweepConfig
+
+    model = build_tiny_arch("mistral", sliding_window=16)  # 2 layers, 4 heads, 2 KV heads, no layer_types
+    loaded = LoadedModel(model, tiny_tokenizer, "tiny-mistral", 0.0)
+    config = SweepConfig(model="tiny-mistral", needles=builtin_needles(tmp_path, 1), lengths=[200], depths=[50.0],
+                         max_new_tokens=2, chunk_size=64)
+    scores = HeadScores(np.full((1, 2, 4), 0.5), meta={"num_kv_heads": 2})
+    out = tmp_path / "out"
+    run = {"kv-eval": lambda: run_kv_eval(loaded, config, out, scores, budgets=[0.2], sink=4, window=8, progress=False),
+           "restore": lambda: run_restore(loaded, config, out, sink=4, obs_window=8, progress=False),
+           "lookup": lambda: run_lookup(loaded, config, out, progress=False)}[command]
+    with pytest.raises(UserError, match="no full-attention layer") as refused:
+        run()
+    assert "\n" not in str(refused.value)
+    assert not out.exists()

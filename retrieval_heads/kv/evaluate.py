@@ -37,7 +37,7 @@ from ..io import append_jsonl, read_jsonl, write_json_atomic
 from ..models import LoadedModel, LoadSettings
 from ..scores import HeadScores
 from ..sweep import SweepConfig
-from .policy import POLICIES, KvPlan, PolicySettings, check_budget, eligible_layers, make_plan
+from .policy import POLICIES, KvPlan, PolicySettings, check_budget, check_eligible, eligible_layers, make_plan
 from .records import SAMPLES, add_timing, length_stats, peak_rss_mb, reset_peak_rss
 
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2)
@@ -146,6 +146,7 @@ def run_kv_eval(
         raise UserError(f"scores are {kv_scores.shape[0]} layers x {kv_scores.shape[1]} KV heads, the model has "
                         f"{loaded.num_layers} x {loaded.num_kv_heads}")
     eligible = eligible_layers(loaded.model.config)
+    check_eligible(eligible, loaded.name)
     planners = {cond: partial(plan_for, cond, kv_scores=kv_scores, eligible=eligible, settings=settings,
                               prefill=prefill) for cond in conditions(policies, budgets)}
     selects = [c.policy for c, plan in planners.items() if plan(max(config.lengths)).selects_tokens]

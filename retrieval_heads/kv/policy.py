@@ -168,6 +168,14 @@ def eligible_layers(config) -> np.ndarray:
     return np.array([t == "full_attention" for t in types], dtype=bool)
 
 
+def check_eligible(eligible: np.ndarray, model: str) -> None:
+    """Refuse (``UserError``) a model without a global attention layer: every layer keeps a sliding window only,
+    so no KV head can be kept whole or compressed and every plan would be the full cache."""
+    if not eligible.any():
+        raise UserError(f"{model} has no full-attention layer (every layer attends over a sliding window), so no KV "
+                        "head's cache can be kept whole or compressed")
+
+
 def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.ndarray, eligible: np.ndarray,
               settings: PolicySettings = PolicySettings()) -> KvPlan:
     """The plan of ``policy`` at byte budget ``budget`` for contexts of about ``tokens`` tokens.

@@ -41,7 +41,7 @@ from ..rundir import RunDir
 from ..scores import HeadScores
 from ..sweep import SweepConfig, prepare
 from .cache import num_kv_heads, put_back
-from .policy import eligible_layers, rest_share, share_tokens, whole_head_count
+from .policy import check_eligible, eligible_layers, rest_share, share_tokens, whole_head_count
 from .snapkv import ObservationWindow, Observed, capture_window, select_positions
 
 CRITERION = "restore"
@@ -267,6 +267,7 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
     if not 0 < budget <= 1 or not 0 <= full_share <= 1:
         raise UserError("--budget is a fraction in (0, 1] and --full-share a share in [0, 1]")
     eligible = eligible_layers(loaded.model.config)
+    check_eligible(eligible, loaded.name)
     heads = int(eligible.sum()) * loaded.num_kv_heads
     steps = whole_head_count(full_share, budget, heads) if steps is None else steps
     if not 0 < steps < heads:
