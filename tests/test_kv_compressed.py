@@ -373,6 +373,57 @@ def test_kv_eval_token_policies_in_both_settings(tiny_tokenizer, tmp_path):
         run_kv_eval(loaded, config, tmp_path / "lambda", scores, prefill="lambda", **options)
 
 
+def interrupt_after(monkeypatch, writes: int) -> None:
+    """Stop kv-eval (KeyboardInterrupt) right after its ``writes``-th JSONL append, NIAH records and KV rows alike."""
+    import retrieval_heads.kv.prefill as prefill
+    import retrieval_heads.rundir as rundir
+    from retrieval_heads.io import append_jsonl
+
+    count = [0]
+
+    def append(path, row):
+        append_jsonl(path, row)
+        count[0] += 1
+        if count[0] == writes:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefill, "append_jsonl", append)
+    monkeypatch.setattr(rundir, "append_jsonl", append)
+
+
+@pytest.mark.parametrize("damage", ["between-writes", "torn-line", "row-missing"])
+def test_kv_eval_resume_gives_every_sample_its_kv_row_once(tiny_tokenizer, tmp_path, monkeypatch, damage):
+    """A run stopped between a sample's two writes (its KV row and its NIAH record), one killed mid-row (a torn
+    last line), or one that lost a KV row (an older kv-eval wrote the record first): ``--resume`` completes it
+    with every sample's record and KV row written once."""
+    from conftest import tiny_kv_eval
+
+    from retrieval_heads.kv.evaluate import run_kv_eval
+
+    loaded, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
+    out, options = tmp_path / "out", dict(budgets=[0.3], policies=["full", "snapkv"], sink=4, window=16, obs_window=8,
+                                          progress=False)
+    runs = [out / "full" / "L200", out / "snapkv-0.3" / "L200"]
+    with monkeypatch.context() as patch:
+        # per sample, per condition: two writes; 3 stops inside the first sample's snapkv, 4 right after it
+        interrupt_after(patch, 3 if damage == "between-writes" else 4)
+        with pytest.raises(KeyboardInterrupt):
+            run_kv_eval(loaded, config, out, scores, **options)
+    rows = runs[1] / "kv_samples.jsonl"
+    if damage == "torn-line":
+        with rows.open("a", encoding="utf-8") as fh:
+            fh.write('{"id": "next", "tokens": 2')
+    elif damage == "row-missing":
+        rows.write_text("")
+    summary = run_kv_eval(loaded, config, out, scores, resume=True, **options)
+    assert [r["samples"] for r in summary["rows"]] == [2, 2]
+    lines = {run.parent.name: [[json.loads(l) for l in (run / name).read_text().splitlines()]
+                               for name in ("results.jsonl", "kv_samples.jsonl")] for run in runs}
+    assert {name: [len(rows) for rows in both] for name, both in lines.items()} == {"full": [2, 2], "snapkv-0.3": [2, 2]}
+    for records, kv in lines.values():
+        assert sorted(r["id"] for r in kv) == sorted(r["id"] for r in records) and len({r["id"] for r in kv}) == 2
+
+
 def test_kv_eval_cli_refuses_unknown_policies_and_budgets(capsys):
     from retrieval_heads.cli import main
 

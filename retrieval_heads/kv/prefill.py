@@ -47,7 +47,7 @@ from .cache import HeadwiseCache, cache_stats, num_kv_heads
 from .compressed import CompressedCache
 from .policy import KvPlan
 from .reconstruct import reconstruction_scores, repeat_ids
-from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss
+from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss, with_kv_rows
 from .snapkv import POOL_KERNEL, ObservationWindow, Observed, capture_window, own_first, select_positions
 
 # the prompt's document ends with this line; the question part (instruction, question, chat template's
@@ -57,12 +57,14 @@ DOCUMENT_END = DOC_CLOSE[: DOC_CLOSE.index("\n", 1) + 1]
 
 @dataclass
 class Branch:
-    """One condition at one context length: its plan, its run directory and what it did in this call."""
+    """One condition at one context length: its plan, its run directory and what it did in this call.
+    ``done``: samples with their record and KV row; ``recorded``: with their record."""
 
     name: str
     plan: KvPlan
     run: RunDir
     done: set[str]
+    recorded: set[str]
     stats: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: {"decode_s": 0.0, "compress_s": 0.0,
                                                                 "question_prefill_s": 0.0, "scoring_s": 0.0,
@@ -160,7 +162,8 @@ def _run_length(loaded: LoadedModel, config: SweepConfig, out: Path, planners: d
         run_dir = out / name / f"L{config.lengths[0]}"
         check_plan(run_dir, describe(plan, query_agnostic), resume=resume, overwrite=overwrite)
         run = RunDir(run_dir, RESULTS)
-        branches.append(Branch(name, plan, run, run.start(identity, config.to_dict(), resume=resume, overwrite=overwrite)))
+        recorded = run.start(identity, config.to_dict(), resume=resume, overwrite=overwrite)
+        branches.append(Branch(name, plan, run, with_kv_rows(run_dir, recorded), recorded))
     todo = sorted((s for s in inputs.specs if any(s.id not in b.done for b in branches)),
                   key=lambda s: inputs.prompts[s.id].ids)
     engine = Engine(loaded.model, control, stop_condition(loaded.tokenizer, loaded.model), chunk_size=config.chunk_size,
@@ -282,7 +285,7 @@ def kept_positions(plan: KvPlan, observed: Observed) -> dict[int, list[torch.Ten
 def _decode_branch(loaded: LoadedModel, engine: Engine, branch: Branch, prefilled, observed, spec,
                    inputs: SweepInputs, split: int, max_new_tokens: int) -> None:
     """Compress a copy of the prefilled cache, prefill the question if it is not in it, decode; append the
-    sample's record and KV stats."""
+    sample's KV stats, then its record (unless it has one: its KV row was lost), which marks it done."""
     ids = inputs.prompts[spec.id].ids
     t0 = time.perf_counter()
     cache = compress(loaded.model.config, prefilled, branch.plan, observed)
@@ -295,9 +298,10 @@ def _decode_branch(loaded: LoadedModel, engine: Engine, branch: Branch, prefille
     t3 = time.perf_counter()
     record = niah_record(loaded, MaskPlan(), spec, generation, inputs)
     t4 = time.perf_counter()
-    stats = {**cache_stats(cache), **at_compression}
-    branch.run.append(record)
+    stats = {"id": spec.id, **cache_stats(cache), **at_compression}
     append_jsonl(branch.run.path / SAMPLES, stats)
+    if spec.id not in branch.recorded:
+        branch.run.append(record)
     branch.stats.append(stats)
     for key, seconds in (("compress_s", t1 - t0), ("question_prefill_s", t2 - t1), ("decode_s", t3 - t2),
                          ("scoring_s", t4 - t3), ("io_s", time.perf_counter() - t4)):

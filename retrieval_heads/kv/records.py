@@ -4,9 +4,10 @@
     kv_samples.jsonl one line per finished sample: tokens, stored and dense-equivalent KV bytes at the end,
                      peak bytes held (``cache.TrackedCache``: buffers, index tensors and, with a shared
                      prefill, the prefilled cache beside the copy), decode steps, and the tokens in the
-                     cache when it was compressed
-                     (decoding starts; query-agnostic: before the question), with (shared prefill) its
-                     stored and dense-equivalent bytes right then
+                     cache when it was compressed (decoding starts; query-agnostic: before the question),
+                     with (shared prefill) its stored and dense-equivalent bytes right then and the sample's
+                     ``id``: the row is written before the sample's NIAH record, which marks it done
+                     (``with_kv_rows``)
     kv_timing.json   decode seconds and steps, prefill seconds and tokens, summed over invocations, and
                      the peak RSS of the process that ran them
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import write_json_atomic
+from ..io import read_jsonl, repair_jsonl, write_json_atomic, write_text_atomic
 from .policy import KvPlan
 
 SAMPLES, TIMING, PLAN = "kv_samples.jsonl", "kv_timing.json", "kv_plan.json"
@@ -43,7 +44,26 @@ def check_plan(run_dir: Path, described: dict, *, resume: bool, overwrite: bool)
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
         if saved != json.loads(json.dumps(described)):
             raise UserError(f"cannot resume {run_dir}: it was run with another KV plan or setting (see {saved_path})")
+    repair_jsonl(run_dir / SAMPLES)  # a kill mid-write leaves a torn last line: the next row starts a fresh one
     write_json_atomic(saved_path, described)
+
+
+def with_kv_rows(run_dir: Path, recorded: set[str]) -> set[str]:
+    """The samples of ``recorded`` (ids with a NIAH record) whose KV row is in ``kv_samples.jsonl``: the others
+    run again. Rows of samples without a record (a run stopped between the two writes) and repeated rows are
+    dropped, so a sample that runs again has its row once. A file written before rows carried ids is taken as
+    it is (its samples are all done)."""
+    path = run_dir / SAMPLES
+    rows = list(read_jsonl(path))
+    if any("id" not in row for row in rows):
+        return recorded
+    kept: dict[str, dict] = {}
+    for row in rows:
+        if row["id"] in recorded:
+            kept.setdefault(row["id"], row)
+    if len(kept) < len(rows):
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept.values()))
+    return set(kept)
 
 
 def add_timing(run_dir: Path, timing: dict, found: list[dict]) -> dict:
