@@ -36,21 +36,36 @@ def run_niah(
     overwrite: bool = False,
     progress: bool = True,
     cache_factory=None,
+    before_record=None,
 ) -> NiahResult:
     """Answer every needle question of the sweep with ``plan``'s heads ablated; score and classify answers.
 
     Writes ``results.jsonl`` (appended per sample), ``summary.json`` and ``heatmap.png`` under ``out``.
-    ``cache_factory`` runs the model on a custom KV cache (see ``Engine``).
+    ``cache_factory`` runs the model on a custom KV cache (see ``Engine``). ``before_record(record)`` is
+    called with each sample's record before it is appended (what it writes is on disk before the record
+    marks the sample done).
     """
     plan = plan or MaskPlan()
     control = control or AttentionControl()
     results: list[NiahResult] = []
     identity = niah_identity(plan, control)
-    run_sweep(loaded, config, out, partial(niah_record, loaded, plan), records_name=RESULTS, probe=False, control=control,
+    make_record = partial(niah_record, loaded, plan)
+    if before_record is not None:
+        make_record = _announced(make_record, before_record)
+    run_sweep(loaded, config, out, make_record, records_name=RESULTS, probe=False, control=control,
               heads_for=lambda spec: plan.heads_for(spec.id), extra_identity=identity, resume=resume, overwrite=overwrite, progress=progress,
               cache_factory=cache_factory,
               finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, identity)))
     return results[0]
+
+
+def _announced(make_record, before_record):
+    def record(*args):
+        made = make_record(*args)
+        before_record(made)
+        return made
+
+    return record
 
 
 def niah_identity(plan: MaskPlan, control: AttentionControl) -> dict:

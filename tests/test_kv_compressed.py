@@ -375,6 +375,7 @@ def test_kv_eval_token_policies_in_both_settings(tiny_tokenizer, tmp_path):
 
 def interrupt_after(monkeypatch, writes: int) -> None:
     """Stop kv-eval (KeyboardInterrupt) right after its ``writes``-th JSONL append, NIAH records and KV rows alike."""
+    import retrieval_heads.kv.evaluate as evaluate
     import retrieval_heads.kv.prefill as prefill
     import retrieval_heads.rundir as rundir
     from retrieval_heads.io import append_jsonl
@@ -387,8 +388,8 @@ def interrupt_after(monkeypatch, writes: int) -> None:
         if count[0] == writes:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(prefill, "append_jsonl", append)
-    monkeypatch.setattr(rundir, "append_jsonl", append)
+    for module in (prefill, evaluate, rundir):
+        monkeypatch.setattr(module, "append_jsonl", append)
 
 
 @pytest.mark.parametrize("damage", ["between-writes", "torn-line", "row-missing"])
@@ -431,3 +432,29 @@ def test_kv_eval_cli_refuses_unknown_policies_and_budgets(capsys):
     assert "Did you mean: snapkv?" in capsys.readouterr().err
     assert main(["kv-eval", "--scores", "nowhere", "--budgets", "0.1,0"]) == 2
     assert "KV bytes in (0, 1]" in capsys.readouterr().err
+
+
+def test_head_level_kv_eval_resume_gives_every_sample_its_kv_row_once(tiny_tokenizer, tmp_path, monkeypatch):
+    """Head-level plans prefilled per condition: a run stopped right after a sample's first write keeps records
+    and KV rows in step, and ``--resume`` completes it with one row per record (the row is written first)."""
+    from conftest import tiny_kv_eval
+
+    import retrieval_heads.kv.evaluate as evaluate
+
+    loaded, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
+    out, options = tmp_path / "out", dict(budgets=[0.5], policies=["full", "uniform"], sink=4, window=16,
+                                          share_prefill=False, progress=False)
+    run = out / "full" / "L200"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.run_kv_eval(loaded, config, out, scores, **options)
+    records, rows = ([json.loads(l) for l in (run / name).read_text().splitlines()] if (run / name).exists() else []
+                     for name in ("results.jsonl", "kv_samples.jsonl"))
+    assert {r["id"] for r in records} <= {r["id"] for r in rows}  # no sample is done without its KV row
+    summary = evaluate.run_kv_eval(loaded, config, out, scores, resume=True, **options)
+    assert [r["samples"] for r in summary["rows"]] == [2, 2]
+    for name in ("full", "uniform-0.5"):
+        records, rows = ([json.loads(l) for l in (out / name / "L200" / f).read_text().splitlines()]
+                         for f in ("results.jsonl", "kv_samples.jsonl"))
+        assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records) and len(rows) == 2

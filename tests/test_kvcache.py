@@ -16,7 +16,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from retrieval_heads.engine import Engine
 from retrieval_heads.hooks import attention_control
 from retrieval_heads.kv.attention import HeadwiseAttention, HeadwiseCacheFactory
-from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, cache_held_bytes, streaming_positions
+from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, cache_held_bytes, cache_stats, streaming_positions
 from retrieval_heads.kv.policy import (
     above_threshold,
     eligible_layers,
@@ -268,9 +268,12 @@ def test_engine_with_factory_inside_attention_control(family):
     stats = []
     with HeadwiseAttention(model) as attention:
         with attention_control(model) as control:
-            factory = HeadwiseCacheFactory(attention, np.ones((3, 2), dtype=bool), on_done=stats.append)
+            factory = HeadwiseCacheFactory(attention, np.ones((3, 2), dtype=bool))
             engine = Engine(model, control, never_stop, chunk_size=16, cache_factory=factory)
-            got = [engine.generate(p, 5, probe=False) for p in prompts]
+            got = []
+            for p in prompts:
+                got.append(engine.generate(p, 5, probe=False))
+                stats.append(cache_stats(factory.current))
             factory.close()
             streaming = HeadwiseCacheFactory(attention, MIXED, sink=SINK, window=WINDOW)
             Engine(model, control, never_stop, chunk_size=16, cache_factory=streaming).generate(prompts[0], 5, probe=False)

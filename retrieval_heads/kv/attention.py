@@ -123,29 +123,28 @@ class HeadwiseCacheFactory:
     Args:
         attention: an entered ``HeadwiseAttention`` of the model.
         full: (layers, kv_heads) bool, or None for a plain ``DynamicCache`` (the full-cache baseline).
-        on_done: called with each finished cache's stats (``cache_stats``) when the next one is made,
-            and by ``close()`` for the last one.
+
+    ``current`` is the cache of the prompt being (or last) run: when the engine hands over a finished
+    sample, ``cache_stats(factory.current)`` are that sample's statistics.
     """
 
     def __init__(self, attention: HeadwiseAttention, full=None, *, sink: int = 4, window: int = 64,
-                 prefill: str = "lambda", on_done=None):
-        self.attention, self.full, self.on_done = attention, full, on_done
+                 prefill: str = "lambda"):
+        self.attention, self.full = attention, full
         self.sink, self.window, self.prefill = sink, window, prefill
-        self._last = None
+        self.current = None
 
     def __call__(self):
         self.close()
         self.attention.install()
         model = self.attention.model
         if self.full is None:
-            self._last = StatsDynamicCache(config=model.config)
+            self.current = StatsDynamicCache(config=model.config)
         else:
-            self._last = HeadwiseCache(model.config, self.full, sink=self.sink, window=self.window,
-                                       prefill=self.prefill)
-        return self._last
+            self.current = HeadwiseCache(model.config, self.full, sink=self.sink, window=self.window,
+                                         prefill=self.prefill)
+        return self.current
 
     def close(self) -> None:
-        """Report the last cache's stats and drop it."""
-        if self._last is not None and self.on_done is not None:
-            self.on_done(cache_stats(self._last))
-        self._last = None
+        """Drop the last cache."""
+        self.current = None

@@ -205,10 +205,11 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
     their KV statistics. Token-level plans and the query-agnostic setting go through ``run_shared`` with
     this one condition; head-level plans (sized for the nominal length) prefill into a ``HeadwiseCache``
     (any ``prefill`` mode)."""
-    from ..niah import run_niah
+    from ..niah import RESULTS, run_niah
     from .attention import HeadwiseAttention, HeadwiseCacheFactory
+    from .cache import cache_stats
     from .prefill import describe, run_shared
-    from .records import check_plan
+    from .records import check_plan, with_kv_rows
 
     if reset_rss:
         reset_peak_rss()
@@ -222,18 +223,21 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
             run_dir = Path(out) / name / f"L{length}"
             check_plan(run_dir, describe(plan, False), resume=resume, overwrite=overwrite)
             found: list[dict] = []
-
-            def done(stats: dict, run_dir=run_dir, found=found) -> None:
-                stats = {**stats, "compressed_tokens": stats["tokens"] - stats["decode_steps"]}  # decoding starts
-                found.append(stats)
-                append_jsonl(run_dir / SAMPLES, stats)
-
             full = None if plan.policy == "full" else plan.full
             factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window,
-                                           prefill=plan.prefill or "lambda", on_done=done)
+                                           prefill=plan.prefill or "lambda")
+
+            def write_kv_row(record: dict, run_dir=run_dir, found=found, factory=factory) -> None:
+                stats = cache_stats(factory.current)
+                stats = {"id": record["id"], **stats, "compressed_tokens": stats["tokens"] - stats["decode_steps"]}
+                found.append(stats)
+                append_jsonl(run_dir / SAMPLES, stats)  # before the record that marks the sample done
+
+            if resume:
+                with_kv_rows(run_dir, {r["id"] for r in read_jsonl(run_dir / RESULTS)})  # drops rows without a record
             one = replace(config, lengths=[length], batch_size=1)  # custom caches decode one prompt at a time anyway
             result = run_niah(loaded, one, run_dir, resume=resume, overwrite=overwrite, progress=progress,
-                              cache_factory=factory)
+                              cache_factory=factory, before_record=write_kv_row)
             factory.close()
             timing = add_timing(run_dir, result.summary["timing"], found)
             by_length.append(length_stats(length, plan, result.summary, list(read_jsonl(run_dir / SAMPLES)), timing,
