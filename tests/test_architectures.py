@@ -312,3 +312,13 @@ def test_cli_kv_eval_re_reading_selection_on_saved_sinks_refuses_latent_checkpoi
     assert all(r["samples"] == 8 for r in rows)
     assert [r["own_share"] for r in rows] == [None, 0.3, 0.3]
     assert 0.29 < rows[1]["compressed_kv_fraction"] < 0.5  # 0.3 of the global layers; gpt-oss's sliding ones as they are
+
+
+def test_kolibri_sparse_indexed_attention_passes_every_check(tiny_tokenizer):
+    """Kolibri 1.1 (transformers 5.25+): its shrunk layer-index lists must point inside the tiny model."""
+    from retrieval_heads.compat.tiny import causal_lm_architectures
+
+    if "kolibri1_1" not in causal_lm_architectures():
+        pytest.skip("this transformers has no Kolibri 1.1")
+    row = check_architecture("kolibri1_1", tiny_tokenizer)
+    assert row.status == "ok", row.note

@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..hooks import AttentionControl, attention_control
 from .tiny import build_tiny
 
+ENGINE_PROMPT_TOKENS = 400  # at least the engine check's prompts (320-token contexts plus the question)
 LOGIT_SCALE = 40.0  # attention logits of tiny random models are ~1e-2: scaled up, caps and sinks bite
 
 
@@ -228,7 +229,7 @@ def check_architecture(model_type: str, tokenizer, *, engine: bool = True) -> Ch
         result.status = "refused"
         notes.append(str(exc))
     except Exception as exc:  # noqa: BLE001
-        broken = _plain_forward_error(model)
+        broken = _plain_forward_error(model, length=ENGINE_PROMPT_TOKENS)  # as long as the engine's prompts
         result.status = "skip" if broken else "fail"
         notes.append(f"tiny model does not run without the hook: {broken}" if broken else _short(exc))
     result.note = "; ".join(notes)
@@ -236,10 +237,10 @@ def check_architecture(model_type: str, tokenizer, *, engine: bool = True) -> Ch
 
 
 @torch.no_grad()
-def _plain_forward_error(model) -> str | None:
-    """Why the model fails on its own (no hook): a prefill into a ``DynamicCache`` and one decode step,
-    in eager and in its default attention; None when it runs."""
-    ids = _token_ids(0, 40, model.config.get_text_config().vocab_size)
+def _plain_forward_error(model, length: int = 40) -> str | None:
+    """Why the model fails on its own (no hook): a prefill of ``length`` tokens into a ``DynamicCache`` and one
+    decode step, in eager and in its default attention; None when it runs."""
+    ids = _token_ids(0, length, model.config.get_text_config().vocab_size)
     original = model.config._attn_implementation
     try:
         for implementation in dict.fromkeys((original, "eager")):

@@ -39,6 +39,8 @@ HYBRID_LAYOUTS = {
     "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"]},
     "lfm2": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1]},
+    # layer-index lists that must point inside the shrunk model: the indexer layer and whose KV each layer uses
+    "kolibri1_1": {"index_layers": [1], "kv_source_layers": [0, 1]},
 }
 NULLABLE = ("head_dim",)  # set even where the default is None ("derive it"): 16 = 64 / 4 heads anyway
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
