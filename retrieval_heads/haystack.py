@@ -1,4 +1,4 @@
-"""Haystack text, needles, prompt building, needle insertion and needle span lookup."""
+"""Haystack text, needles and needle sets, prompt building, needle insertion and needle span lookup."""
 
 from __future__ import annotations
 
@@ -37,15 +37,64 @@ class Prompt:
     text: str
 
 
+@dataclass(frozen=True)
+class NeedleSet:
+    """Needles with what their name brings: the metric answers are scored by, and the haystack a named set uses.
+
+    ``haystack`` is the haystack the set names (None: ``--haystack`` or the default prose);
+    ``haystack_fixed`` means the set is defined by it and another ``--haystack`` is refused.
+    """
+
+    needles: tuple[Needle, ...]
+    metric: str = "rouge1_recall"
+    haystack: str | None = None
+    haystack_fixed: bool = False
+    name: str = "built-in needles"
+
+    def haystack_for(self, requested: str | None) -> str | None:
+        """The haystack to load: ``requested`` (``--haystack``) where the set allows, else the set's own."""
+        if requested is None:
+            return self.haystack
+        if self.haystack_fixed and requested != self.haystack:
+            raise UserError(f"{self.name} is defined by its haystack {self.haystack}; drop --haystack {requested} "
+                            "(or use a needle set that takes another haystack)")
+        return requested
+
+
+def needles_metric(spec: str | None) -> str:
+    """How answers to the needle set ``spec`` are scored: RULER's string match for RULER sets, ROUGE-1 recall
+    (the paper's) otherwise. A name is enough: no needle is read."""
+    from .sources.ruler import METRIC, is_ruler_name
+
+    return METRIC if is_ruler_name(spec) else "rouge1_recall"
+
+
+def load_needle_set(spec: str | Path | None = None) -> NeedleSet:
+    """The needle set ``spec`` names: a JSONL file in the paper's format, a generated set
+    (``ruler:<task>[:seed=S][:n=N]``, see ``sources.ruler``), or the project's own set when None."""
+    from .sources.ruler import is_ruler_name, parse_ruler_name, ruler_needles
+
+    if isinstance(spec, str) and is_ruler_name(spec):
+        named = parse_ruler_name(spec)
+        needles = ruler_needles(named.task, seed=named.seed, count=named.count)
+        return NeedleSet(tuple(needles), needles_metric(spec), named.task.haystack, named.task.haystack_fixed, named.name)
+    return NeedleSet(tuple(_read_needles(spec)), needles_metric(None), name=str(spec) if spec else "built-in needles")
+
+
 def load_needles(path: str | Path | None = None) -> list[Needle]:
-    """Read needles in the paper's JSONL format; the project's own set when ``path`` is None."""
+    """The needles of ``path``: a JSONL file in the paper's format, a generated set's name
+    (``ruler:...``), or the project's own set when None."""
+    return list(load_needle_set(path).needles)
+
+
+def _read_needles(path: str | Path | None) -> list[Needle]:
     if path is None:
         text = resources.files("retrieval_heads").joinpath("data/needles.jsonl").read_text(encoding="utf-8")
         source = "built-in needles"
     else:
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"Needles file not found: {p}")
+            raise UserError(f"Needles file not found: {p}{_named_set_hint(str(path))}")
         text, source = p.read_text(encoding="utf-8"), str(p)
     needles = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -54,6 +103,18 @@ def load_needles(path: str | Path | None = None) -> list[Needle]:
     if not needles:
         raise UserError(f"{source} holds no needles")
     return needles
+
+
+def _named_set_hint(spec: str) -> str:
+    """For a --needles value that looks like a set's name: the closest RULER set, and how names are spelled."""
+    if any(c in spec for c in "/\\."):
+        return ""
+    from .sources.haystacks import did_you_mean
+    from .sources.ruler import PREFIX, RULER_TASKS
+
+    names = [PREFIX + t for t in RULER_TASKS]
+    close = did_you_mean(spec, names) or did_you_mean(PREFIX + spec, names)
+    return f".{close} Named sets: {', '.join(names)} (options :seed=S:n=N)."
 
 
 def _parse_needle(line: str, where: str) -> Needle:
@@ -85,15 +146,22 @@ def _is_prose(block: str) -> bool:
 
 
 def load_haystack(path: str | Path | None = None) -> str:
-    """Haystack text: ``path`` is a .txt file or a directory of them; the default prose when None."""
+    """Haystack text: a name (``sources.haystacks.HAYSTACKS``: paul-graham, ruler-noise, ...), a .txt file or
+    a directory of them; the default prose when None. The one place a ``--haystack`` value is resolved."""
     if path is None:
         return default_haystack()
+    from .sources.haystacks import HAYSTACKS, haystack_text, unknown_haystack
+
+    if isinstance(path, str) and path in HAYSTACKS:
+        return haystack_text(path)
     p = Path(path)
     if p.is_dir():
         files = sorted(p.glob("*.txt"))
         text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     elif p.is_file():
         text = p.read_text(encoding="utf-8", errors="replace")
+    elif isinstance(path, str) and not any(c in path for c in "/\\."):
+        raise UserError(unknown_haystack(path))
     else:
         raise UserError(f"Haystack not found: {p}")
     if not text.strip():
@@ -112,9 +180,9 @@ class Haystack:
             raise UserError("Haystack is empty")
         unit = text.strip()
         ends = self._token_ends(tokenizer, unit)
-        repeats = -(-min_tokens // max(len(ends), 1)) if ends else 1
-        self.text = "\n\n".join([unit] * max(repeats, 1))
-        self.token_ends = self._token_ends(tokenizer, self.text)
+        repeats = max(-(-min_tokens // max(len(ends), 1)) if ends else 1, 1)
+        self.text = "\n\n".join([unit] * repeats)
+        self.token_ends = ends if repeats == 1 else self._token_ends(tokenizer, self.text)
 
     @staticmethod
     def _token_ends(tokenizer, text: str) -> list[int]:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import UserError
+from .haystack import needles_metric
 from .hooks import AttentionControl
 from .io import write_json_atomic
 from .masking import MaskPlan, Selection, random_heads, top_heads
@@ -65,7 +66,8 @@ def run_mask_sweep(
         rows.append({"selection": plan.selection.value, "k": k, "mean_score": result.summary["mean_score"],
                      "contains_rate": result.summary["contains_rate"], "failures": result.summary["failures"],
                      "masked_heads": plan.masked_heads})
-    summary = {"model": loaded.name, "config": config.to_dict(), "mask_mode": control.mode.value,
+    summary = {"model": loaded.name, "config": config.to_dict(), "metric": needles_metric(config.needles),
+               "mask_mode": control.mode.value,
                "mask_phase": control.phase.value, "seed": seed, "random_per_sample": per_sample, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
     title = f"{loaded.name}: top-K vs random-K heads masked\n{control.mode.value} mode, {control.phase.value} phase"

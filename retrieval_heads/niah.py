@@ -9,11 +9,12 @@ from functools import partial
 from pathlib import Path
 
 from .failures import classify, contains_answer
+from .haystack import needles_metric
 from .hooks import AttentionControl
 from .masking import MaskPlan
 from .models import LoadedModel, ModelInfo
 from .runner import SweepRun, run_sweep
-from .scoring import rouge1_recall
+from .scoring import answer_score
 from .sweep import SweepConfig
 
 RESULTS = "results.jsonl"
@@ -74,14 +75,15 @@ def niah_identity(plan: MaskPlan, control: AttentionControl) -> dict:
 
 
 def niah_record(loaded: LoadedModel, plan: MaskPlan, spec, generation, inputs) -> dict:
-    """One sample's result line: the response, its score and failure type, the heads masked."""
+    """One sample's result line: the response, its score (0-100, by the needle set's metric), its failure type,
+    the heads masked."""
     needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
     response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
     failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question, context=prompt.text)
     return {
         "id": spec.id, "model": loaded.name, "context_length": spec.context_length, "prompt_tokens": len(prompt.ids),
         "depth_percent": spec.depth_percent, "needle_index": spec.needle_index, "response": response,
-        "score": 100 * rouge1_recall(needle.real_needle, response),
+        "score": 100 * answer_score(inputs.metric, [needle.real_needle], response),
         "contains_answer": contains_answer(response, needle.real_needle),
         "failure": failure.value if failure else None,
         "masked_heads": [f"{l}-{h}" for l, h in plan.heads_for(spec.id)],
@@ -102,6 +104,7 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: di
         **sweep.run.grid_summary(),
         **masking,
         "samples": len(rows),
+        "metric": needles_metric(config.needles),
         "mean_score": mean,
         "contains_rate": sum(r["contains_answer"] for r in rows) / len(rows) if rows else None,
         "failures": dict(Counter(r["failure"] for r in rows if r["failure"])),

@@ -5,10 +5,14 @@ looks at its top-1 attended key ``j`` (last query row). If ``j`` lies in the nee
 prompt token at ``j`` equals the token produced at this step, the head copied one needle token and
 gains ``1 / |span|``. A sample counts only when ROUGE-1 recall of the response against the
 expected answer exceeds 0.5.
+
+NIAH answers are scored by ROUGE-1 recall as well, except for RULER's needle sets, which RULER scores by
+string match (``answer_score``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
@@ -50,6 +54,28 @@ def _rouge_scorer():
 def rouge1_recall(answer: str, response: str) -> float:
     """ROUGE-1 recall of ``response`` against ``answer`` (rouge-score, Porter stemming), in [0, 1]."""
     return float(_rouge_scorer().score(answer, response)["rouge1"].recall)
+
+
+def string_match_all(references: Sequence[str], response: str) -> float:
+    """RULER's ``string_match_all`` for one answer, in [0, 1]: the fraction of ``references`` found verbatim
+    in ``response``, ignoring case."""
+    if not references:
+        raise ValueError("string_match_all needs at least one reference")
+    found = response.lower()
+    return sum(r.lower() in found for r in references) / len(references)
+
+
+ANSWER_METRICS = {"rouge1_recall": "ROUGE-1 recall (the paper's)", "string_match_all": "string match, all (RULER's)"}
+
+
+def answer_score(metric: str, references: Sequence[str], response: str) -> float:
+    """The score in [0, 1] of ``response`` by ``metric`` (a name in ``ANSWER_METRICS``); ROUGE-1 recall is
+    taken against the references joined by spaces."""
+    if metric == "rouge1_recall":
+        return rouge1_recall(" ".join(references), response)
+    if metric == "string_match_all":
+        return string_match_all(references, response)
+    raise ValueError(f"unknown answer metric {metric!r}; known: {', '.join(ANSWER_METRICS)}")
 
 
 def is_success(recall: float) -> bool:

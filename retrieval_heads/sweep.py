@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 from .errors import UserError
-from .haystack import Haystack, Needle, Prompt, build_prompt, load_haystack, load_needles
+from .haystack import Haystack, Needle, NeedleSet, Prompt, build_prompt, load_haystack, load_needle_set
 from .zoo import DEFAULT_MODEL
 
 DEFAULT_LENGTHS = (1000, 1500, 2000)
@@ -20,8 +20,8 @@ class SweepConfig:
     """Everything that decides which samples a sweep runs and how; written next to the results."""
 
     model: str = DEFAULT_MODEL
-    needles: str | None = None  # JSONL path; None = the built-in needles
-    haystack: str | None = None  # .txt file or directory; None = Python's reference prose
+    needles: str | None = None  # JSONL path or a named set (ruler:<task>[:seed=S][:n=N]); None = the built-in needles
+    haystack: str | None = None  # name, .txt file or directory; None = the needle set's own, else Python's reference prose
     lengths: list[int] = field(default_factory=lambda: list(DEFAULT_LENGTHS))
     depths: list[float] = field(default_factory=lambda: list(DEFAULT_DEPTHS))
     max_new_tokens: int = 50
@@ -156,23 +156,29 @@ class SweepInputs:
     haystack_text: str
     specs: list[SampleSpec]
     prompts: dict[str, Prompt]
+    metric: str = "rouge1_recall"  # how answers are scored (scoring.answer_score), the needle set's
 
 
-def check_inputs(config: SweepConfig) -> tuple[list[Needle], str]:
-    """Read and validate needles, haystack and grid, before any model is loaded."""
-    needles = load_needles(config.needles)
-    text = load_haystack(config.haystack)
+def check_inputs(config: SweepConfig) -> tuple[NeedleSet, str]:
+    """Read and validate needles, haystack and grid, before any model is loaded.
+
+    The haystack is ``config.haystack``, or the one a named needle set names (which a set defined by its
+    haystack, like ruler:niah_single_1, keeps).
+    """
+    needle_set = load_needle_set(config.needles)
+    text = load_haystack(needle_set.haystack_for(config.haystack))
     if not config.lengths or not config.depths:
         raise UserError("need at least one context length and one depth")
     bad = [d for d in config.depths if not 0 <= d <= 100]
     if bad:
         raise UserError(f"depths must lie in [0, 100], got {bad[0]:g}")
-    return needles, text
+    return needle_set, text
 
 
 def prepare(config: SweepConfig, tokenizer, max_context: int | None) -> SweepInputs:
     """Validate the config against the model and tokenise every prompt of this shard."""
-    needles, text = check_inputs(config)
+    needle_set, text = check_inputs(config)
+    needles = list(needle_set.needles)
     longest = max(config.lengths)
     if max_context and longest + config.max_new_tokens > max_context:
         raise UserError(
@@ -181,7 +187,7 @@ def prepare(config: SweepConfig, tokenizer, max_context: int | None) -> SweepInp
     haystack = Haystack(text, tokenizer, min_tokens=longest)
     specs = build_grid(len(needles), config.lengths, config.depths, config.shard)
     prompts = {s.id: make_prompt(tokenizer, haystack, needles[s.needle_index], s) for s in specs}
-    return SweepInputs(needles, text, specs, prompts)
+    return SweepInputs(needles, text, specs, prompts, metric=needle_set.metric)
 
 
 def make_prompt(tokenizer, haystack: Haystack, needle: Needle, spec: SampleSpec) -> Prompt:
