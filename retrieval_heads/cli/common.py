@@ -23,8 +23,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     add_model_args(parser)
     g = parser.add_argument_group("sweep")
-    g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle); default: built-in set")
-    g.add_argument("--haystack", default=None, help=".txt file or directory of them; default: Python's reference prose")
+    g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle) or a named set, "
+                   "ruler:niah_single_1|2|3[:seed=S][:n=N] (docs/data-sources.md); default: built-in set")
+    g.add_argument("--haystack", default=None, help="a name (python-docs, paul-graham, paul-graham-niah, ruler-noise), a .txt file or a "
+                   "directory of them; default: the needle set's own, else python-docs")
     g.add_argument("--lengths", default=None, help=f"context lengths in tokens, comma separated (default {','.join(map(str, DEFAULT_LENGTHS))})")
     g.add_argument("--min-length", type=int, default=None)
     g.add_argument("--max-length", type=int, default=None)
