@@ -6,11 +6,12 @@ RSS at the end of decoding, prefill seconds and decode tokens/s.
 
     python benchmarks/bench_kv.py --model smollm2-135m --tokens 4096 --scores /tmp/detect_kv --budget 0.2
 
-``--policy headwise`` (the default) is the original setting: the top ``--budget`` fraction of KV heads
-full, the others sink + window from the first token (``prefill="lambda"``). Any ``kv-eval`` policy
-(``retrieval``, ``random``, ``uniform``, ``snapkv``, ``retrieval-snapkv``, ``headkv``) takes ``--budget`` as a
-fraction of the full cache's KV bytes instead: the prompt is prefilled in full (token-level policies
-record SnapKV's observation window on the way), compressed, then decoded, as ``kv-eval`` does.
+``--budget`` is a fraction of the full cache's KV bytes for every cache, as ``kv-eval --budgets``.
+``--policy headwise`` (the default) is the original setting: the best-scoring KV heads full, as many as
+fit the budget at ``--tokens`` tokens with sink + window for the others (``retrieval``'s count), which
+stream from the first token (``prefill="lambda"``). Any ``kv-eval`` policy (``retrieval``, ``random``,
+``uniform``, ``snapkv``, ``retrieval-snapkv``, ``headkv``) prefills the prompt in full instead (token-level
+policies record the observation window on the way), compresses it, then decodes, as ``kv-eval`` does.
 
     python benchmarks/bench_kv.py --tokens 8000 --scores runs/smollm2-135m/lookup --policy snapkv,retrieval-snapkv,headkv \
         --budget 0.15 --full-share 0.8 --sink 64
@@ -100,7 +101,7 @@ def measure(model_name: str, job: dict, tokens: int, chunk: int, steps: int, thr
     gpu_model = torch.cuda.memory_allocated() / 2**20 if cuda else None
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0)).to(device)
     kind = job["cache"]
-    observer = ObservationWindow(job.get("obs_window", 32))
+    observer = ObservationWindow(job["obs_window"]) if "obs_window" in job else ObservationWindow()
     capture = capture_window(model, observer) if kind == "compressed" else nullcontext()
     with torch.no_grad(), HeadwiseAttention(model), capture:
         if kind == "dynamic":
@@ -142,22 +143,45 @@ def measure(model_name: str, job: dict, tokens: int, chunk: int, steps: int, thr
             "peak_rss_mb": peak_rss_mb(), "rss_after_load_mb": rss_model, "rss_end_mb": rss_mb(), **gpu}
 
 
+def cache_job(policy: str, budget: float, tokens: int, *, kv_scores, eligible, settings):
+    """The ``measure`` job and the plan of ``policy`` at ``budget``, a fraction of the full cache's KV bytes after
+    ``tokens`` tokens, whatever the cache: ``headwise`` keeps whole as many of the best-scoring KV heads as fit
+    (``retrieval``'s count, with a shrunk window when sink + window alone exceed the bytes) and streams the
+    others from the first token; a ``kv-eval`` policy compresses a full prefill as ``kv-eval`` does."""
+    from retrieval_heads.kv.policy import make_plan, retrieval_for_bytes
+
+    if policy == "headwise":
+        plan = retrieval_for_bytes(kv_scores, budget, tokens, eligible=eligible, sink=settings.sink,
+                                   window=settings.window)
+        return {"cache": "headwise", "full": plan.full, "sink": plan.sink, "window": plan.recent_window,
+                "prefill": "lambda"}, plan
+    plan = make_plan(policy, budget, tokens, kv_scores=kv_scores, eligible=eligible, settings=settings)
+    if plan.selects_tokens:
+        return {"cache": "compressed", "plan": plan, "obs_window": settings.obs_window}, plan
+    return {"cache": "headwise", "full": plan.full, "sink": plan.sink, "window": plan.recent_window,
+            "prefill": "full"}, plan
+
+
 def main() -> None:
+    from retrieval_heads.kv.policy import DEFAULT_FULL_SHARE, DEFAULT_OBS_WINDOW, DEFAULT_SINK, DEFAULT_WINDOW
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scores", default=None, help="head scores (run dir or file); default: first KV heads")
     parser.add_argument("--policy", default="headwise",
-                        help="comma separated: headwise (top --budget fraction of KV heads full, lambda prefill) or "
-                             "kv-eval policies: retrieval, random, uniform, snapkv, retrieval-snapkv, headkv")
+                        help="comma separated: headwise (the best KV heads full, as many as --budget's bytes hold, "
+                             "the others streaming from the first token: lambda prefill) or kv-eval policies: "
+                             "retrieval, random, uniform, snapkv, retrieval-snapkv, headkv")
     parser.add_argument("--budget", type=float, default=0.2,
-                        help="headwise: fraction of KV heads kept full; other policies: fraction of the KV bytes")
+                        help="fraction of the full cache's KV bytes, for every cache (headwise: as many full KV heads "
+                             "as fit it at --tokens tokens, the others sink + window)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--sink", type=int, default=4)
-    parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--obs-window", type=int, default=32)
-    parser.add_argument("--full-share", type=float, default=0.5)
+    parser.add_argument("--sink", type=int, default=DEFAULT_SINK)
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    parser.add_argument("--obs-window", type=int, default=DEFAULT_OBS_WINDOW)
+    parser.add_argument("--full-share", type=float, default=DEFAULT_FULL_SHARE)
     parser.add_argument("--floor-share", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 there)")
@@ -171,7 +195,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     from retrieval_heads.formats import kv_level, load_scores
-    from retrieval_heads.kv.policy import POLICIES, PolicySettings, eligible_layers, make_plan, top_fraction
+    from retrieval_heads.kv.policy import POLICIES, PolicySettings, eligible_layers
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     unknown = [p for p in policies if p != "headwise" and p not in POLICIES]
@@ -191,13 +215,7 @@ def main() -> None:
                               full_share=args.full_share, floor_share=args.floor_share)
     jobs = [("DynamicCache", {"cache": "dynamic"}, None)]
     for policy in policies:
-        if policy == "headwise":
-            plan = top_fraction(kv, args.budget, eligible=eligible, sink=args.sink, window=args.window)
-            job = {"cache": "headwise", "full": plan.full, "sink": args.sink, "window": args.window, "prefill": "lambda"}
-        else:
-            plan = make_plan(policy, args.budget, args.tokens, kv_scores=kv, eligible=eligible, settings=settings)
-            job = ({"cache": "compressed", "plan": plan, "obs_window": args.obs_window} if plan.selects_tokens else
-                   {"cache": "headwise", "full": plan.full, "sink": plan.sink, "window": plan.window, "prefill": "full"})
+        job, plan = cache_job(policy, args.budget, args.tokens, kv_scores=kv, eligible=eligible, settings=settings)
         jobs.append((f"{policy} {args.budget:g}", job, plan))
     warmup = args.warmup if args.warmup is not None else 3 if args.device.startswith("cuda") else 0
     rows = []

@@ -4,7 +4,7 @@
         --needles benchmarks/data/kv_needles_tune.jsonl --depths 30,70 --out /tmp/grid.jsonl \
         --variants "snapkv:0.15" "headkv:0.15:floor=0.5" "headkv:0.15:floor=0.5:needle" "kvzip:0.15"
 
-``kv-eval --query-agnostic --selection reconstruct`` runs one plan setting per call and re-reads every document
+``kv-eval --query-agnostic --selection reread`` runs one plan setting per call and re-reads every document
 for it (about a minute per 4000-token document on a 2-core CPU). Choosing settings needs many plans on the same
 evidence: here each prompt's document is prefilled and re-read once (``prefill.Evidence``, as kv-eval does),
 then every variant compresses its own copy, prefills the question and decodes greedily (kv-eval's
@@ -18,7 +18,7 @@ then every variant compresses its own copy, prefills the question and decodes gr
              head (same bytes), to measure how much of the gap to the full cache is token selection
     guide    every head ranks tokens by the retrieval KV heads' (``--scores`` > 0.1) pooled scores, each
              divided by its mean and combined by mean or max: the tokens retrieval heads re-read, kept everywhere
-             (``mean`` is ``kv-eval --token-ranking retrieval --own-share 0``)
+             (``mean`` is ``kv-eval --token-ranking retrieval-heads --own-share 0``)
     own      with guide=mean: this share of each head's chosen tokens are its own best (``--own-share``)
     guides   the score above which a KV head guides (default 0.1; retrieval-snapkv's full heads too)
     pool     the max-pooling kernel of the re-reading scores (default SnapKV's 7; 1: none)
@@ -136,8 +136,8 @@ def needle_first(observed, span: tuple[int, int]):
 
 
 def guided(observed, heads: list[tuple[int, int]], how: str, *, mix: bool):
-    """``observed.shared_from(heads, how)`` (what ``kv-eval --token-ranking retrieval`` does with ``mean``); ``mix``:
-    that guide added to each head's own mean-normalised scores."""
+    """``observed.shared_from(heads, how)`` (what ``kv-eval --token-ranking retrieval-heads`` does with ``mean``);
+    ``mix``: that guide added to each head's own mean-normalised scores."""
     from retrieval_heads.kv.snapkv import Observed
 
     shared = observed.shared_from(heads, how)
@@ -197,7 +197,8 @@ def main() -> None:
     from retrieval_heads.kv.attention import HeadwiseAttention
     from retrieval_heads.kv.cache import num_kv_heads
     from retrieval_heads.kv.compressed import CompressedCache
-    from retrieval_heads.kv.policy import PolicySettings, eligible_layers, full_plan, make_plan
+    from retrieval_heads.kv.policy import (DEFAULT_OBS_WINDOW, DEFAULT_SINK, SELECTIONS, PolicySettings, current,
+                                           eligible_layers, full_plan, make_plan)
     from retrieval_heads.kv.prefill import Evidence, compress, extend, kept_positions, question_start
     from retrieval_heads.kv.reconstruct import repeat_ids
     from retrieval_heads.kv.snapkv import ObservationWindow, capture_window, select_positions
@@ -214,9 +215,10 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4000)
     parser.add_argument("--depths", default="50")
     parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--selection", default="reconstruct", choices=["reconstruct", "snapkv"])
-    parser.add_argument("--sink", type=int, default=64)
-    parser.add_argument("--obs-window", type=int, default=32)
+    parser.add_argument("--selection", default="reread", choices=SELECTIONS, type=lambda v: current("selection", v),
+                        help="what chooses the tokens, as kv-eval --selection (old names snapkv, reconstruct accepted)")
+    parser.add_argument("--sink", type=int, default=DEFAULT_SINK)
+    parser.add_argument("--obs-window", type=int, default=DEFAULT_OBS_WINDOW)
     parser.add_argument("--against", default=None, help="variant label for the paired differences")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
@@ -251,8 +253,8 @@ def main() -> None:
         if args.evidence:
             os.makedirs(args.evidence, exist_ok=True)
         base = PolicySettings(sink=args.sink, obs_window=args.obs_window, selection=args.selection)
-        instruction = repeat_ids(loaded.tokenizer) if args.selection == "reconstruct" else []
-        observer = ObservationWindow(args.obs_window) if args.selection == "snapkv" else None
+        instruction = repeat_ids(loaded.tokenizer) if args.selection == "reread" else []
+        observer = ObservationWindow(args.obs_window) if args.selection == "window" else None
         with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
             engine = Engine(loaded.model, AttentionControl(), stop_condition(loaded.tokenizer, loaded.model),
                             chunk_size=config.chunk_size, share_prefix=config.share_prefix)
@@ -263,7 +265,7 @@ def main() -> None:
                     continue
                 prompt = inputs.prompts[spec.id]
                 split = question_start(loaded.tokenizer, prompt)
-                if args.selection == "reconstruct":
+                if args.selection == "reread":
                     key = evidence_key(args.model, config.dtype, prompt.ids[:split], evidence, engine.chunk_size)
                     path = os.path.join(args.evidence, f"{spec.id}-{key}.pt") if args.evidence else None
                     prefilled, raw = raw_evidence(engine, evidence, prompt.ids[:split], n_kv, path)
@@ -275,10 +277,10 @@ def main() -> None:
                         cache, keep = compress(loaded.model.config, prefilled, full_plan(kv_scores.shape, eligible),
                                                None), {}
                     else:
-                        if args.selection == "reconstruct":
+                        if args.selection == "reread":
                             observed = by_kernel.setdefault(v.pool, pooled(raw, v.pool))
                         seen = needle_first(observed, prompt.needle_span) if v.needle else observed
-                        package_guide = v.guide == "mean" and not v.mix  # kv-eval --token-ranking retrieval
+                        package_guide = v.guide == "mean" and not v.mix  # kv-eval --token-ranking retrieval-heads
                         if (v.guide or v.mix) and not package_guide:
                             seen = guided(seen, guide_heads(v.guides), v.guide or v.mix, mix=bool(v.mix))
                         if v.policy == "kvzip":
@@ -290,7 +292,7 @@ def main() -> None:
                         else:
                             settings = replace(base, **({"floor_share": v.floor} if v.floor is not None else {}),
                                                **({"full_share": v.full_share} if v.full_share is not None else {}),
-                                               **({"token_ranking": "retrieval", "threshold": v.guides,
+                                               **({"token_ranking": "retrieval-heads", "threshold": v.guides,
                                                    "own_share": v.own} if package_guide else {}))
                             plan = make_plan(v.policy, v.budget, split, kv_scores=kv_scores, eligible=eligible,
                                              settings=settings)

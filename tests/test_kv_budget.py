@@ -39,7 +39,7 @@ def test_every_policy_keeps_the_budget(kv_scores, budget, tokens):
         assert got == pytest.approx(counts.sum() / (n * tokens))
         if policy in ("retrieval", "random") and not plan.extra.get("shrunk"):
             # whole heads: within budget, and one more full head would not fit
-            step = (tokens - plan.sink - plan.window) / (n * tokens)
+            step = (tokens - plan.sink - plan.recent_window) / (n * tokens)
             assert budget - step - 1e-9 <= got <= budget + 0.5 / tokens + 1e-12, (policy, got)
         else:  # each KV head within half a token of b x T
             assert abs(got - budget) <= 0.5 / tokens + 1e-12, (policy, got)
@@ -54,22 +54,22 @@ def test_retrieval_reproduces_the_old_head_fraction_plan(kv_scores):
     assert matched == pytest.approx((23 * 4000 + 67 * 448) / (90 * 4000))
     for budget in (matched, round(matched, 3)):  # the exact fraction and the 0.339 a user would type
         new = make_plan("retrieval", budget, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
-        assert np.array_equal(new.full, old.full) and (new.sink, new.window) == (64, 384)
+        assert np.array_equal(new.full, old.full) and (new.sink, new.recent_window) == (64, 384)
         rand = make_plan("random", budget, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
         assert np.array_equal(rand.full, random_plan(SHAPE, 23, eligible=ELIGIBLE, seed=0).full)
         uniform = make_plan("uniform", budget, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
-        assert (uniform.sink, uniform.window) == (64, 1292)  # README's "uniform sink + window 1292"
+        assert (uniform.sink, uniform.recent_window) == (64, 1292)  # README's "uniform sink + window 1292"
     below = make_plan("retrieval", 0.3388, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
     assert below.num_full == 22
 
 
 def test_retrieval_shrinks_the_window_when_sink_and_window_exceed_the_budget(kv_scores):
     plan = make_plan("retrieval", 0.05, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
-    assert plan.num_full == 0 and (plan.sink, plan.window) == (64, 136) and plan.byte_fraction(4000) == 0.05
+    assert plan.num_full == 0 and (plan.sink, plan.recent_window) == (64, 136) and plan.byte_fraction(4000) == 0.05
     tiny = make_plan("retrieval", 0.01, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
-    assert (tiny.sink, tiny.window) == (40, 0)  # the sink shrinks too
+    assert (tiny.sink, tiny.recent_window) == (40, 0)  # the sink shrinks too
     rand = make_plan("random", 0.05, 4000, kv_scores=kv_scores, eligible=ELIGIBLE, settings=SETTINGS)
-    assert rand.num_full == 0 and rand.window == 136
+    assert rand.num_full == 0 and rand.recent_window == 136
 
 
 def test_headkv_allocation_sums_to_the_pool_with_floor_and_cap():

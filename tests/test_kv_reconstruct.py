@@ -101,20 +101,44 @@ def test_kv_eval_selects_by_re_reading(tiny_tokenizer, tmp_path):
     options = dict(budgets=[0.3], policies=["full", "snapkv", "retrieval-snapkv"], sink=4, window=16, obs_window=8,
                    query_agnostic=True, progress=False)
     out = tmp_path / "out"
-    summary = run_kv_eval(loaded, config, out, scores, selection="reconstruct", **options)
-    assert summary["selection"] == "reconstruct"
+    summary = run_kv_eval(loaded, config, out, scores, selection="reread", **options)
+    assert summary["selection"] == "reread"
     by = {r["policy"]: r for r in summary["rows"]}
-    assert by["full"]["selection"] is None and by["snapkv"]["selection"] == "reconstruct"
+    assert by["full"]["selection"] is None and by["snapkv"]["selection"] == "reread"
     for policy in ("snapkv", "retrieval-snapkv"):
         assert by[policy]["compressed_kv_fraction"] == pytest.approx(0.3, abs=0.5 / 150)
         assert by[policy]["samples"] == 2
     run = out / "query-agnostic" / "snapkv-0.3" / "L200"
-    assert json.loads((run / "kv_plan.json").read_text())["selection"] == "reconstruct"
+    assert json.loads((run / "kv_plan.json").read_text())["selection"] == "reread"
     assert json.loads((run / "kv_timing.json").read_text())["selection_s"] > 0
-    with pytest.raises(UserError, match="another KV plan"):  # SnapKV's evidence is another plan
+    with pytest.raises(UserError, match="another KV plan"):  # the observation window's evidence is another plan
         run_kv_eval(loaded, config, out, scores, resume=True, **options)
     with pytest.raises(UserError, match="--selection"):
         run_kv_eval(loaded, config, tmp_path / "bad", scores, selection="kvzip", **options)
+    # a directory run before the renames resumes, under the old name as under the new: nothing runs again
+    for path in out.rglob("kv_plan.json"):
+        path.write_text(json.dumps(as_written_before_the_renames(json.loads(path.read_text()))))
+    assert json.loads((run / "kv_plan.json").read_text())["selection"] == "reconstruct"
+    for name in ("reconstruct", "reread"):
+        again = run_kv_eval(loaded, config, out, scores, resume=True, selection=name, **options)
+        assert again["selection"] == "reread"
+        assert [r["mean_score"] for r in again["rows"]] == [r["mean_score"] for r in summary["rows"]]
+        assert [r["samples"] for r in again["rows"]] == [2, 2, 2]
+
+
+def as_written_before_the_renames(plan: dict) -> dict:
+    """A ``kv_plan.json`` as kv-eval wrote it before the selections and the ranking were renamed and the plan's one
+    ``window`` split in two (and when the full plan recorded the library's sink 4 and window 64)."""
+    old = {k: v for k, v in plan.items() if k not in ("recent_window", "obs_window")}
+    if plan["policy"] == "full":
+        old.update(sink=4, window=64)
+    else:
+        old["window"] = plan["obs_window"] if "obs_window" in plan else plan["recent_window"]
+    if old.get("selection"):
+        old["selection"] = {"window": "snapkv", "reread": "reconstruct"}[old["selection"]]
+    if old.get("token_ranking") == "retrieval-heads":
+        old["token_ranking"] = "retrieval"
+    return old
 
 
 def _grid_main():

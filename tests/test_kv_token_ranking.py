@@ -1,4 +1,4 @@
-"""``token_ranking="retrieval"``: every KV head keeps the tokens the retrieval KV heads rank high."""
+"""``token_ranking="retrieval-heads"``: every KV head keeps the tokens the retrieval KV heads rank high."""
 
 from __future__ import annotations
 
@@ -41,12 +41,14 @@ def test_shared_scores_are_the_guides_mean_normalised_scores():
 def test_retrieval_ranking_guides_from_eligible_heads_above_the_threshold():
     kv_scores = np.array([[0.5, 0.05], [0.9, 0.9], [0.02, 0.3]])
     eligible = np.array([True, False, True])  # layer 1 is a sliding-window layer: never a guide
-    settings = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", threshold=0.1)
+    settings = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval-heads", threshold=0.1)
     for policy in ("snapkv", "retrieval-snapkv", "headkv"):
         plan = make_plan(policy, 0.2, TOTAL, kv_scores=kv_scores, eligible=eligible, settings=settings)
         assert plan.guides == ((0, 0), (2, 1))
         described = plan.describe()
-        assert described["token_ranking"] == "retrieval" and described["guide_kv_heads"] == ["0-0", "2-1"]
+        assert described["token_ranking"] == "retrieval-heads" and described["guide_kv_heads"] == ["0-0", "2-1"]
+    old_name = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", threshold=0.1)  # deprecated
+    assert old_name == settings and old_name.token_ranking == "retrieval-heads"
     own = make_plan("snapkv", 0.2, TOTAL, kv_scores=kv_scores, eligible=eligible, settings=PolicySettings())
     assert own.guides == () and own.describe()["token_ranking"] == "own" and "guide_kv_heads" not in own.describe()
     with pytest.raises(UserError, match="none does"):
@@ -66,7 +68,7 @@ def test_every_head_keeps_what_the_guides_rank_high():
     base = dict(kv_scores=kv_scores, eligible=eligible)
     own = make_plan("snapkv", 0.25, TOTAL, **base, settings=PolicySettings(sink=2, obs_window=WINDOW))
     guided = make_plan("snapkv", 0.25, TOTAL, **base,
-                       settings=PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", own_share=0))
+                       settings=PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval-heads", own_share=0))
     kept_own, kept_guided = kept_positions(own, observed), kept_positions(guided, observed)
     assert sum(spike in p.tolist() for per in kept_own.values() for p in per) < 4  # its own ranking drops it
     first = kept_guided[0][0]
@@ -88,7 +90,7 @@ def test_each_head_keeps_its_own_best_share_first():
     eligible = np.array([True, False, True])
 
     def kept(own_share: float) -> dict:
-        settings = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval", own_share=own_share)
+        settings = PolicySettings(sink=2, obs_window=WINDOW, token_ranking="retrieval-heads", own_share=own_share)
         plan = make_plan("snapkv", 0.25, TOTAL, kv_scores=kv_scores, eligible=eligible, settings=settings)
         assert plan.own_share == own_share and plan.describe()["own_share"] == own_share
         return kept_positions(plan, observed)
@@ -107,15 +109,15 @@ def test_kv_eval_records_the_token_ranking(tiny_tokenizer, tmp_path):
 
     loaded, scores, config = tiny_kv_eval(tiny_tokenizer, tmp_path)
     options = dict(budgets=[0.3], policies=["full", "snapkv", "headkv"], sink=4, window=16, obs_window=8,
-                   query_agnostic=True, progress=False, selection="reconstruct")
+                   query_agnostic=True, progress=False, selection="reread")
     out = tmp_path / "out"
-    summary = run_kv_eval(loaded, config, out, scores, token_ranking="retrieval", **options)
-    assert summary["token_ranking"] == "retrieval"
+    summary = run_kv_eval(loaded, config, out, scores, token_ranking="retrieval-heads", **options)
+    assert summary["token_ranking"] == "retrieval-heads"
     by = {r["policy"]: r for r in summary["rows"]}
-    assert by["full"]["token_ranking"] is None and by["headkv"]["token_ranking"] == "retrieval"
+    assert by["full"]["token_ranking"] is None and by["headkv"]["token_ranking"] == "retrieval-heads"
     assert by["snapkv"]["compressed_kv_fraction"] == pytest.approx(0.3, abs=0.5 / 150)
     plan = json.loads((out / "query-agnostic" / "snapkv-0.3" / "L200" / "kv_plan.json").read_text())
-    assert plan["token_ranking"] == "retrieval" and plan["guide_kv_heads"] and plan["own_share"] == 0.2
+    assert plan["token_ranking"] == "retrieval-heads" and plan["guide_kv_heads"] and plan["own_share"] == 0.2
     assert summary["own_share"] == 0.2 and by["snapkv"]["own_share"] == 0.2
     with pytest.raises(UserError, match="another KV plan"):  # each head's own ranking is another plan
         run_kv_eval(loaded, config, out, scores, resume=True, **options)

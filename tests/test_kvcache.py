@@ -323,7 +323,7 @@ def test_uniform_matches_bytes():
     assert not uniform.full.any()
     assert expected == pytest.approx((18 * 4000 + 72 * 68) / (90 * 4000))
     assert uniform.byte_fraction(tokens) == pytest.approx(expected, abs=1 / tokens)
-    assert uniform.sink + uniform.window == round(expected * tokens)
+    assert uniform.sink + uniform.recent_window == round(expected * tokens)
 
 
 # ---- kv-eval end to end ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .cache import GroupedKV, HeadwiseCache, StatsDynamicCache, cache_stats
+from .policy import DEFAULT_SINK, DEFAULT_WINDOW
 
 
 def _group_queries(kv_heads: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -128,8 +129,8 @@ class HeadwiseCacheFactory:
     sample, ``cache_stats(factory.current)`` are that sample's statistics.
     """
 
-    def __init__(self, attention: HeadwiseAttention, full=None, *, sink: int = 4, window: int = 64,
-                 prefill: str = "lambda"):
+    def __init__(self, attention: HeadwiseAttention, full=None, *, sink: int = DEFAULT_SINK,
+                 window: int = DEFAULT_WINDOW, prefill: str = "lambda"):
         self.attention, self.full = attention, full
         self.sink, self.window, self.prefill = sink, window, prefill
         self.current = None

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
 
+from .policy import DEFAULT_SINK, DEFAULT_WINDOW
+
 PREFILL_MODES = ("lambda", "chunk", "full")
 
 # ``visible(layer_mask) -> mask``: which of a group's keys each query sees, from the mask the model built for
@@ -388,7 +390,8 @@ class HeadwiseCache(TrackedCache):
     ``Engine`` (``cache_factory``). ``kv_bytes()`` and ``peak_kv_bytes`` report stored bytes.
     """
 
-    def __init__(self, config, full, *, sink: int = 4, window: int = 64, prefill: str = "lambda"):
+    def __init__(self, config, full, *, sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW,
+                 prefill: str = "lambda"):
         super().__init__(config=config)
         num_kv = num_kv_heads(config)
         full = np.asarray(full, dtype=bool)
@@ -401,7 +404,8 @@ class HeadwiseCache(TrackedCache):
                                               prefill=prefill)
 
     @classmethod
-    def from_prefilled(cls, config, prefilled, full, *, sink: int = 4, window: int = 64) -> "HeadwiseCache":
+    def from_prefilled(cls, config, prefilled, full, *, sink: int = DEFAULT_SINK,
+                       window: int = DEFAULT_WINDOW) -> "HeadwiseCache":
         """A head-wise copy of ``prefilled`` (a plain cache of T prompt tokens), ready to decode.
 
         The same state as prefilling with ``prefill="full"`` and evicting at the first decode step: full KV

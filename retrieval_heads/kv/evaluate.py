@@ -37,7 +37,8 @@ from ..io import append_jsonl, read_jsonl, write_json_atomic
 from ..models import LoadedModel, LoadSettings
 from ..scores import HeadScores
 from ..sweep import SweepConfig
-from .policy import POLICIES, KvPlan, PolicySettings, check_budget, check_eligible, eligible_layers, make_plan
+from .policy import (DEFAULT_FULL_SHARE, DEFAULT_OBS_WINDOW, DEFAULT_SINK, DEFAULT_WINDOW, POLICIES, KvPlan,
+                     PolicySettings, check_budget, check_eligible, current_names, eligible_layers, make_plan)
 from .records import SAMPLES, add_timing, length_stats, peak_rss_mb, reset_peak_rss
 
 DEFAULT_BUDGETS = (0.05, 0.1, 0.2)
@@ -86,6 +87,20 @@ def setting_dir(out: str | Path, query_agnostic: bool) -> Path:
     return Path(out) / AGNOSTIC_DIR if query_agnostic else Path(out)
 
 
+def full_share_for(scores: HeadScores, full_share: float | None = None) -> tuple[float, str]:
+    """The full share to use with ``scores`` and where it comes from: ``full_share`` when given; else the one a
+    ``restore`` run recorded in its summary (it chose as many heads as that share of its budget holds, so
+    ``retrieval-snapkv`` at that budget keeps exactly those whole); else ``DEFAULT_FULL_SHARE``."""
+    if full_share is not None:
+        return full_share, "given"
+    summary = scores.meta.get("summary", {})
+    if summary.get("full_share") is not None:
+        at = f", with its heads chosen for budget {summary['budget']:g}" if summary.get("budget") is not None else ""
+        source = f"recorded by the {summary.get('criterion', 'copy')} run {scores.meta.get('source', '')}".rstrip()
+        return float(summary["full_share"]), source + at
+    return DEFAULT_FULL_SHARE, "default"
+
+
 def run_kv_eval(
     loaded: LoadedModel,
     config: SweepConfig,
@@ -94,12 +109,12 @@ def run_kv_eval(
     *,
     budgets: list[float] = list(DEFAULT_BUDGETS),
     policies: list[str] = list(POLICIES),
-    sink: int = 64,
-    window: int = 384,
-    obs_window: int = 32,
-    full_share: float = 0.5,
+    sink: int = DEFAULT_SINK,
+    window: int = DEFAULT_WINDOW,
+    obs_window: int = DEFAULT_OBS_WINDOW,
+    full_share: float | None = None,
     floor_share: float = 0.2,
-    selection: str = "snapkv",
+    selection: str = "window",
     token_ranking: str = "own",
     own_share: float = 0.2,
     prefill: str = "full",
@@ -116,7 +131,9 @@ def run_kv_eval(
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
     ``budgets``: fractions of the full cache's KV bytes. ``sink``/``window``: what streaming heads keep
     (head-level policies); ``obs_window``, ``full_share``, ``floor_share``, ``selection``, ``token_ranking``,
-    ``own_share``: see ``policy.PolicySettings``.
+    ``own_share``: see ``policy.PolicySettings`` (``selection`` and ``token_ranking`` also under their old names).
+    ``full_share`` None: ``full_share_for(scores)``, the share a restore run recorded, else the default
+    (the summary's ``full_share_from`` says which).
     ``prefill``: what streaming heads see while prefilling, ``lambda``, ``chunk`` or ``full`` (see
     ``cache.py``); token-level policies and ``query_agnostic`` need ``full``.
     ``share_prefill``: with ``prefill="full"`` prefill each prompt once for all conditions, in this process
@@ -129,10 +146,12 @@ def run_kv_eval(
     from .cache import PREFILL_MODES, latent_kv
     from .prefill import run_shared
 
+    full_share, full_share_from = full_share_for(scores, full_share)
     settings = PolicySettings(sink=sink, window=window, obs_window=obs_window, full_share=full_share,
                               floor_share=floor_share, seed=seed, selection=selection, token_ranking=token_ranking,
                               own_share=own_share)
     settings.check()
+    selection, token_ranking = settings.selection, settings.token_ranking  # today's names
     if prefill not in PREFILL_MODES:
         raise UserError(f"--prefill must be one of {', '.join(PREFILL_MODES)}, not {prefill!r}")
     for budget in budgets:
@@ -174,7 +193,8 @@ def run_kv_eval(
         row["scores"] = label
     rows = merged_rows(out / "summary.json", made, model=loaded.name, config=config, query_agnostic=query_agnostic)
     summary = {"model": loaded.name, "config": config.to_dict(), "query_agnostic": query_agnostic, "sink": sink,
-               "window": window, "obs_window": obs_window, "full_share": full_share, "floor_share": floor_share,
+               "window": window, "obs_window": obs_window, "full_share": full_share,
+               "full_share_from": full_share_from, "floor_share": floor_share,
                "selection": selection, "token_ranking": token_ranking, "own_share": own_share,
                "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
                "isolated": isolate and not shared, "eligible_layers": int(eligible.sum()),
@@ -194,13 +214,14 @@ def merged_rows(path: Path, rows: list[dict], *, model: str, config: SweepConfig
         saved = json.loads(path.read_text(encoding="utf-8"))
         same = saved.get("model") == model and saved.get("config") == json.loads(json.dumps(config.to_dict()))
         if same:
-            others = [r for r in saved.get("rows", []) if bool(r.get("query_agnostic", False)) != query_agnostic]
+            others = [current_names(r) for r in saved.get("rows", [])
+                      if bool(r.get("query_agnostic", False)) != query_agnostic]
     return sorted(rows + others, key=lambda r: bool(r["query_agnostic"]))  # stable: each setting keeps its order
 
 
 def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: str, planner: Planner,
-                  query_agnostic: bool = False, obs_window: int = 32, resume: bool, overwrite: bool, progress: bool,
-                  reset_rss: bool = False) -> dict:
+                  query_agnostic: bool = False, obs_window: int = DEFAULT_OBS_WINDOW, resume: bool, overwrite: bool,
+                  progress: bool, reset_rss: bool = False) -> dict:
     """One condition at every length of ``config`` (run directories ``out/<name>/L<length>``): NIAH runs plus
     their KV statistics. Token-level plans and the query-agnostic setting go through ``run_shared`` with
     this one condition; head-level plans (sized for the nominal length) prefill into a ``HeadwiseCache``
@@ -224,7 +245,7 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
             check_plan(run_dir, describe(plan, False), resume=resume, overwrite=overwrite)
             found: list[dict] = []
             full = None if plan.policy == "full" else plan.full
-            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.window,
+            factory = HeadwiseCacheFactory(attention, full, sink=plan.sink, window=plan.recent_window,
                                            prefill=plan.prefill or "lambda")
 
             def write_kv_row(record: dict, run_dir=run_dir, found=found, factory=factory) -> None:
@@ -279,9 +300,9 @@ def summarize(results: dict[Condition, dict], *, query_agnostic: bool = False) -
             "budget": 1.0 if cond.budget is None else cond.budget,
             "heads_budget": plan["num_full_kv_heads"] / plan["num_eligible_kv_heads"] if plan["num_eligible_kv_heads"] else None,
             "num_full_kv_heads": plan["num_full_kv_heads"],
-            "window": plan["window"] if streaming else None,
+            "window": plan["recent_window"] if streaming else None,
             "sink": plan["sink"] if cond.policy != "full" else None,
-            "obs_window": plan["window"] if selects else None,
+            "obs_window": plan["obs_window"] if selects else None,
             "selection": plan.get("selection"),
             "token_ranking": plan.get("token_ranking"),
             "own_share": plan.get("own_share"),

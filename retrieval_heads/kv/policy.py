@@ -13,8 +13,9 @@ Head-level policies (``cache.HeadwiseCache``: a KV head is full or streams sink 
     random     as many full KV heads as ``retrieval``, drawn uniformly with a seed, same sink + window.
     uniform    no full head; every KV head keeps sink + a window sized to ``b``.
 Token-level policies (``compressed.CompressedCache``: each KV head keeps its own positions, chosen after
-the prefill by ``selection``: SnapKV's observation-window attention, ``snapkv.py``, or KVzip's re-reading
-attention, ``reconstruct.py``; then every new token):
+the prefill by ``selection``: ``window``, the observation window's attention as SnapKV does, ``snapkv.py``,
+or ``reread``, the attention each token gets while the context is re-read as KVzip does, ``reconstruct.py``;
+then every new token):
     snapkv            every KV head keeps ``b x T`` tokens: sink + observation window + top tokens (the
                       uniform split, whatever the selection).
     retrieval-snapkv  KV heads scoring above ``threshold`` full, best first, at most as many as fill
@@ -22,9 +23,13 @@ attention, ``reconstruct.py``; then every new token):
     headkv            one pool of ``b x T x N`` tokens: each KV head a floor (``floor_share`` of the
                       equal share), the rest in proportion to scores, capped at T (excess redistributed).
 Whose evidence ranks a token-level plan's tokens (``token_ranking``): ``own``, each KV head its own scores;
-``retrieval``, every KV head the retrieval KV heads' (scoring above ``threshold``), each divided by its mean,
-then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads re-read;
-``own_share`` of each head's chosen tokens (beyond sink and window) are still its own best, chosen first.
+``retrieval-heads``, every KV head the retrieval KV heads' (scoring above ``threshold``), each divided by its
+mean, then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads
+re-read; ``own_share`` of each head's chosen tokens (beyond sink and window) are still its own best, chosen first.
+
+The selections were once called ``snapkv`` and ``reconstruct``, the ranking ``retrieval`` (names the policies
+also use); ``RENAMED`` maps them to today's, and ``current`` is the one place that reads them (settings, plans,
+saved ``kv_plan.json`` files and summary rows), so old callers and old run directories keep working.
 """
 
 from __future__ import annotations
@@ -39,25 +44,64 @@ from ..errors import UserError
 HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
 TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv")
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
-SELECTIONS = ("snapkv", "reconstruct")  # what chooses a token-level plan's tokens (see the module docstring)
-TOKEN_RANKINGS = ("own", "retrieval")  # whose evidence ranks each KV head's tokens (see the module docstring)
+SELECTIONS = ("window", "reread")  # what chooses a token-level plan's tokens (see the module docstring)
+TOKEN_RANKINGS = ("own", "retrieval-heads")  # whose evidence ranks each KV head's tokens (see the module docstring)
+RENAMED = {  # old value -> today's, per setting (deprecated; accepted for one release and in saved runs)
+    "selection": {"snapkv": "window", "reconstruct": "reread"},
+    "token_ranking": {"retrieval": "retrieval-heads"},
+}
+# what every plan, cache and command uses unless told otherwise (kv-eval, restore and the library alike)
+DEFAULT_SINK = 64  # first tokens every non-full KV head keeps
+DEFAULT_WINDOW = 384  # recent tokens every streaming KV head keeps (head-level plans)
+DEFAULT_OBS_WINDOW = 32  # the observation window: the last tokens before compression, always kept (token-level)
+DEFAULT_FULL_SHARE = 0.5  # retrieval-snapkv: at most this share of the budget goes to whole KV heads
 EPS = 1e-9  # budgets given with a few digits still reach the configuration they round
+
+
+def current(setting: str, value):
+    """``value`` of ``setting`` (``"selection"`` or ``"token_ranking"``) under today's name: an old name
+    (``RENAMED``) becomes the new one, anything else is returned as it is."""
+    return RENAMED[setting].get(value, value) if isinstance(value, str) else value
+
+
+def current_names(described: dict) -> dict:
+    """A plan description or summary row with its ``selection`` and ``token_ranking`` under today's names."""
+    return {**described, **{k: current(k, described[k]) for k in RENAMED if described.get(k) is not None}}
+
+
+def read_plan(saved: dict) -> dict:
+    """A ``kv_plan.json`` as ``KvPlan.describe`` writes it today. Older files: selection and token ranking under
+    their old names, one ``window`` that was the observation window of token-level plans (those with a
+    ``selection``) and the recent window of head-level ones, and a sink and window recorded for the full plan,
+    which keeps every token and has neither."""
+    found = current_names(saved)
+    if "window" in found:
+        window = found.pop("window")
+        found["obs_window" if found.get("selection") is not None else "recent_window"] = window
+    if found.get("policy") == "full":
+        for key in ("sink", "recent_window", "obs_window"):
+            found.pop(key, None)
+    return found
 
 
 @dataclass(frozen=True)
 class PolicySettings:
     """What every plan of one evaluation shares besides the policy and the budget."""
 
-    sink: int = 64  # first tokens every non-full KV head keeps
-    window: int = 384  # recent tokens every streaming KV head keeps (head-level policies)
-    obs_window: int = 32  # SnapKV's observation window: the last tokens before compression, always kept
-    full_share: float = 0.5  # retrieval-snapkv: at most this share of the budget goes to full KV heads
+    sink: int = DEFAULT_SINK  # first tokens every non-full KV head keeps
+    window: int = DEFAULT_WINDOW  # recent tokens every streaming KV head keeps (head-level policies)
+    obs_window: int = DEFAULT_OBS_WINDOW  # the observation window: the last tokens before compression, always kept
+    full_share: float = DEFAULT_FULL_SHARE  # retrieval-snapkv: at most this share of the budget goes to full KV heads
     threshold: float = 0.1  # retrieval-snapkv: only KV heads scoring above this are kept full
     floor_share: float = 0.2  # headkv: every KV head gets at least this share of the equal split
     seed: int = 0  # random
-    selection: str = "snapkv"  # token-level policies: SELECTIONS
-    token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS
-    own_share: float = 0.2  # token_ranking "retrieval": this share of each head's chosen tokens by its own ranking
+    selection: str = "window"  # token-level policies: SELECTIONS (old names accepted, see ``current``)
+    token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS (old names accepted)
+    own_share: float = 0.2  # token_ranking "retrieval-heads": this share of each head's tokens by its own ranking
+
+    def __post_init__(self):
+        for name in RENAMED:
+            object.__setattr__(self, name, current(name, getattr(self, name)))
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
@@ -81,23 +125,27 @@ class KvPlan:
     Attributes:
         full: (layers, kv_heads) bool, True = every token. Rows of ineligible layers mean nothing.
         eligible: (layers,) bool, the global attention layers the plan applies to.
-        sink, window: what a non-full KV head keeps besides its selection: the first ``sink`` tokens and
-            the ``window`` most recent (head-level: a sliding window; token-level: the observation window).
+        sink: the first tokens every non-full KV head keeps.
+        recent_window: head-level plans: the most recent tokens a streaming (non-full) KV head keeps, a
+            sliding window; 0 for token-level plans, which keep every new token.
         budget: the byte budget (fraction of the full cache's bytes) the plan was made for.
         keep: token-level plans only: (layers, kv_heads) float, the fraction of the context each KV head
             keeps (1 = full); None for head-level plans.
-        selection: token-level plans only: what chooses the tokens (``SELECTIONS``).
+        selection: token-level plans only: what chooses the tokens (``SELECTIONS``; old names accepted).
         guides: token-level plans only: the (layer, kv head)s whose scores rank every KV head's tokens
-            (``token_ranking="retrieval"``); empty: each KV head ranks by its own.
+            (``token_ranking="retrieval-heads"``); empty: each KV head ranks by its own.
         own_share: with guides, the share of each KV head's chosen tokens (beyond sink and window) that are its
             own best, chosen before the guides' (``snapkv.own_first``).
+        obs_window: token-level plans only: the observation window, the last tokens before compression, which
+            every compressed KV head keeps and (``selection="window"``) whose attention chooses the rest;
+            None for head-level plans.
     """
 
     policy: str
     full: np.ndarray
     eligible: np.ndarray
-    sink: int = 4
-    window: int = 64
+    sink: int = DEFAULT_SINK
+    recent_window: int = DEFAULT_WINDOW
     budget: float | None = None
     extra: dict = field(default_factory=dict)
     prefill: str | None = None  # what streaming heads see while prefilling (cache.py); None = "lambda"
@@ -105,6 +153,10 @@ class KvPlan:
     selection: str | None = None
     guides: tuple[tuple[int, int], ...] = ()
     own_share: float = 0.0
+    obs_window: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "selection", current("selection", self.selection))
 
     @property
     def selects_tokens(self) -> bool:
@@ -128,7 +180,7 @@ class KvPlan:
         counts = np.zeros(self.full.shape, dtype=np.int64)
         rows = self.eligible
         if self.keep is None:
-            per = np.where(self.full[rows], tokens, min(tokens, self.sink + self.window))
+            per = np.where(self.full[rows], tokens, min(tokens, self.sink + self.recent_window))
             counts[rows] = per
             return counts
         counts[rows] = share_tokens(self.keep[rows], tokens)
@@ -145,12 +197,18 @@ class KvPlan:
         return [f"{l}-{h}" for l, h in zip(*np.nonzero(self.full & self.eligible[:, None]))]
 
     def describe(self) -> dict:
-        out = {"policy": self.policy, "budget": self.budget, "sink": self.sink, "window": self.window,
-               "prefill": self.prefill, "num_full_kv_heads": self.num_full,
-               "num_eligible_kv_heads": self.num_eligible, "full_kv_heads": self.full_heads(), **self.extra}
+        """What ``kv_plan.json`` records (``read_plan`` reads older files): sink and recent window for head-level
+        plans, sink and observation window for token-level ones, neither for the full cache."""
+        out = {"policy": self.policy, "budget": self.budget}
+        if self.policy != "full":
+            out["sink"] = self.sink
+            out.update({"obs_window": self.obs_window} if self.keep is not None else
+                       {"recent_window": self.recent_window})
+        out.update({"prefill": self.prefill, "num_full_kv_heads": self.num_full,
+                    "num_eligible_kv_heads": self.num_eligible, "full_kv_heads": self.full_heads(), **self.extra})
         if self.keep is not None:
             out["selection"] = self.selection
-            out["token_ranking"] = "retrieval" if self.guides else "own"
+            out["token_ranking"] = "retrieval-heads" if self.guides else "own"
             if self.guides:
                 out["guide_kv_heads"] = [f"{l}-{h}" for l, h in self.guides]
                 out["own_share"] = self.own_share
@@ -194,8 +252,8 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
         return retrieval_for_bytes(kv_scores, budget, tokens, eligible=eligible, sink=s.sink, window=s.window)
     if policy == "random":
         ref = retrieval_for_bytes(kv_scores, budget, tokens, eligible=eligible, sink=s.sink, window=s.window)
-        return random_plan(shape, ref.num_full, eligible=eligible, seed=s.seed, sink=ref.sink, window=ref.window,
-                           budget=budget)
+        return random_plan(shape, ref.num_full, eligible=eligible, seed=s.seed, sink=ref.sink,
+                           window=ref.recent_window, budget=budget)
     if policy == "uniform":
         return uniform_for_bytes(shape, budget, tokens, eligible=eligible, sink=s.sink)
     if policy == "snapkv":
@@ -205,17 +263,17 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
     else:
         plan = token_plan("headkv", headkv_keep(kv_scores, budget, eligible=eligible, floor_share=s.floor_share),
                           eligible, s, budget, {"floor_share": s.floor_share})
-    if s.token_ranking == "retrieval":
+    if s.token_ranking == "retrieval-heads":
         plan = replace(plan, guides=guide_heads(kv_scores, eligible, s.threshold), own_share=s.own_share)
     return plan
 
 
 def guide_heads(kv_scores: np.ndarray, eligible: np.ndarray, threshold: float) -> tuple[tuple[int, int], ...]:
-    """The eligible (layer, kv head)s scoring above ``threshold``: with ``token_ranking="retrieval"`` their
+    """The eligible (layer, kv head)s scoring above ``threshold``: with ``token_ranking="retrieval-heads"`` their
     evidence ranks every KV head's tokens."""
     found = np.nonzero(above_threshold(kv_scores, threshold, eligible=eligible).full)
     if found[0].size == 0:
-        raise UserError(f"--token-ranking retrieval ranks tokens by the KV heads scoring above {threshold:g}, "
+        raise UserError(f"--token-ranking retrieval-heads ranks tokens by the KV heads scoring above {threshold:g}, "
                         "and none does in these scores")
     return tuple((int(l), int(h)) for l, h in zip(*found))
 
@@ -229,12 +287,13 @@ def token_plan(policy: str, keep: np.ndarray, eligible: np.ndarray, settings: Po
                extra: dict | None = None) -> KvPlan:
     eligible = _eligible(eligible, keep.shape)
     keep = np.clip(keep, 0.0, 1.0)
-    return KvPlan(policy, keep >= 1.0, eligible, settings.sink, settings.obs_window, budget, extra or {}, None, keep,
-                  settings.selection)
+    return KvPlan(policy, keep >= 1.0, eligible, sink=settings.sink, recent_window=0, budget=budget,
+                  extra=extra or {}, keep=keep, selection=settings.selection, obs_window=settings.obs_window)
 
 
-def full_plan(shape: tuple[int, int], eligible: np.ndarray, *, sink: int = 4, window: int = 64) -> KvPlan:
-    return KvPlan("full", np.ones(shape, dtype=bool), _eligible(eligible, shape), sink, window, 1.0)
+def full_plan(shape: tuple[int, int], eligible: np.ndarray) -> KvPlan:
+    """Every KV head keeps every token (no sink, no window)."""
+    return KvPlan("full", np.ones(shape, dtype=bool), _eligible(eligible, shape), budget=1.0)
 
 
 def _ranked(kv_scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
@@ -244,14 +303,14 @@ def _ranked(kv_scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     return order[: int(eligible.sum()) * kv_scores.shape[1]]
 
 
-def top_count(kv_scores: np.ndarray, count: int, *, eligible: np.ndarray, sink: int = 4, window: int = 64,
-              budget: float | None = None, policy: str = "retrieval") -> KvPlan:
+def top_count(kv_scores: np.ndarray, count: int, *, eligible: np.ndarray, sink: int = DEFAULT_SINK,
+              window: int = DEFAULT_WINDOW, budget: float | None = None, policy: str = "retrieval") -> KvPlan:
     """Keep full the ``count`` eligible KV heads with the highest scores (ties: lower index first)."""
     kv_scores = np.asarray(kv_scores, dtype=np.float64)
     eligible = _eligible(eligible, kv_scores.shape)
     full = np.zeros(kv_scores.size, dtype=bool)
     full[_ranked(kv_scores, eligible)[:count]] = True
-    return KvPlan(policy, full.reshape(kv_scores.shape), eligible, sink, window, budget)
+    return KvPlan(policy, full.reshape(kv_scores.shape), eligible, sink=sink, recent_window=window, budget=budget)
 
 
 def heads_for_fraction(fraction: float, eligible_heads: int) -> int:
@@ -261,8 +320,8 @@ def heads_for_fraction(fraction: float, eligible_heads: int) -> int:
     return int(math.floor(fraction * eligible_heads + 0.5 + EPS))  # 0.35 * 90 is 31.499999...
 
 
-def top_fraction(kv_scores: np.ndarray, fraction: float, *, eligible: np.ndarray, sink: int = 4,
-                 window: int = 64) -> KvPlan:
+def top_fraction(kv_scores: np.ndarray, fraction: float, *, eligible: np.ndarray, sink: int = DEFAULT_SINK,
+                 window: int = DEFAULT_WINDOW) -> KvPlan:
     """Keep full the ``fraction`` of eligible KV heads with the highest scores (``budget`` = that fraction).
 
     ``kv_scores``: (layers, kv_heads), e.g. ``HeadScores.kv_view(num_kv_heads, "max")``.
@@ -283,8 +342,8 @@ def full_heads_for_bytes(budget: float, tokens: int, heads: int, streaming_token
     return min(heads, int(math.floor((pool - heads * streaming_tokens) / (tokens - streaming_tokens) + EPS)))
 
 
-def retrieval_for_bytes(kv_scores: np.ndarray, budget: float, tokens: int, *, eligible: np.ndarray, sink: int = 64,
-                        window: int = 384) -> KvPlan:
+def retrieval_for_bytes(kv_scores: np.ndarray, budget: float, tokens: int, *, eligible: np.ndarray,
+                        sink: int = DEFAULT_SINK, window: int = DEFAULT_WINDOW) -> KvPlan:
     """``retrieval`` at byte budget ``budget`` for ``tokens``-token contexts (see the module docstring)."""
     kv_scores = np.asarray(kv_scores, dtype=np.float64)
     eligible = _eligible(eligible, kv_scores.shape)
@@ -292,23 +351,24 @@ def retrieval_for_bytes(kv_scores: np.ndarray, budget: float, tokens: int, *, el
     count = full_heads_for_bytes(budget, tokens, heads, min(tokens, sink + window))
     if count < 0:  # sink + window alone is too much: no full head, a window shrunk to fit
         shrunk = uniform_for_bytes(kv_scores.shape, budget, tokens, eligible=eligible, sink=sink)
-        return KvPlan("retrieval", shrunk.full, eligible, shrunk.sink, shrunk.window, budget, {"shrunk": True})
+        return KvPlan("retrieval", shrunk.full, eligible, sink=shrunk.sink, recent_window=shrunk.recent_window,
+                      budget=budget, extra={"shrunk": True})
     return top_count(kv_scores, count, eligible=eligible, sink=sink, window=window, budget=budget)
 
 
-def above_threshold(kv_scores: np.ndarray, threshold: float, *, eligible: np.ndarray, sink: int = 4,
-                    window: int = 64) -> KvPlan:
+def above_threshold(kv_scores: np.ndarray, threshold: float, *, eligible: np.ndarray, sink: int = DEFAULT_SINK,
+                    window: int = DEFAULT_WINDOW) -> KvPlan:
     """Keep full every eligible KV head whose score exceeds ``threshold`` (the paper's 0.1 for heads)."""
     kv_scores = np.asarray(kv_scores, dtype=np.float64)
     eligible = _eligible(eligible, kv_scores.shape)
     full = (kv_scores > threshold) & eligible[:, None]
     n = int(eligible.sum()) * kv_scores.shape[1]
-    return KvPlan("retrieval", full, eligible, sink, window, float(full.sum()) / n if n else 0.0,
-                  {"threshold": threshold})
+    return KvPlan("retrieval", full, eligible, sink=sink, recent_window=window,
+                  budget=float(full.sum()) / n if n else 0.0, extra={"threshold": threshold})
 
 
-def explicit(heads: str | list[str], shape: tuple[int, int], *, eligible: np.ndarray, sink: int = 4,
-             window: int = 64) -> KvPlan:
+def explicit(heads: str | list[str], shape: tuple[int, int], *, eligible: np.ndarray, sink: int = DEFAULT_SINK,
+             window: int = DEFAULT_WINDOW) -> KvPlan:
     """Keep full the KV heads named ``"layer-kvhead"`` (comma-separated string or list)."""
     names = [h.strip() for h in (heads.split(",") if isinstance(heads, str) else heads) if h.strip()]
     eligible = _eligible(eligible, shape)
@@ -324,11 +384,12 @@ def explicit(heads: str | list[str], shape: tuple[int, int], *, eligible: np.nda
             raise UserError(f"layer {layer} is a sliding-window layer; only global layers take a plan")
         full[layer, head] = True
     n = int(eligible.sum()) * shape[1]
-    return KvPlan("retrieval", full, eligible, sink, window, float(full.sum()) / n if n else 0.0)
+    return KvPlan("retrieval", full, eligible, sink=sink, recent_window=window,
+                  budget=float(full.sum()) / n if n else 0.0)
 
 
-def random_plan(shape: tuple[int, int], count: int, *, eligible: np.ndarray, seed: int = 0, sink: int = 4,
-                window: int = 64, budget: float | None = None) -> KvPlan:
+def random_plan(shape: tuple[int, int], count: int, *, eligible: np.ndarray, seed: int = 0, sink: int = DEFAULT_SINK,
+                window: int = DEFAULT_WINDOW, budget: float | None = None) -> KvPlan:
     """Keep full ``count`` eligible KV heads drawn uniformly without replacement (seeded)."""
     eligible = _eligible(eligible, shape)
     pool = np.flatnonzero(np.repeat(eligible, shape[1]))
@@ -337,17 +398,18 @@ def random_plan(shape: tuple[int, int], count: int, *, eligible: np.ndarray, see
     chosen = np.random.default_rng(seed).choice(pool, size=count, replace=False)
     full = np.zeros(shape[0] * shape[1], dtype=bool)
     full[chosen] = True
-    return KvPlan("random", full.reshape(shape), eligible, sink, window, budget, {"seed": seed})
+    return KvPlan("random", full.reshape(shape), eligible, sink=sink, recent_window=window, budget=budget,
+                  extra={"seed": seed})
 
 
 def uniform_for_bytes(shape: tuple[int, int], byte_fraction: float, tokens: int, *, eligible: np.ndarray,
-                      sink: int = 4) -> KvPlan:
+                      sink: int = DEFAULT_SINK) -> KvPlan:
     """Every KV head streaming, sink + window = ``round(byte_fraction x tokens)`` (the sink shrinks first
     below ``sink`` tokens), so the KV bytes after ``tokens`` tokens are ``byte_fraction``."""
     kept = int(round(byte_fraction * tokens))
     sink = min(sink, kept)
-    return KvPlan("uniform", np.zeros(shape, dtype=bool), _eligible(eligible, shape), sink, kept - sink,
-                  byte_fraction, {"matched_tokens": tokens})
+    return KvPlan("uniform", np.zeros(shape, dtype=bool), _eligible(eligible, shape), sink=sink,
+                  recent_window=kept - sink, budget=byte_fraction, extra={"matched_tokens": tokens})
 
 
 def retrieval_snapkv(kv_scores: np.ndarray, budget: float, *, eligible: np.ndarray,

@@ -4,9 +4,9 @@ Every plan starts from the same full prefill: head-level plans cut their streami
 when decoding starts (``HeadwiseCache.from_prefilled``, the ``prefill="full"`` state), token-level plans
 keep per KV head the tokens their selection chooses (``CompressedCache.from_prefilled``). ``run_shared`` prefills
 each prompt once with the ``Engine`` (shared-prefix reuse included), under ``snapkv.capture_window`` when
-a plan selects tokens by SnapKV, so the observation window's attention is recorded on the way; plans that
-select by re-reading (``reconstruct.py``) have the context re-read once after the prefill (the cache is put
-back as it was). Then, per condition:
+a plan selects tokens by the observation window (``selection="window"``, as SnapKV does), so the window's
+attention is recorded on the way; plans that select by re-reading (``selection="reread"``, ``reconstruct.py``)
+have the context re-read once after the prefill (the cache is put back as it was). Then, per condition:
 
     compress   a copy of the prefilled cache under the condition's plan
     question   (``query_agnostic``) the question's tokens prefilled into the compressed cache
@@ -45,7 +45,7 @@ from ..sweep import SweepConfig, SweepInputs, prepare
 from .attention import HeadwiseAttention
 from .cache import HeadwiseCache, cache_stats, num_kv_heads
 from .compressed import CompressedCache
-from .policy import KvPlan
+from .policy import DEFAULT_OBS_WINDOW, KvPlan, current
 from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss, with_kv_rows
 from .snapkv import POOL_KERNEL, ObservationWindow, Observed, capture_window, own_first, select_positions
@@ -77,7 +77,7 @@ def describe(plan: KvPlan, query_agnostic: bool) -> dict:
 
 
 def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planners: dict[str, Callable[[int], KvPlan]],
-               *, query_agnostic: bool = False, obs_window: int = 32, resume: bool, overwrite: bool,
+               *, query_agnostic: bool = False, obs_window: int = DEFAULT_OBS_WINDOW, resume: bool, overwrite: bool,
                progress: bool) -> dict[str, dict]:
     """Run every condition (``planners``: name -> tokens compressed -> plan) on one prefill per prompt.
 
@@ -91,8 +91,8 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planne
     reset_peak_rss()
     results = {name: {"by_length": []} for name in planners}
     selection = selection_of([planner(max(config.lengths)) for planner in planners.values()])
-    observer = ObservationWindow(obs_window) if selection == "snapkv" else None
-    instruction = repeat_ids(loaded.tokenizer) if selection == "reconstruct" else []
+    observer = ObservationWindow(obs_window) if selection == "window" else None
+    instruction = repeat_ids(loaded.tokenizer) if selection == "reread" else []
     with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
         for length in sorted(config.lengths):
             one = replace(config, lengths=[length], batch_size=1)
@@ -120,8 +120,8 @@ def selection_of(plans: list[KvPlan]) -> str | None:
 @dataclass
 class Evidence:
     """How the plans of one shared prefill choose their tokens: ``selection`` (None: they do not), the
-    observation window (``snapkv``: also its ``observer``; ``reconstruct``: the tokens always kept), the
-    repeat instruction's ids and the re-reading scores' pooling kernel (``reconstruct``). ``seconds``: spent
+    observation window (``window``: also its ``observer``; ``reread``: the tokens always kept), the
+    repeat instruction's ids and the re-reading scores' pooling kernel (``reread``). ``seconds``: spent
     re-reading."""
 
     selection: str | None
@@ -131,9 +131,12 @@ class Evidence:
     seconds: float = 0.0
     pool: int = POOL_KERNEL
 
+    def __post_init__(self):
+        self.selection = current("selection", self.selection)
+
     def gather(self, engine: Engine, ids: list[int], num_kv_heads: int):
         """Prefill ``ids`` with the engine; return the cache and the ``Observed`` scores (None: no selection)."""
-        if self.selection == "reconstruct":
+        if self.selection == "reread":
             cache = cache_to_compress(engine, ids, room=len(self.instruction) + engine.chunk_size + 1)
             start = time.perf_counter()
             observed = reconstruction_scores(engine.model, cache, ids, self.instruction, window=self.window,
@@ -256,7 +259,7 @@ def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
     """A copy of ``prefilled`` under ``plan``: ``HeadwiseCache`` for head-level plans, ``CompressedCache`` (the tokens
     each KV head keeps, chosen by ``observed``'s scores) for token-level ones. ``prefilled`` is left as it is."""
     if not plan.selects_tokens:
-        return HeadwiseCache.from_prefilled(config, prefilled, plan.full, sink=plan.sink, window=plan.window)
+        return HeadwiseCache.from_prefilled(config, prefilled, plan.full, sink=plan.sink, window=plan.recent_window)
     if observed is None:
         raise RuntimeError(f"plan {plan.policy} selects tokens but the prefill was not observed")
     return CompressedCache.from_prefilled(config, prefilled, kept_positions(plan, observed))

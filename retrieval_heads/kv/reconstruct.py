@@ -12,7 +12,7 @@ context's cache alone, and the cache's layers are put back as they were after ea
 (``cache.put_back``), so the cache a plan compresses is exactly the prefilled one. ``reconstruction_scores``
 returns ``snapkv.Observed`` (scores of the tokens before the last ``window``, max-pooled along the keys as
 SnapKV smooths its votes), so every token-selection policy (``policy.py``) takes either evidence
-(``PolicySettings.selection``).
+(``PolicySettings.selection``: ``window`` or, this module's, ``reread``).
 
 Cost: the context is prefilled a second time over twice the keys, with the weights of every row computed
 beside the model's kernel (``snapkv.attention_weights``); that is the price of compressing once for any

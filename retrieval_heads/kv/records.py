@@ -1,6 +1,7 @@
 """What ``kv-eval`` keeps next to each NIAH run: the plan, per-sample KV statistics, timing, peak memory.
 
-    kv_plan.json     the plan and the setting (refuses to resume under another)
+    kv_plan.json     the plan and the setting (refuses to resume under another; older files are read under
+                     today's names, ``policy.read_plan``)
     kv_samples.jsonl one line per finished sample: tokens, stored and dense-equivalent KV bytes at the end,
                      peak bytes held (``cache.TrackedCache``: buffers, index tensors and, with a shared
                      prefill, the prefilled cache beside the copy), decode steps, and the tokens in the
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import read_jsonl, repair_jsonl, write_json_atomic, write_text_atomic
-from .policy import KvPlan
+from .policy import KvPlan, read_plan
 
 SAMPLES, TIMING, PLAN = "kv_samples.jsonl", "kv_timing.json", "kv_plan.json"
 
@@ -41,7 +42,7 @@ def check_plan(run_dir: Path, described: dict, *, resume: bool, overwrite: bool)
         for name in (SAMPLES, TIMING):
             (run_dir / name).unlink(missing_ok=True)
     elif resume and saved_path.exists():
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        saved = read_plan(json.loads(saved_path.read_text(encoding="utf-8")))
         if saved != json.loads(json.dumps(described)):
             raise UserError(f"cannot resume {run_dir}: it was run with another KV plan or setting (see {saved_path})")
     repair_jsonl(run_dir / SAMPLES)  # a kill mid-write leaves a torn last line: the next row starts a fresh one
@@ -89,7 +90,8 @@ def length_stats(length: int, plan: KvPlan, summary: dict, samples: list[dict], 
         return float(np.mean(found)) if found else None
 
     return {
-        "context_length": length, "window": plan.window, "samples": summary["samples"],
+        "context_length": length, "window": None if plan.selects_tokens else plan.recent_window,
+        "obs_window": plan.obs_window, "samples": summary["samples"],
         "mean_score": summary["mean_score"], "kv_bytes": mean("kv_bytes"), "dense_kv_bytes": mean("dense_kv_bytes"),
         "peak_kv_bytes": max((s["peak_kv_bytes"] for s in samples), default=None), "tokens": mean("tokens"),
         "compressed_tokens": mean("compressed_tokens"), "compressed_kv_bytes": mean("compressed_kv_bytes"),

@@ -41,7 +41,8 @@ from ..rundir import RunDir
 from ..scores import HeadScores
 from ..sweep import SweepConfig, prepare
 from .cache import num_kv_heads, put_back
-from .policy import check_eligible, eligible_layers, rest_share, share_tokens, whole_head_count
+from .policy import (DEFAULT_OBS_WINDOW, DEFAULT_SINK, check_eligible, eligible_layers, rest_share, share_tokens,
+                     whole_head_count)
 from .snapkv import ObservationWindow, Observed, capture_window, select_positions
 
 CRITERION = "restore"
@@ -249,8 +250,8 @@ class RestoreResult:
 
 
 def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, budget: float = 0.15,
-                full_share: float = 0.8, sink: int = 64, obs_window: int = 32, steps: int | None = None,
-                overwrite: bool = False, progress: bool = True) -> RestoreResult:
+                full_share: float = 0.8, sink: int = DEFAULT_SINK, obs_window: int = DEFAULT_OBS_WINDOW,
+                steps: int | None = None, overwrite: bool = False, progress: bool = True) -> RestoreResult:
     """Restore scores of ``loaded`` over the NIAH grid of ``config`` (query-agnostic); results go to ``out``.
 
     ``budget`` (fraction of KV bytes) and ``full_share`` fix, as ``retrieval-snapkv`` would, how many KV heads
@@ -265,7 +266,7 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
         raise UserError(f"{loaded.name} is a hybrid model whose cache also holds recurrent state, which restore "
                         "scoring cannot hold per prompt")
     if not 0 < budget <= 1 or not 0 <= full_share <= 1:
-        raise UserError("--budget is a fraction in (0, 1] and --full-share a share in [0, 1]")
+        raise UserError("--budgets is a fraction in (0, 1] and --full-share a share in [0, 1]")
     eligible = eligible_layers(loaded.model.config)
     check_eligible(eligible, loaded.name)
     heads = int(eligible.sum()) * loaded.num_kv_heads

@@ -25,6 +25,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .policy import DEFAULT_OBS_WINDOW
+
 POOL_KERNEL = 7  # SnapKV's default max-pooling along keys
 
 
@@ -59,7 +61,7 @@ class ObservationWindow:
     tokens need to pass under the wrapper), ``take(num_kv_heads)`` after it.
     """
 
-    window: int = 32
+    window: int = DEFAULT_OBS_WINDOW
     total: int | None = None
     sums: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, H, total) float32
     rows: dict[int, int] = field(default_factory=dict)  # layer -> window rows seen

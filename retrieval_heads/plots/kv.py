@@ -50,14 +50,17 @@ def frontier_plot(rows: list[dict], path: str | Path, *, title: str) -> Path:
 
 
 def _panel(ax, rows: list[dict], right: float) -> None:
-    mixed = len({r.get("selection") for r in rows if r.get("selection")}) > 1  # then SnapKV's lines are dashed
+    from ..kv.policy import current_names
+
+    rows = [current_names(r) for r in rows]  # summaries written before the selections were renamed
+    mixed = len({r.get("selection") for r in rows if r.get("selection")}) > 1  # then window-chosen lines are dashed
     for policy, style in STYLES.items():
         for selection, ranking in sorted({_tokens(r) for r in rows if r["policy"] == policy}):
             points = sorted((r["kv_fraction"], r["mean_score"]) for r in rows
                             if r["policy"] == policy and _tokens(r) == (selection, ranking)
                             and r["kv_fraction"] is not None and r["mean_score"] is not None)
-            line = dict(linestyle="--", alpha=0.6) if mixed and selection == "snapkv" else {}
-            if ranking == "retrieval":
+            line = dict(linestyle="--", alpha=0.6) if mixed and selection == "window" else {}
+            if ranking == "retrieval-heads":
                 line["linestyle"] = ":"
             if points:
                 ax.plot([x for x, _ in points], [y for _, y in points], linewidth=1.5,
@@ -80,8 +83,12 @@ def _tokens(row: dict) -> tuple[str, str]:
 
 
 def label(base: str, selection: str, ranking: str = "") -> str:
-    """A policy's legend entry, naming tokens chosen by re-reading (``kv/reconstruct.py``) rather than SnapKV, and
-    tokens ranked by the retrieval heads for every head (``token_ranking="retrieval"``)."""
-    if selection == "reconstruct":
+    """A policy's legend entry, naming tokens chosen by re-reading (``selection="reread"``, ``kv/reconstruct.py``)
+    rather than by SnapKV's observation window, and tokens ranked by the retrieval heads for every head
+    (``token_ranking="retrieval-heads"``); old names are read as today's."""
+    from ..kv.policy import current
+
+    selection, ranking = current("selection", selection), current("token_ranking", ranking)
+    if selection == "reread":
         base = base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
-    return f"{base}, ranked by retrieval heads" if ranking == "retrieval" else base
+    return f"{base}, ranked by retrieval heads" if ranking == "retrieval-heads" else base
