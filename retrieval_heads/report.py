@@ -30,6 +30,7 @@ DERIVED = ("config", "top_heads", "sparsity", "n_retrieval_heads", "retrieval_th
            "stability_curve", "kv_head_scores")
 STABILITY_PLOT = "stability.png"  # written by detection into the run directory
 KV_HEATMAP = "kv_heatmap.png"
+REPORT = "report.html"  # the report's name in its directory (``report --out DIR``; default: the run directory)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -99,7 +100,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, top: int
     if not (run / RUN_SCORES).is_file():
         raise UserError(f"{run}: not a run directory (no {RUN_SCORES}); run `retrieval-heads detect` first")
     scores = load_run_dir(run)
-    target = Path(out) if out is not None else run / "report.html"
+    target = Path(out) if out is not None else run / REPORT
     write_text_atomic(target, render_report(run, scores, top=top))
     return target
 

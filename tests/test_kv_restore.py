@@ -134,14 +134,31 @@ def test_run_restore_writes_scores_that_kv_eval_reads(tiny_tokenizer, tmp_path):
     assert scores_label(scores) == f"restore: {out}"
     with pytest.raises(UserError, match="--overwrite"):
         run_restore(loaded, config, out, budget=0.5, sink=4, obs_window=8, progress=False)
+    # no full share given: the one restore chose with (0.8; kv-eval's own default 0.5 would keep 1 of the 2 whole)
     summary = run_kv_eval(loaded, config, tmp_path / "kv", scores, budgets=[0.5], policies=["retrieval-snapkv"],
-                          sink=4, obs_window=8, full_share=0.8, query_agnostic=True, progress=False)
+                          sink=4, obs_window=8, query_agnostic=True, progress=False)
     assert sorted(summary["rows"][0]["full_kv_heads"]) == sorted(s["kv_head"] for s in steps)
+    assert summary["full_share"] == 0.8 and summary["full_share_from"].startswith("recorded by the restore run")
 
 
-def test_restore_cli_refuses_resume_in_one_line(capsys):
+def test_kv_eval_cli_keeps_whole_exactly_the_heads_restore_chose(tiny_tokenizer, tmp_path, capsys):
+    """restore's help says kv-eval --scores DIR keeps its heads whole: at restore's budget, without --full-share,
+    kv-eval's retrieval-snapkv keeps exactly those heads whole, and says which full share it used."""
     from retrieval_heads.cli import main
+    from retrieval_heads.compat.tiny import save_tiny
 
-    assert main(["restore", "--model", "no-such-model", "--resume"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot resume" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    directory = save_tiny(build_tiny("llama"), tiny_tokenizer, tmp_path / "llama")
+    sweep = ["--model", str(directory), "--needles", builtin_needles(tmp_path, 2), "--lengths", "200", "--depths",
+             "50", "--chunk-size", "64", "--max-new-tokens", "4", "--dtype", "float32", "--quiet", "--sink", "4",
+             "--obs-window", "8"]
+    assert main(["restore", *sweep, "--out", str(tmp_path / "restore"), "--budgets", "0.5"]) == 0
+    chosen = json.loads((tmp_path / "restore" / "summary.json").read_text())["chosen_kv_heads"]
+    assert len(chosen) == 2  # floor(0.8 x 0.5 x 6); a share of 0.5 would keep floor(1.5) = 1
+    capsys.readouterr()
+    assert main(["kv-eval", *sweep, "--scores", str(tmp_path / "restore"), "--out", str(tmp_path / "kv"),
+                 "--budgets", "0.5", "--policies", "full,retrieval-snapkv", "--query-agnostic"]) == 0
+    out = capsys.readouterr().out
+    assert f"retrieval-snapkv: full share 0.8 (recorded by the restore run {tmp_path / 'restore'}" in out
+    rows = json.loads((tmp_path / "kv" / "summary.json").read_text())["rows"]
+    kept = next(r for r in rows if r["policy"] == "retrieval-snapkv")["full_kv_heads"]
+    assert sorted(kept) == sorted(chosen)

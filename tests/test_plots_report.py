@@ -93,9 +93,10 @@ def test_report_is_self_contained_and_escaped(run_dir):
 
 
 def test_report_out_option_and_errors(run_dir, tmp_path, capsys):
-    out = tmp_path / "elsewhere" / "r.html"
+    out = tmp_path / "elsewhere"  # a directory, as every other --out
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
-    assert out.is_file() and str(out) in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert (out / "report.html").is_file() and str(out / "report.html") in captured.out and not captured.err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
     with pytest.raises(UserError, match="not a run directory"):

@@ -180,17 +180,19 @@ def test_check_stopping_on_planted_and_noise():
         check_stopping(HeadScores(np.zeros((0, 2, 2))))
 
 
-def test_analyze_stability_cli(tmp_path, capsys):
+def test_analyze_until_stable_cli(tmp_path, capsys):
     HeadScores(planted(120), model="toy").save_paper_json(tmp_path / "toy.json")
-    assert main(["analyze", "--stability", str(tmp_path / "toy.json"), "--stable-k", "5", "--orders", "4", "--json"]) == 0
+    assert main(["analyze", str(tmp_path / "toy.json"), "--until-stable", "--stable-k", "5", "--stability", "0.9",
+                 "--orders", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["rule"]["k"] == 5 and len(result["samples_needed"]) == 4 and result["n_samples"] == 120
-    assert main(["analyze", "--stability", str(tmp_path / "toy.json"), "--orders", "2"]) == 0
+    assert result["rule"]["k"] == 5 and result["rule"]["stability"] == 0.9
+    assert len(result["samples_needed"]) == 4 and result["n_samples"] == 120
+    assert main(["analyze", str(tmp_path / "toy.json"), "--until-stable", "--orders", "2"]) == 0
     assert "samples needed: median" in capsys.readouterr().out
     (tmp_path / "means.csv").write_text("layer,head,score\n0,0,0.5\n0,1,0.0\n")
-    assert main(["analyze", "--stability", str(tmp_path / "means.csv")]) == 2
+    assert main(["analyze", str(tmp_path / "means.csv"), "--until-stable"]) == 2
     assert "per-sample scores" in capsys.readouterr().err
-    assert main(["analyze", "--stability", str(tmp_path / "toy.json"), "--target", "2"]) == 2
+    assert main(["analyze", str(tmp_path / "toy.json"), "--until-stable", "--stability", "2"]) == 2
 
 
 def _direct_jaccards(scores: HeadScores, n: int, k: int, draws: int, seed: int) -> tuple[float, float]:

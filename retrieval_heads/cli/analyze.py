@@ -15,7 +15,9 @@ class Analyze(Command):
     help = "sparsity, dynamic activation and KV-head view of a run's (or a score file's) retrieval heads"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("source", metavar="RUN_OR_SCORES", help="run directory, or a .json/.csv/.tsv score file")
+        # nargs="?" only so that the old ``analyze --stability RUN`` still finds its run (see add_stop_args)
+        parser.add_argument("source", metavar="RUN_OR_SCORES", nargs="?", default=argparse.SUPPRESS,
+                            help="run directory, or a .json/.csv/.tsv score file")
         _add_top(parser)
         _add_kv_heads(parser)
         add_json_flag(parser)
@@ -24,10 +26,13 @@ class Analyze(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .. import analysis
+        from ..errors import UserError
         from ..formats import load_scores
 
+        if not hasattr(args, "source"):
+            raise UserError("analyze needs RUN_OR_SCORES: a run directory or a score file")
         scores = load_scores(args.source, num_kv_heads=args.kv_heads)
-        if args.stability:
+        if args.until_stable:
             return _run_stability(scores, args)
         kv = scores.meta.get("num_kv_heads")
         result = analysis.analyze(scores, top=args.top, num_kv_heads=kv)
@@ -79,25 +84,33 @@ class Report(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run_dir", metavar="RUN_DIR", help="a detection run directory")
-        parser.add_argument("--out", dest="output", metavar="FILE",
-                            help="where to write the HTML (default RUN_DIR/report.html)")
+        parser.add_argument("--out", metavar="DIR",
+                            help="output directory: the report goes to DIR/report.html (default: RUN_DIR)")
         _add_top(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..report import build_report
+        from pathlib import Path
 
-        print(build_report(args.run_dir, args.output, top=args.top))
+        from ..report import REPORT, build_report
+        from .base import warn_deprecated
+
+        target = None
+        if args.out is not None:
+            target = Path(args.out)
+            if target.suffix.lower() == ".html":  # --out was the file itself
+                warn_deprecated("--out FILE.html", "--out DIR (the report is DIR/report.html)")
+            else:
+                target = target / REPORT
+        print(build_report(args.run_dir, target, top=args.top))
         return 0
 
 
 def _add_stability(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("stopping rule replay (--stability)")
-    g.add_argument("--stability", action="store_true",
-                   help="instead: replay detect --until-stable's rule on random orders of the file's samples")
-    g.add_argument("--stable-k", type=_positive_int, default=20, metavar="K", help="top-K set checked (default 20)")
-    g.add_argument("--target", type=float, default=0.95, metavar="S", help="bootstrap Jaccard to reach (default 0.95)")
-    g.add_argument("--min-successes", type=_positive_int, default=20, metavar="N",
-                   help="never stop with fewer samples (default 20)")
+    """detect's stopping rule (``--until-stable``, ``--stable-k``, ``--stability S``, ``--min-successes``) and how
+    the replay draws its orders."""
+    from .common import add_stop_args
+
+    g = add_stop_args(parser, replay=True)
     g.add_argument("--step", type=_positive_int, default=10, metavar="N", help="check every N samples (default 10)")
     g.add_argument("--orders", type=_positive_int, default=20, metavar="N", help="random orders replayed (default 20)")
     g.add_argument("--seed", type=int, default=0, help="seed of the orders and the bootstrap (default 0)")
@@ -109,15 +122,15 @@ def _run_stability(scores, args: argparse.Namespace) -> int:
     from ..stability import StopRule, check_stopping
 
     if not has_per_sample_scores(scores):
-        raise UserError(f"{args.source}: --stability needs per-sample scores (a run directory or the paper's JSON)")
-    rule = StopRule(k=args.stable_k, stability=args.target, min_successes=args.min_successes, seed=args.seed)
+        raise UserError(f"{args.source}: --until-stable needs per-sample scores (a run directory or the paper's JSON)")
+    rule = StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes, seed=args.seed)
     result = check_stopping(scores, rule, step=args.step, orders=args.orders, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else format_stability(result))
     return 0
 
 
 def format_stability(result: dict) -> str:
-    """The ``analyze --stability`` result as readable text."""
+    """The ``analyze --until-stable`` result as readable text."""
     rule, k, n = result["rule"], result["rule"]["k"], result["n_samples"]
     layers, heads = result["shape"]
     direct = result["direct"]

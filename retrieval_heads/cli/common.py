@@ -20,7 +20,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "kernels-hub name (default: what transformers picks for the model); the hooks wrap it")
 
 
-def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
+def add_sweep_args(parser: argparse.ArgumentParser, *, command: str, batch: bool = True, blocks: bool = True,
+                   share_prefix: bool = True, resume: bool = True) -> None:
+    """The model and sweep flags. A command offers only the flags it acts on: ``batch`` (``--batch-size``: it
+    decodes several samples together), ``blocks`` (``--block-size``: it runs the grid in an order of its own),
+    ``share_prefix`` (``--no-share-prefix``: its prefills reuse the previous prompt's prefix), ``resume``
+    (``--resume``: it can continue a run). Flags left out read as their defaults (``sweep_config_from_args``)."""
     add_model_args(parser)
     g = parser.add_argument_group("sweep")
     g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle) or a named set, "
@@ -35,21 +40,49 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str) -> None:
     g.add_argument("--num-depths", type=int, default=None, help="evenly spaced depths from 0 to 100")
     g.add_argument("--max-new-tokens", type=int, default=50)
     g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
-    g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
-    g.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
+    if share_prefix:
+        g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
+    if batch:
+        g.add_argument("--batch-size", type=int, default=4, help="samples decoded together (default 4)")
     g.add_argument("--shard", default="0/1", help="run part i of n of the grid, e.g. 1/4")
-    g.add_argument("--block-size", type=int, default=None, metavar="N",
-                   help="run the grid in blocks of N samples, each balanced over needles, lengths and depths "
-                        "(default: 20 with detect --until-stable, else one block in prompt order, which shares most prefix)")
-    add_run_args(g, command, "samples")
+    if blocks:
+        g.add_argument("--block-size", type=int, default=None, metavar="N",
+                       help="run the grid in blocks of N samples, each balanced over needles, lengths and depths "
+                            "(default: 20 with detect --until-stable, else one block in prompt order, which shares "
+                            "most prefix)")
+    add_run_args(g, command, "samples", resume=resume)
 
 
-def add_run_args(group, command: str, unit: str) -> None:
-    """``--out``, ``--resume``, ``--overwrite``, ``--quiet``: where results go and what happens to earlier ones."""
+def add_run_args(group, command: str, unit: str, *, resume: bool = True) -> None:
+    """``--out``, ``--resume`` (unless ``resume`` is False), ``--overwrite``, ``--quiet``: where results go and what
+    happens to earlier ones."""
     group.add_argument("--out", default=None, help=f"output directory (default runs/<model>/{command})")
-    group.add_argument("--resume", action="store_true", help=f"skip {unit} already finished in --out")
+    if resume:
+        group.add_argument("--resume", action="store_true", help=f"skip {unit} already finished in --out")
     group.add_argument("--overwrite", action="store_true", help="discard results already in --out")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_stop_args(parser: argparse.ArgumentParser, *, replay: bool = False):
+    """The stopping rule of ``detect --until-stable``; ``replay``: ``analyze``'s, replaying that rule on a score
+    file (``--until-stable`` is the switch there too, ``--stability S`` the target everywhere). Returns the group."""
+    from .base import add_alias, add_was_switch
+
+    g = parser.add_argument_group("stopping rule replay (--until-stable)" if replay else "stopping early")
+    until = g.add_argument(
+        "--until-stable", action="store_true",
+        help="instead of the analysis: replay detect --until-stable's rule on random orders of the file's samples"
+        if replay else "stop after the first block of samples at which the top-K heads are stable under a bootstrap")
+    g.add_argument("--stable-k", type=int, default=20, metavar="K", help="size of the top-K set checked (default 20)")
+    stability = dict(default=0.95, metavar="S", help="mean bootstrap Jaccard of the top-K set to reach (default 0.95)")
+    if replay:  # analyze --stability was the switch; bare (or before the positional) it still is, deprecated
+        target = add_was_switch(g, "--stability", switch=until, type=float, spill="source", **stability)
+        add_alias(g, "--target", target, nargs=None, const=None)
+    else:
+        g.add_argument("--stability", type=float, **stability)
+    g.add_argument("--min-successes", type=int, default=20, metavar="N",
+                   help="never stop with fewer successful samples (default 20)")
+    return g
 
 
 def numbers(text: str, kind, flag: str) -> list:
@@ -90,9 +123,12 @@ def sweep_config_from_args(args) -> SweepConfig:
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
-    if args.chunk_size < 1 or args.batch_size < 1:
+    # flags a command does not offer read as SweepConfig's defaults (what its runs have always recorded)
+    batch_size = getattr(args, "batch_size", SweepConfig.batch_size)
+    block_size = getattr(args, "block_size", None)
+    if args.chunk_size < 1 or batch_size < 1:
         raise UserError("--chunk-size and --batch-size must be at least 1")
-    if args.block_size is not None and args.block_size < 0:
+    if block_size is not None and block_size < 0:
         raise UserError("--block-size must be 0 (one block) or positive")
     config = SweepConfig(
         model=args.model,
@@ -104,10 +140,10 @@ def sweep_config_from_args(args) -> SweepConfig:
         dtype=args.dtype,
         device=args.device,
         chunk_size=args.chunk_size,
-        share_prefix=not args.no_share_prefix,
-        batch_size=args.batch_size,
+        share_prefix=not getattr(args, "no_share_prefix", False),
+        batch_size=batch_size,
         shard=parse_shard(args.shard),
-        block_size=args.block_size or 0,
+        block_size=block_size or 0,
     )
     check_inputs(config)
     return config

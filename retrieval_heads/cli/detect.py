@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Command
-from .common import add_sweep_args, load_for, shard_for_launch, sweep_config_from_args
+from .common import add_stop_args, add_sweep_args, load_for, shard_for_launch, sweep_config_from_args
 from .tables import print_top_heads
 
 
@@ -39,17 +39,6 @@ class Detect(Command):
         print(stability_line(summary))
         print(f"results in {args.out}/ (samples.jsonl, head_scores.json, summary.json, stability.png)")
         return 0
-
-
-def add_stop_args(parser) -> None:
-    g = parser.add_argument_group("stopping early")
-    g.add_argument("--until-stable", action="store_true",
-                   help="stop after the first block of samples at which the top-K heads are stable under a bootstrap")
-    g.add_argument("--stable-k", type=int, default=20, metavar="K", help="size of the top-K set checked (default 20)")
-    g.add_argument("--stability", type=float, default=0.95, metavar="S",
-                   help="mean bootstrap Jaccard of the top-K set to reach (default 0.95)")
-    g.add_argument("--min-successes", type=int, default=20, metavar="N",
-                   help="never stop with fewer successful samples (default 20)")
 
 
 def stop_rule_from_args(args):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Command
+from .base import Command, renamed_values
 from .common import add_sweep_args, load_for, numbers, out_dir, sweep_config_from_args
 from .tables import format_table
 
@@ -14,10 +14,11 @@ class KvEval(Command):
 
     def add_arguments(self, parser):
         from ..kv.evaluate import DEFAULT_BUDGETS
-        from ..kv.policy import POLICIES, SELECTIONS, TOKEN_RANKINGS, PolicySettings
+        from ..kv.policy import POLICIES, RENAMED, SELECTIONS, TOKEN_RANKINGS, PolicySettings
 
         defaults = PolicySettings()
-        add_sweep_args(parser, command="kv-eval")
+        # every prompt decodes alone, in prompt order (which shares most prefix): no --batch-size, no --block-size
+        add_sweep_args(parser, command="kv-eval", batch=False, blocks=False)
         g = parser.add_argument_group("KV cache")
         g.add_argument("--scores", required=True,
                        help="head scores: a detect or lookup run directory (lookup scores suit --query-agnostic), "
@@ -36,18 +37,24 @@ class KvEval(Command):
                        help="SnapKV's observation window: the last tokens before compression, whose attention "
                             "chooses what the other tokens keep (snapkv, retrieval-snapkv, headkv)")
         g.add_argument("--selection", default=defaults.selection, choices=SELECTIONS,
-                       help="what chooses the tokens of snapkv, retrieval-snapkv and headkv: snapkv = the "
-                            "observation window's attention; reconstruct = the attention each token gets while the "
-                            "model re-reads the context (KVzip; question-agnostic, costs a second prefill)")
+                       type=renamed_values("--selection", RENAMED["selection"]),
+                       help="what chooses the tokens of snapkv, retrieval-snapkv and headkv: window = the "
+                            "observation window's attention (SnapKV-style); reread = the attention each token gets "
+                            "while the model re-reads the context (KVzip-style; question-agnostic, costs a second "
+                            "prefill). Old names: snapkv, reconstruct (deprecated)")
         g.add_argument("--token-ranking", default=defaults.token_ranking, choices=TOKEN_RANKINGS,
+                       type=renamed_values("--token-ranking", RENAMED["token_ranking"]),
                        help="whose evidence ranks each KV head's tokens (snapkv, retrieval-snapkv, headkv): own = its "
-                            "own; retrieval = the retrieval KV heads' (scoring above 0.1), so every head keeps the "
-                            "tokens they attend to (with --selection reconstruct: what they re-read)")
+                            "own; retrieval-heads = the retrieval KV heads' (scoring above 0.1), so every head keeps "
+                            "the tokens they attend to (with --selection reread: what they re-read). Old name: "
+                            "retrieval (deprecated)")
         g.add_argument("--own-share", type=float, default=defaults.own_share,
-                       help="with --token-ranking retrieval: this share of each KV head's chosen tokens (beyond sink "
-                            "and window) are its own best, the rest the retrieval heads'")
-        g.add_argument("--full-share", type=float, default=defaults.full_share,
-                       help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads")
+                       help="with --token-ranking retrieval-heads: this share of each KV head's chosen tokens (beyond "
+                            "sink and window) are its own best, the rest the retrieval heads'")
+        g.add_argument("--full-share", type=float, default=None,
+                       help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads "
+                            f"(default: the share a restore run given as --scores chose its heads with, so they are "
+                            f"the heads kept whole; else {defaults.full_share:g})")
         g.add_argument("--floor-share", type=float, default=defaults.floor_share,
                        help="headkv: every KV head keeps at least this share of an equal split of the budget")
         g.add_argument("--prefill", default="full", choices=["lambda", "chunk", "full"],
@@ -66,7 +73,7 @@ class KvEval(Command):
 
     def run(self, args) -> int:
         from ..formats import load_scores
-        from ..kv.evaluate import conditions, run_kv_eval
+        from ..kv.evaluate import conditions, full_share_for, run_kv_eval
         from ..kv.policy import PolicySettings, check_budget
 
         config = sweep_config_from_args(args)
@@ -75,10 +82,13 @@ class KvEval(Command):
             check_budget(budget)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         conditions(policies, budgets)  # unknown names fail before the model loads
-        PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=args.full_share,
-                       floor_share=args.floor_share, selection=args.selection,
-                       token_ranking=args.token_ranking, own_share=args.own_share).check()
         scores = load_scores(args.scores)
+        full_share, source = full_share_for(scores, args.full_share)  # None: a restore run's, else the default
+        PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=full_share,
+                       floor_share=args.floor_share, selection=args.selection, token_ranking=args.token_ranking,
+                       own_share=args.own_share).check()
+        if "retrieval-snapkv" in policies:
+            print(f"retrieval-snapkv: full share {full_share:g} ({'--full-share' if source == 'given' else source})")
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, obs_window=args.obs_window,
@@ -89,8 +99,8 @@ class KvEval(Command):
                               progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, window {args.window}, "
               f"observation window {args.obs_window}, selection {args.selection}, token ranking {args.token_ranking}"
-              f"{f' (own share {args.own_share:g})' if args.token_ranking == 'retrieval' else ''}, "
-              f"prefill {args.prefill}")
+              f"{f' (own share {args.own_share:g})' if args.token_ranking == 'retrieval-heads' else ''}, "
+              f"full share {full_share:g}, prefill {args.prefill}")
         headers = ["setting", "policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "samples",
                    "peak RSS MB", "decode tok/s"]
         print(format_table(headers, [

@@ -14,7 +14,8 @@ class Lookup(Command):
             "question is known (kv-eval --query-agnostic --scores DIR)")
 
     def add_arguments(self, parser):
-        add_sweep_args(parser, command="lookup")
+        # one forward pass per prompt from an empty cache: no batches, blocks or shared prefixes
+        add_sweep_args(parser, command="lookup", batch=False, blocks=False, share_prefix=False)
 
     def run(self, args) -> int:
         from ..lookup import run_lookup

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .base import Command
-from .common import add_sweep_args, load_for, out_dir, sweep_config_from_args
+from .base import Command, add_alias
+from .common import add_sweep_args, load_for, numbers, out_dir, sweep_config_from_args
 
 
 class Restore(Command):
@@ -14,27 +14,33 @@ class Restore(Command):
             "compressed attention (DuoAttention-style); kv-eval --query-agnostic --scores DIR keeps them whole")
 
     def add_arguments(self, parser):
-        add_sweep_args(parser, command="restore")
+        from ..kv.policy import DEFAULT_OBS_WINDOW, DEFAULT_SINK
+
+        add_sweep_args(parser, command="restore", batch=False, blocks=False, share_prefix=False, resume=False)
         g = parser.add_argument_group("restore")
-        g.add_argument("--budget", type=float, default=0.15,
-                       help="fraction of the full cache's KV bytes the compressed cache holds (default 0.15)")
+        budgets = g.add_argument("--budgets", default="0.15", metavar="B",
+                                 help="the fraction of the full cache's KV bytes the compressed cache holds, as in "
+                                      "kv-eval --budgets; restore chooses heads for one budget (default 0.15)")
+        add_alias(g, "--budget", budgets)
         g.add_argument("--full-share", type=float, default=0.8,
                        help="share of the budget for whole KV heads: how many heads are chosen, as kv-eval's "
-                            "retrieval-snapkv splits it (default 0.8)")
+                            "retrieval-snapkv splits it; kv-eval --scores DIR uses the same share (default 0.8)")
         g.add_argument("--steps", type=int, default=None, help="number of KV heads to choose (default: from the above)")
-        g.add_argument("--sink", type=int, default=64, help="first tokens every compressed KV head keeps")
-        g.add_argument("--obs-window", type=int, default=32,
+        g.add_argument("--sink", type=int, default=DEFAULT_SINK, help="first tokens every compressed KV head keeps")
+        g.add_argument("--obs-window", type=int, default=DEFAULT_OBS_WINDOW,
                        help="the document's last tokens, whose attention chooses what compressed heads keep")
 
     def run(self, args) -> int:
         from ..kv.restore import run_restore
 
-        if args.resume:
-            raise UserError("restore chooses heads over all prompts at once and cannot resume; pass --overwrite")
+        budgets = numbers(args.budgets, float, "--budgets")
+        if len(budgets) != 1:
+            raise UserError(f"restore chooses heads for one budget; --budgets {args.budgets} names {len(budgets)} "
+                            "(run restore once per budget)")
         config = sweep_config_from_args(args)
         out = out_dir(args, "restore")
         loaded = load_for(args)
-        result = run_restore(loaded, config, out, budget=args.budget, full_share=args.full_share, sink=args.sink,
+        result = run_restore(loaded, config, out, budget=budgets[0], full_share=args.full_share, sink=args.sink,
                              obs_window=args.obs_window, steps=args.steps, overwrite=args.overwrite,
                              progress=not args.quiet)
         s = result.summary
