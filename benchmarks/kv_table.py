@@ -41,6 +41,30 @@ def runs_under(root: Path, length: int | None) -> dict[str, tuple[dict[str, dict
     return {p.parent.parent.name: read_condition(p.parent) for p in runs}
 
 
+def pooled_share(roots: list[Path], *, policy: str, budget: float, against: str = "full", length: int | None = None,
+                 draws: int = 2000) -> dict:
+    """The share of the full cache's mean score kept by ``policy`` at ``budget``, pooled over the samples common
+    to every condition of each setting directory in ``roots``, with a 95% bootstrap interval (resampling
+    samples, full and policy jointly), and ``against``'s share at the same budget (``full``: 1)."""
+    scores: dict[str, list[float]] = {"full": [], policy: [], against: []}
+    names = {"full": "full", policy: f"{policy}-{budget:g}", against: "full" if against == "full" else f"{against}-{budget:g}"}
+    for root in roots:
+        conditions = runs_under(Path(root), length)
+        missing = [n for n in names.values() if n not in conditions]
+        if missing:
+            raise SystemExit(f"{root} has no {', '.join(missing)} condition")
+        ids = sorted(set.intersection(*(set(conditions[n][0]) for n in names.values())))
+        for key, name in names.items():
+            scores[key] += [conditions[name][0][i]["score"] for i in ids]
+    arrays = {k: np.asarray(v) for k, v in scores.items()}
+    picks = np.random.default_rng(0).integers(0, len(arrays["full"]), (draws, len(arrays["full"])))
+    boot = arrays[policy][picks].mean(1) / np.maximum(arrays["full"][picks].mean(1), 1e-9)
+    full_mean = max(arrays["full"].mean(), 1e-9)
+    return {"samples": len(arrays["full"]), "share": arrays[policy].mean() / full_mean,
+            "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
+            "against_share": arrays[against].mean() / full_mean, "full_mean": float(arrays["full"].mean())}
+
+
 def interval(values: np.ndarray) -> str:
     return f"[{np.percentile(values, 2.5):.2f}, {np.percentile(values, 97.5):.2f}]"
 

@@ -300,15 +300,15 @@ def test_cli_kv_eval_re_reading_selection_on_saved_sinks_refuses_latent_checkpoi
     code = main(["kv-eval", "--model", str(directory), "--scores", str(tmp_path / "scores.json"), "--out", str(out),
                  "--lengths", "300", "--depths", "50", "--chunk-size", "64", "--quiet", "--dtype", "float32",
                  "--budgets", "0.3", "--policies", "full,snapkv,retrieval-snapkv", "--sink", "4", "--obs-window", "8",
-                 "--max-new-tokens", "3", "--query-agnostic", "--selection", "reconstruct",
-                 "--token-ranking", "retrieval", "--own-share", "0.3"])
+                 "--max-new-tokens", "3", "--query-agnostic", "--selection", "reread",
+                 "--token-ranking", "retrieval-heads", "--own-share", "0.3"])
     if arch == "deepseek_v3":  # one latent per layer, shared by every head: no KV head keeps tokens of its own
         assert code == 2 and "multi-head latent attention" in capsys.readouterr().err
         return
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert [(r["policy"], r["selection"]) for r in rows] == [
-        ("full", None), ("snapkv", "reconstruct"), ("retrieval-snapkv", "reconstruct")]
+        ("full", None), ("snapkv", "reread"), ("retrieval-snapkv", "reread")]
     assert all(r["samples"] == 8 for r in rows)
     assert [r["own_share"] for r in rows] == [None, 0.3, 0.3]
     assert 0.29 < rows[1]["compressed_kv_fraction"] < 0.5  # 0.3 of the global layers; gpt-oss's sliding ones as they are

@@ -1,0 +1,318 @@
+"""Rebuild a README result from scratch with the product's own commands.
+
+    python benchmarks/reproduce.py --list                    # the studies, one line each
+    python benchmarks/reproduce.py detection                 # run its commands, then print its result rows
+    python benchmarks/reproduce.py kv-question --dry-run     # only print the commands
+    python benchmarks/reproduce.py masking --out runs/repro  # outputs under runs/repro (default runs/reproduce)
+
+Every results table in the README names the study that rebuilds it. A study is a list of commands
+(``retrieval-heads ...`` or a script in ``benchmarks/``) and a function that reads what they wrote and
+prints the table's rows. A command whose output already exists is skipped, so studies that share a run
+(the detection behind masking, the lookup scores behind the KV rows) run it once; ``--force`` reruns.
+The printed rows carry today's date, the machine's CPU count and the installed torch and transformers:
+compare them with the README's row, which names the versions it was measured on (``constraints.txt``
+reproduces those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_SCORES = ROOT.parent / "shared" / "reference" / "head_scores"
+TUNE = ["--needles", "benchmarks/data/kv_needles_tune.jsonl", "--lengths", "4000", "--depths", "30,50,70"]
+HELD_OUT_1 = ["--needles", "benchmarks/data/kv_needles_eval.jsonl", "--haystack", "benchmarks/data/grounding_haystack.txt",
+              "--lengths", "4000", "--depths", "30,50,70"]
+HELD_OUT_2 = ["--needles", "benchmarks/data/kv_needles_eval2.jsonl", "--haystack", "benchmarks/data/grounding_haystack.txt",
+              "--lengths", "4000", "--depths", "30,50,70"]
+REREAD = ["--query-agnostic", "--selection", "reread", "--token-ranking", "retrieval-heads", "--policies", "full,snapkv",
+          "--budgets", "0.1,0.15"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command; ``done`` (relative to the output directory) exists once it has run. With ``capture``, its
+    standard output is saved to ``done`` (for scripts that print their table)."""
+
+    argv: tuple[str, ...]
+    done: str
+    capture: bool = False
+
+    def command(self, out: Path) -> list[str]:
+        return [a.replace("{out}", str(out)) for a in self.argv]
+
+
+def rh(*args: str, done: str, capture: bool = False) -> Step:
+    """A ``retrieval-heads`` command."""
+    return Step(("retrieval-heads", *args), done, capture)
+
+
+def script(name: str, *args: str, done: str, capture: bool = False) -> Step:
+    """A script of ``benchmarks/``."""
+    return Step(("python", f"benchmarks/{name}", *args), done, capture)
+
+
+@dataclass(frozen=True)
+class Study:
+    title: str
+    steps: tuple[Step, ...]
+    rows: Callable[[Path], list[str]]
+    readme: str = field(default="")  # the README section whose table this rebuilds
+
+
+# ---- what each study's rows read ----------------------------------------------------------------------------
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def detection_rows(run: str) -> Callable[[Path], list[str]]:
+    def rows(out: Path) -> list[str]:
+        s = _json(out / run / "summary.json")
+        total = sum(s["layer_heads"]) if s.get("layer_heads") else s["num_layers"] * s["num_heads"]
+        top = ", ".join(f"{h['layer']}-{h['head']} {h['score']:.3f}" for h in s["top_heads"][:2])
+        row = (f"{s['model']}: {s['n_retrieval_heads']} of {total} heads ({100 * s['n_retrieval_heads'] / total:.1f}%) "
+               f"above {s['retrieval_threshold']}; {top}; {s['successes']} of {s['samples']} samples retrieved")
+        if s.get("layer_kinds"):  # models with more than one kind of layer
+            kinds = {s["layer_kinds"][h["layer"]] for h in s["top_heads"] if h["score"] > s["retrieval_threshold"]}
+            row += f"; layer kinds of the retrieval heads: {', '.join(sorted(kinds)) or 'none'}"
+        return [row]
+    return rows
+
+
+PAPER_FILES = {"llama-2-7b-80k": "llama-2-7b-80k.json", "llama-2-13b-64k": "llama-2-13b-64k.json",
+               "mistral-7b-v0.2": "Mistral-7B-v0.2-hf.json", "qwen1.5-14b": "Qwen1.5-14B.json",
+               "qwen1.5-14b-chat": "Qwen1.5-14B-Chat.json"}
+
+
+def paper_rows(out: Path) -> list[str]:
+    share = {name: _json(out / f"analyze-{name}.json") for name in PAPER_FILES}
+    same, other = _json(out / "compare-qwen-base-chat.json"), _json(out / "compare-qwen-llama.json")
+    percents = ", ".join(f"{n} {a['percent_retrieval_heads']:.1f}%" for n, a in share.items())
+    active = share["llama-2-7b-80k"]["activation"]["n_always_active"]
+    return [f"retrieval heads: {percents}", f"Qwen1.5-14B base vs chat Pearson {same['pearson']:.3f}, "
+            f"vs Llama-2-13B {other['pearson']:.3f}", f"Llama-2-7B-80K: {active} heads active in every sample"]
+
+
+def architecture_rows(out: Path) -> list[str]:
+    data = _json(out / "architectures.json")
+    counts: dict[str, int] = {}
+    for row in data["rows"]:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return [f"transformers {data['transformers']}: {len(data['rows'])} architectures: " +
+            ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "refused", "skip", "fail"))]
+
+
+def mask_rows(out: Path) -> list[str]:
+    lines = []
+    for mode, run in (("uniform", "mask-sweep"), ("zero", "mask-sweep-zero")):
+        by = {(r["selection"], r["k"]): r["mean_score"] for r in _json(out / run / "summary.json")["rows"]}
+        none = by.get(("none", 0), by.get(("top", 0)))
+        lines.append(f"{mode}: NIAH score {none:.1f} unmasked; top-20 masked {by[('top', 20)]:.1f}, "
+                     f"20 random {by[('random', 20)]:.1f}")
+    return lines
+
+
+def task_rows(out: Path) -> list[str]:
+    rows = _json(out / "tasks" / "summary.json")["rows"]
+    by: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by.setdefault(r["suite"], {})[r["condition"]] = r["accuracy"]
+    return [f"{suite}: " + " / ".join(f"{acc:.3f}" for acc in conditions.values()) + f" ({' / '.join(conditions)})"
+            for suite, conditions in by.items()]
+
+
+def kv_share_rows(*settings: str, budget: float, policy: str, against: str) -> Callable[[Path], list[str]]:
+    """Share of the full cache's mean score kept by ``policy`` at ``budget`` over the samples of every setting
+    directory together, with the bootstrap interval of ``benchmarks/kv_table.py``."""
+    def rows(out: Path) -> list[str]:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from kv_table import pooled_share
+
+        result = pooled_share([out / s for s in settings], policy=policy, budget=budget, against=against)
+        return [f"{policy} at {budget:.0%} of the bytes keeps {result['share']:.2f} [{result['low']:.2f}, "
+                f"{result['high']:.2f}] of full (full {result['full_mean']:.1f}) over {result['samples']} samples; "
+                f"{against} at the same bytes {result['against_share']:.2f}"]
+    return rows
+
+
+def stop_rows(out: Path) -> list[str]:
+    found = {n: _json(out / f"stability-{n}.json") for n in PAPER_FILES}
+    return [f"{n}: the rule stops after a median {s['median_samples']} of {s['n_samples']} samples "
+            f"({100 * s['median_samples'] / s['n_samples']:.0f}%), top-{s['rule']['k']} Jaccard with all "
+            f"{s['topk_jaccard_mean']:.2f}" for n, s in found.items()]
+
+
+def whole_head_rows(out: Path) -> list[str]:
+    rows = _json(out / "kv-whole-heads" / "summary.json")["rows"]
+    return [f"{r['policy']}: {r['kv_fraction']:.1%} of the bytes, mean score {r['mean_score']:.1f}" for r in rows]
+
+
+def printed_rows(*files: str) -> Callable[[Path], list[str]]:
+    """The tables the study's scripts printed (their own output, saved by the run)."""
+    def rows(out: Path) -> list[str]:
+        return [line for f in files for line in (out / f).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows
+
+
+# ---- the studies ----------------------------------------------------------------------------------------------
+
+DETECT = rh("detect", "--out", "{out}/detect", done="detect/summary.json")
+LOOKUP = rh("lookup", *TUNE, "--out", "{out}/lookup", done="lookup/summary.json")
+BENCH_DETECT = ("--needles-file", "benchmarks/data/heldout_needles.jsonl", "--needles", "10", "--lengths",
+                "1000,1500,2000,2500", "--num-depths", "5")
+
+STUDIES: dict[str, Study] = {
+    "detection": Study("retrieval heads of smollm2-135m, default grid", (DETECT,), detection_rows("detect"),
+                       "Detection"),
+    "detection-gemma3": Study(
+        "retrieval heads of gemma3-270m", (rh("detect", "--model", "gemma3-270m", "--lengths", "1000,2000", "--out",
+                                              "{out}/detect-gemma3", done="detect-gemma3/summary.json"),),
+        detection_rows("detect-gemma3"), "Detection"),
+    "paper-scores": Study(
+        "the paper's published scores re-analysed (needs ../shared/reference/head_scores)",
+        tuple(rh("analyze", str(PAPER_SCORES / f), "--json", done=f"analyze-{n}.json", capture=True)
+              for n, f in PAPER_FILES.items())
+        + (rh("compare", str(PAPER_SCORES / "Qwen1.5-14B.json"), str(PAPER_SCORES / "Qwen1.5-14B-Chat.json"), "--json",
+              done="compare-qwen-base-chat.json", capture=True),
+           rh("compare", str(PAPER_SCORES / "Qwen1.5-14B.json"), str(PAPER_SCORES / "llama-2-13b-64k.json"), "--json",
+              done="compare-qwen-llama.json", capture=True)),
+        paper_rows, "Detection"),
+    "architectures": Study("the compatibility matrix of the installed transformers",
+                           (script("architectures.py", "--json", "{out}/architectures.json", done="architectures.json"),),
+                           architecture_rows, "Architectures"),
+    "masking": Study(
+        "NIAH with the top-20 retrieval heads against 20 random heads masked (held-out needles, 1000 tokens)",
+        (DETECT,
+         rh("mask-sweep", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "1000",
+            "--depths", "10,50,90", "--ks", "0,10,20", "--random-per-sample", "--out", "{out}/mask-sweep",
+            done="mask-sweep/summary.json"),
+         rh("mask-sweep", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "1000",
+            "--depths", "10,50,90", "--ks", "0,10,20", "--random-per-sample", "--mask-mode", "zero", "--out",
+            "{out}/mask-sweep-zero", done="mask-sweep-zero/summary.json")),
+        mask_rows, "Causality: masking"),
+    "tasks": Study(
+        "downstream suites with no heads, the top-20 and 20 random heads masked",
+        (rh("detect", "--lengths", "1000", "--depths", "50", "--out", "{out}/detect-8", done="detect-8/summary.json"),
+         rh("tasks", "--n", "100", "--scores", "{out}/detect-8", "--out", "{out}/tasks", done="tasks/summary.json")),
+        task_rows, "Downstream tasks"),
+    "kv-question": Study(
+        "KV cache with the question in the prompt, held-out needles, 4000 tokens",
+        (LOOKUP, rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_1, "--budgets", "0.1,0.15", "--policies",
+                    "full,uniform,snapkv,retrieval-snapkv,headkv", "--out", "{out}/kv-question",
+                    done="kv-question/summary.json")),
+        kv_share_rows("kv-question", budget=0.1, policy="retrieval-snapkv", against="snapkv"), "KV cache"),
+    "kv-query-agnostic": Study(
+        "KV cache compressed before the question: re-read tokens ranked by the retrieval heads, both held-out sets",
+        (LOOKUP,
+         rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_1, *REREAD, "--out", "{out}/kv-qa-1",
+            done="kv-qa-1/summary.json"),
+         rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_2, *REREAD, "--out", "{out}/kv-qa-2",
+            done="kv-qa-2/summary.json")),
+        kv_share_rows("kv-qa-1/query-agnostic", "kv-qa-2/query-agnostic", budget=0.15, policy="snapkv",
+                      against="full"), "KV cache"),
+    "kv-whole-heads": Study(
+        "whole retrieval KV heads against random heads and uniform streaming at 33.9% of the bytes",
+        (DETECT, rh("kv-eval", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "4000",
+                    "--depths", "20,50", "--budgets", "0.339", "--policies", "full,retrieval,random,uniform", "--sink",
+                    "64", "--window", "384", "--prefill-per-condition", "--out", "{out}/kv-whole-heads",
+                    done="kv-whole-heads/summary.json")),
+        whole_head_rows, "KV cache"),
+    "adaptive": Study(
+        "--until-stable against the paper's strategy on a 200-sample held-out grid",
+        (script("bench_detect.py", *BENCH_DETECT, "--until-stable", done="bench-detect-until-stable.txt",
+                capture=True),),
+        printed_rows("bench-detect-until-stable.txt"), "Adaptive sweeps"),
+    "adaptive-paper": Study(
+        "the stop rule replayed on the paper's published score files",
+        tuple(rh("analyze", str(PAPER_SCORES / f), "--until-stable", "--json", done=f"stability-{n}.json", capture=True)
+              for n, f in PAPER_FILES.items()),
+        stop_rows, "Adaptive sweeps"),
+    "grounding": Study(
+        "the grounding monitor on held-out questions",
+        (DETECT, script("grounding_eval.py", "--scores", "{out}/detect", "--out", "{out}/grounding-eval",
+                        done="grounding-eval.txt", capture=True)),
+        printed_rows("grounding-eval.txt"), "Grounding"),
+    "speed-detect": Study("detection: the engine against the paper's strategy",
+                          (script("bench_detect.py", done="bench-detect.txt", capture=True),),
+                          printed_rows("bench-detect.txt"), "Speed"),
+    "speed-kv": Study(
+        "decoding from compressed caches at 8000 tokens",
+        (LOOKUP, script("bench_kv.py", "--tokens", "8000", "--scores", "{out}/lookup", "--policy",
+                        "snapkv,retrieval-snapkv,headkv,uniform", "--budget", "0.15", "--full-share", "0.8",
+                        "--sink", "4", "--window", "64", "--threads", "2", done="bench-kv.txt", capture=True)),
+        printed_rows("bench-kv.txt"), "Speed"),
+}
+
+
+# ---- running ----------------------------------------------------------------------------------------------------
+
+def executable(argv: list[str]) -> list[str]:
+    """``retrieval-heads`` and ``python`` as this interpreter runs them."""
+    if argv[0] == "retrieval-heads":
+        return [sys.executable, "-m", "retrieval_heads", *argv[1:]]
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def run_step(step: Step, out: Path, force: bool) -> None:
+    target = out / step.done
+    if target.exists() and not force:
+        print(f"# done already: {' '.join(step.command(out))}", flush=True)
+        return
+    print(f"$ {' '.join(step.command(out))}", flush=True)
+    extra = ["--overwrite"] if force and step.argv[0] == "retrieval-heads" and "--out" in step.argv else []
+    result = subprocess.run(executable(step.command(out)) + extra, cwd=ROOT, check=False, text=True,
+                            stdout=subprocess.PIPE if step.capture else None, env={**os.environ})
+    if result.returncode != 0:
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(step.command(out))}")
+    if step.capture:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(result.stdout, encoding="utf-8")
+
+
+def setup_line() -> str:
+    import torch
+    import transformers
+
+    return (f"{date.today().isoformat()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", nargs="?", choices=sorted(STUDIES), metavar="STUDY", help="which result to rebuild")
+    parser.add_argument("--list", action="store_true", help="list the studies")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    parser.add_argument("--out", default="runs/reproduce", help="directory for every output (default runs/reproduce)")
+    parser.add_argument("--force", action="store_true", help="rerun commands whose output exists")
+    args = parser.parse_args(argv)
+    if args.list or not args.study:
+        for name, study in STUDIES.items():
+            print(f"{name:18s} {study.title} (README: {study.readme})")
+        return 0
+    study, out = STUDIES[args.study], Path(args.out).resolve()
+    if args.dry_run:
+        for step in study.steps:
+            print(" ".join(step.command(Path(args.out))))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    for step in study.steps:
+        run_step(step, out, args.force)
+    print(f"\n{args.study}: {study.title} ({setup_line()})")
+    for row in study.rows(out):
+        print(f"  {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
