@@ -33,6 +33,7 @@ HELD_OUT_1 = ["--needles", "benchmarks/data/kv_needles_eval.jsonl", "--haystack"
               "--lengths", "4000", "--depths", "30,50,70"]
 HELD_OUT_2 = ["--needles", "benchmarks/data/kv_needles_eval2.jsonl", "--haystack", "benchmarks/data/grounding_haystack.txt",
               "--lengths", "4000", "--depths", "30,50,70"]
+QUESTION = ["--budgets", "0.1,0.15", "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv"]
 REREAD = ["--query-agnostic", "--selection", "reread", "--token-ranking", "retrieval-heads", "--policies", "full,snapkv",
           "--budgets", "0.1,0.15"]
 
@@ -81,6 +82,8 @@ def detection_rows(run: str) -> Callable[[Path], list[str]]:
         top = ", ".join(f"{h['layer']}-{h['head']} {h['score']:.3f}" for h in s["top_heads"][:2])
         row = (f"{s['model']}: {s['n_retrieval_heads']} of {total} heads ({100 * s['n_retrieval_heads'] / total:.1f}%) "
                f"above {s['retrieval_threshold']}; {top}; {s['successes']} of {s['samples']} samples retrieved")
+        if s.get("sparsity"):
+            row += "; heads by mean score: " + ", ".join(f"{k} {v}" for k, v in s["sparsity"].items())
         if s.get("layer_kinds"):  # models with more than one kind of layer
             kinds = {s["layer_kinds"][h["layer"]] for h in s["top_heads"] if h["score"] > s["retrieval_threshold"]}
             row += f"; layer kinds of the retrieval heads: {', '.join(sorted(kinds)) or 'none'}"
@@ -145,15 +148,40 @@ def kv_share_rows(*settings: str, budget: float, policy: str, against: str) -> C
 
 
 def stop_rows(out: Path) -> list[str]:
-    found = {n: _json(out / f"stability-{n}.json") for n in PAPER_FILES}
-    return [f"{n}: the rule stops after a median {s['median_samples']} of {s['n_samples']} samples "
-            f"({100 * s['median_samples'] / s['n_samples']:.0f}%), top-{s['rule']['k']} Jaccard with all "
-            f"{s['topk_jaccard_mean']:.2f}" for n, s in found.items()]
+    rows = []
+    for name in PAPER_FILES:
+        s = _json(out / f"stability-{name}.json")
+        rows.append(f"{name}: {s['n_samples']} samples; the rule stops after a median {s['median_samples']} "
+                    f"({100 * s['median_samples'] / s['n_samples']:.0f}%), {s['min_samples']}-{s['max_samples']}; "
+                    f"top-{s['rule']['k']} Jaccard with all {s['topk_jaccard_mean']:.2f}, min {s['topk_jaccard_min']:.2f}; "
+                    f"retrieval set {s['retrieval_jaccard_mean']:.2f}, min {s['retrieval_jaccard_min']:.2f}; direct "
+                    f"subsampling {s['direct']['topk_jaccard']:.2f} / {s['direct']['retrieval_jaccard']:.2f}")
+    return rows
 
 
 def whole_head_rows(out: Path) -> list[str]:
-    rows = _json(out / "kv-whole-heads" / "summary.json")["rows"]
-    return [f"{r['policy']}: {r['kv_fraction']:.1%} of the bytes, mean score {r['mean_score']:.1f}" for r in rows]
+    lines = []
+    for run, prefill in (("kv-whole-heads", "full"), ("kv-whole-heads-lambda", "lambda")):
+        for r in _json(out / run / "summary.json")["rows"]:
+            speed = r.get("decode_tokens_per_s")
+            lines.append(f"{r['policy']} (prefill {prefill}): {r['kv_fraction']:.1%} of the bytes, mean score "
+                         f"{r['mean_score']:.1f}, peak RSS {r.get('peak_rss_mb') or 0:.0f} MiB, decode "
+                         f"{speed or 0:.2f} tok/s")
+    return lines
+
+
+def niah_rows(*runs: str) -> Callable[[Path], list[str]]:
+    def rows(out: Path) -> list[str]:
+        found = []
+        for run in runs:
+            s = _json(out / run / "summary.json")
+            found.append(f"{run}: mean score {s['mean_score']:.1f} ({s['samples']} samples)")
+        return found
+    return rows
+
+
+def combined(*parts: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+    return lambda out: [row for part in parts for row in part(out)]
 
 
 def printed_rows(*files: str) -> Callable[[Path], list[str]]:
@@ -161,6 +189,23 @@ def printed_rows(*files: str) -> Callable[[Path], list[str]]:
     def rows(out: Path) -> list[str]:
         return [line for f in files for line in (out / f).read_text(encoding="utf-8").splitlines() if line.strip()]
     return rows
+
+
+def held_out_steps(i: int, held_out: list[str]) -> tuple[Step, ...]:
+    """One held-out set, query-agnostic: the current setting; the retrieval ranking alone (own share 0); SnapKV
+    and uniform on their own observation window; the tables of the differences."""
+    base = f"{{out}}/kv-qa-{i}"
+    return (
+        rh("kv-eval", "--scores", "{out}/lookup", *held_out, *REREAD, "--out", base, done=f"kv-qa-{i}/summary.json"),
+        rh("kv-eval", "--scores", "{out}/lookup", *held_out, *REREAD[:-4], "--policies", "snapkv", "--budgets", "0.15",
+           "--own-share", "0", "--out", f"{base}-own0", done=f"kv-qa-{i}-own0/summary.json"),
+        rh("kv-eval", "--scores", "{out}/lookup", *held_out, "--query-agnostic", "--policies", "snapkv,uniform",
+           "--budgets", "0.15", "--out", f"{base}-window", done=f"kv-qa-{i}-window/summary.json"),
+        script("kv_table.py", f"{base}/query-agnostic", "--extra", f"own0={base}-own0/query-agnostic", "--against",
+               "own0:snapkv", done=f"kv-qa-{i}-vs-own0.txt", capture=True),
+        script("kv_table.py", f"{base}/query-agnostic", "--extra", f"window={base}-window/query-agnostic",
+               "--against", "window:snapkv", done=f"kv-qa-{i}-vs-window.txt", capture=True),
+    )
 
 
 # ---- the studies ----------------------------------------------------------------------------------------------
@@ -197,8 +242,13 @@ STUDIES: dict[str, Study] = {
             done="mask-sweep/summary.json"),
          rh("mask-sweep", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "1000",
             "--depths", "10,50,90", "--ks", "0,10,20", "--random-per-sample", "--mask-mode", "zero", "--out",
-            "{out}/mask-sweep-zero", done="mask-sweep-zero/summary.json")),
-        mask_rows, "Causality: masking"),
+            "{out}/mask-sweep-zero", done="mask-sweep-zero/summary.json"),
+         rh("niah", "--scores", "{out}/detect", "--out", "{out}/niah", done="niah/summary.json"),
+         rh("niah", "--scores", "{out}/detect", "--mask-top", "20", "--out", "{out}/niah-top20",
+            done="niah-top20/summary.json"),
+         rh("niah", "--scores", "{out}/detect", "--mask-random", "20", "--out", "{out}/niah-random20",
+            done="niah-random20/summary.json")),
+        combined(mask_rows, niah_rows("niah", "niah-top20", "niah-random20")), "Causality: masking"),
     "tasks": Study(
         "downstream suites with no heads, the top-20 and 20 random heads masked",
         (rh("detect", "--lengths", "1000", "--depths", "50", "--out", "{out}/detect-8", done="detect-8/summary.json"),
@@ -206,25 +256,31 @@ STUDIES: dict[str, Study] = {
         task_rows, "Downstream tasks"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
-        (LOOKUP, rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_1, "--budgets", "0.1,0.15", "--policies",
-                    "full,uniform,snapkv,retrieval-snapkv,headkv", "--out", "{out}/kv-question",
-                    done="kv-question/summary.json")),
-        kv_share_rows("kv-question", budget=0.1, policy="retrieval-snapkv", against="snapkv"), "KV cache"),
+        (LOOKUP, DETECT,
+         rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_1, *QUESTION, "--out", "{out}/kv-question",
+            done="kv-question/summary.json"),
+         rh("kv-eval", "--scores", "{out}/detect", *HELD_OUT_1, *QUESTION, "--out", "{out}/kv-question-copy",
+            done="kv-question-copy/summary.json"),
+         script("kv_table.py", "{out}/kv-question", "--against", "snapkv", "--extra", "copy={out}/kv-question-copy",
+                done="kv-question-table.txt", capture=True)),
+        combined(kv_share_rows("kv-question", budget=0.1, policy="retrieval-snapkv", against="snapkv"),
+                 printed_rows("kv-question-table.txt")), "KV cache"),
     "kv-query-agnostic": Study(
         "KV cache compressed before the question: re-read tokens ranked by the retrieval heads, both held-out sets",
-        (LOOKUP,
-         rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_1, *REREAD, "--out", "{out}/kv-qa-1",
-            done="kv-qa-1/summary.json"),
-         rh("kv-eval", "--scores", "{out}/lookup", *HELD_OUT_2, *REREAD, "--out", "{out}/kv-qa-2",
-            done="kv-qa-2/summary.json")),
-        kv_share_rows("kv-qa-1/query-agnostic", "kv-qa-2/query-agnostic", budget=0.15, policy="snapkv",
-                      against="full"), "KV cache"),
+        (LOOKUP, *(step for i, held_out in ((1, HELD_OUT_1), (2, HELD_OUT_2)) for step in held_out_steps(i, held_out))),
+        combined(kv_share_rows("kv-qa-1/query-agnostic", "kv-qa-2/query-agnostic", budget=0.15, policy="snapkv",
+                               against="full"),
+                 printed_rows(*(f"kv-qa-{i}-vs-{b}.txt" for i in (1, 2) for b in ("own0", "window")))), "KV cache"),
     "kv-whole-heads": Study(
         "whole retrieval KV heads against random heads and uniform streaming at 33.9% of the bytes",
         (DETECT, rh("kv-eval", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "4000",
                     "--depths", "20,50", "--budgets", "0.339", "--policies", "full,retrieval,random,uniform", "--sink",
                     "64", "--window", "384", "--prefill-per-condition", "--out", "{out}/kv-whole-heads",
-                    done="kv-whole-heads/summary.json")),
+                    done="kv-whole-heads/summary.json"),
+         rh("kv-eval", "--scores", "{out}/detect", "--needles", "docs/needles_eval.jsonl", "--lengths", "4000",
+            "--depths", "20,50", "--budgets", "0.339", "--policies", "retrieval,random,uniform", "--sink", "64",
+            "--window", "384", "--prefill-per-condition", "--prefill", "lambda", "--out", "{out}/kv-whole-heads-lambda",
+            done="kv-whole-heads-lambda/summary.json")),
         whole_head_rows, "KV cache"),
     "adaptive": Study(
         "--until-stable against the paper's strategy on a 200-sample held-out grid",
