@@ -79,7 +79,7 @@ def load(args):
 
 
 def sweep_config(args, needles_file: str):
-    from retrieval_heads.sweep import SweepConfig, linear_grid
+    from retrieval_heads.sweep.grid import SweepConfig, linear_grid
 
     return SweepConfig(model=args.model, needles=needles_file, lengths=[int(x) for x in args.lengths.split(",")],
                        depths=[round(d, 2) for d in linear_grid(0, 100, args.num_depths)], max_new_tokens=args.max_new_tokens,
@@ -111,9 +111,9 @@ def baseline(loaded, config) -> dict[str, list]:
     """The paper's strategy; returns per-sample head scores and responses by sample id."""
     from transformers import DynamicCache
 
-    from retrieval_heads.engine import stop_condition
-    from retrieval_heads.scoring import retrieval_scores
-    from retrieval_heads.sweep import prepare
+    from retrieval_heads.core.engine import stop_condition
+    from retrieval_heads.core.scoring import retrieval_scores
+    from retrieval_heads.sweep.grid import prepare
 
     model, inputs = loaded.model, prepare(config, loaded.tokenizer, loaded.max_context)
     stop = stop_condition(loaded.tokenizer, model)
@@ -141,9 +141,9 @@ def baseline(loaded, config) -> dict[str, list]:
 
 def engine(loaded, config, out_dir: Path, until_stable: bool = False) -> tuple[dict[str, list], dict]:
     """Rows ``id -> [head scores, generated ids, success]`` and the run's summary (timing, stop, means)."""
-    from retrieval_heads.detection import run_detection
+    from retrieval_heads.detection.detect import run_detection
     from retrieval_heads.io import read_jsonl
-    from retrieval_heads.stability import StopRule
+    from retrieval_heads.sweep.stability import StopRule
 
     result = run_detection(loaded, config, out_dir, overwrite=True, progress=False,
                            until_stable=StopRule() if until_stable else None)
@@ -161,7 +161,7 @@ def peak_memory_mb(device: str) -> float:
 
 
 def run_one(args) -> None:
-    from retrieval_heads.haystack import load_needles
+    from retrieval_heads.sweep.haystack import load_needles
 
     loaded = load(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,7 +215,7 @@ def main() -> None:
 
 def compare_stable(results: dict, base: dict) -> dict:
     """Print and return what ``--until-stable`` ran and how close its heads are to the full grid's."""
-    from retrieval_heads.stability import set_jaccards
+    from retrieval_heads.sweep.stability import set_jaccards
 
     stable, full = results["stable"], results["engine"]
     a, b = np.asarray(stable["run"]["mean"]), np.asarray(full["run"]["mean"])

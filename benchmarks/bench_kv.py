@@ -194,7 +194,7 @@ def main() -> None:
     import numpy as np
     from transformers import AutoConfig
 
-    from retrieval_heads.formats import kv_level, load_scores
+    from retrieval_heads.analysis.formats import kv_level, load_scores
     from retrieval_heads.kv.policy import POLICIES, PolicySettings, eligible_layers
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_heads.grounding import evaluate
+from retrieval_heads.grounding import metrics
 from retrieval_heads.grounding.grounder import Grounder
 from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
 from retrieval_heads.grounding.prompt import answer_from_text, build_prompt, locate
@@ -64,7 +64,7 @@ def paragraphs() -> list[str]:
 
 def build_context(row: dict, index: int, paras: list[str], tokenizer) -> tuple[str, tuple[int, int]]:
     """The question's context (a haystack window with its three facts) and the asked fact's [start, end)."""
-    from retrieval_heads.haystack import Haystack, insert_needle
+    from retrieval_heads.sweep.haystack import Haystack, insert_needle
 
     length = LENGTHS[index % len(LENGTHS)]
     start = (index * 17) % len(paras)
@@ -100,7 +100,7 @@ def finish(grounder: Grounder, m: dict, fact_chars: tuple[int, int] | None) -> d
     relevance = max((citation_relevance(question, context, s) for s in g.spans), default=0.0)
     out = {"grounding": g.grounding or 0.0, "mean token log-prob": g.mean_logprob,
            "copy rate of all heads": g.all_heads or 0.0,
-           "lexical overlap": evaluate.lexical_overlap(m["answer"].text, context),
+           "lexical overlap": metrics.lexical_overlap(m["answer"].text, context),
            "grounding x citation relevance": (g.grounding or 0.0) * relevance, "restated": g.restated,
            "spans": [s.to_dict() for s in g.spans], "answer": m["answer"].text}
     if fact_chars is not None:
@@ -119,7 +119,7 @@ def sentence_around(context: str, start: int, end: int) -> str:
 
 def citation_relevance(question: str, context: str, span) -> float:
     """Share of the question's content words found in the sentence a span cites (provenance-aware check)."""
-    from retrieval_heads.failures import content_words
+    from retrieval_heads.core.scoring import content_words
 
     asked = content_words(question)
     cited = content_words(sentence_around(context, span.context_start, span.context_end))
@@ -138,7 +138,7 @@ def grounding_at(grounder: Grounder, rows: list[dict], threshold: float) -> list
 def auroc_table(rows: list[dict]) -> list[dict]:
     """AUROC (95% interval resampling whole questions) of every score the rows carry."""
     labels, groups = [r["label"] for r in rows], [r["question_id"] for r in rows]
-    return [evaluate.auroc_row(name, [r[name] for r in rows], labels, groups=groups)
+    return [metrics.auroc_row(name, [r[name] for r in rows], labels, groups=groups)
             for name in SCORES if all(name in r for r in rows)]
 
 
@@ -146,7 +146,7 @@ def lookback_scores(train: list[dict], test: list[dict]) -> np.ndarray | None:
     y = [r["label"] for r in train]
     if len(set(y)) < 2 or not test:
         return None
-    model = evaluate.LogisticRegression(l2=10.0).fit(np.stack([r["lookback"] for r in train]), y)
+    model = metrics.LogisticRegression(l2=10.0).fit(np.stack([r["lookback"] for r in train]), y)
     return model.predict_proba(np.stack([r["lookback"] for r in test]))
 
 
@@ -167,7 +167,7 @@ def strip(rows: list[dict]) -> list[dict]:
 
 def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
     """Parts tf and gen over the held-out facts; returns the raw rows (threshold applied later)."""
-    from retrieval_heads.suites import Item
+    from retrieval_heads.tasks.suites import Item
 
     paras, tok = paragraphs(), loaded.tokenizer
     tf, gen, files = [], [], {"tune": [], "report": []}
@@ -193,7 +193,7 @@ def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
 
 def own_answers(grounder, recorder, prompt, item, mask):
     """(condition, correct, measures) of the model's greedy answer, unmasked and with the top heads masked."""
-    from retrieval_heads.tasks import score
+    from retrieval_heads.tasks.run import score
 
     for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
         grounder.control.ablate = ablate
@@ -217,7 +217,7 @@ def other_values(row: dict) -> list[str]:
 
 
 def extractive(grounder, recorder, loaded, mask, n: int = 60, tune: int = 24) -> list[dict]:
-    from retrieval_heads.suites import suite_items
+    from retrieval_heads.tasks.suites import suite_items
 
     rows = []
     for index, item in enumerate(tqdm(suite_items("extractive-qa", n), "extractive-qa")):
@@ -230,8 +230,8 @@ def extractive(grounder, recorder, loaded, mask, n: int = 60, tune: int = 24) ->
 
 def knowledge(grounder, loaded, plans: dict) -> dict:
     """Part 7: do knowledge answers copy from the question, and masking with the subject already stated."""
-    from retrieval_heads.suites import KNOWLEDGE, Item
-    from retrieval_heads.tasks import render, score, wilson
+    from retrieval_heads.tasks.run import render, score, wilson
+    from retrieval_heads.tasks.suites import KNOWLEDGE, Item
 
     tok = loaded.tokenizer
     capitals = [(q, a) for q, a in KNOWLEDGE if q.startswith("What is the capital of ")]
@@ -276,8 +276,8 @@ def knowledge(grounder, loaded, plans: dict) -> dict:
 def timing(grounder: Grounder, loaded, facts: list[dict], repeats: int = 3) -> dict:
     """Median seconds of a plain prefill vs. a whole grounding pass (prefill + answer rows), each from an empty
     cache, on the first 2000-token held-out question; one untimed round first warms both up."""
-    from retrieval_heads.engine import Engine
-    from retrieval_heads.hooks import AttentionControl, attention_control
+    from retrieval_heads.core.engine import Engine
+    from retrieval_heads.core.hooks import AttentionControl, attention_control
 
     index = LENGTHS.index(2000)
     row = facts[index]
@@ -337,8 +337,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
 
-    from retrieval_heads.formats import load_scores
-    from retrieval_heads.masking import head_mask, plan_masking
+    from retrieval_heads.analysis.formats import load_scores
+    from retrieval_heads.core.hooks import head_mask
+    from retrieval_heads.masking.heads import plan_masking
     from retrieval_heads.models import load_model
 
     t0 = time.perf_counter()
@@ -364,7 +365,7 @@ def main(argv=None) -> None:
             if "extractive" in parts else []
     if raw["tf"]:  # the threshold that best separates true from fabricated answers (wrong extractions are copied)
         tune = [r for r in raw["tf"] if r["split"] == "tune" and r["kind"] != "wrong-extraction"]
-        threshold, curve = evaluate.choose_threshold(lambda t: grounding_at(grounder, tune, t), [r["label"] for r in tune])
+        threshold, curve = metrics.choose_threshold(lambda t: grounding_at(grounder, tune, t), [r["label"] for r in tune])
         report["threshold"] = {"chosen": threshold, "tuning_curve": curve, "tuning_answers": len(tune)}
     else:
         threshold = grounder.threshold

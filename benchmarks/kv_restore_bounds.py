@@ -28,12 +28,12 @@ import torch
 
 
 def main() -> None:
-    from retrieval_heads.formats import load_scores
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.kv.policy import eligible_layers, top_count, whole_head_count
-    from retrieval_heads.kv.prefill import question_start
     from retrieval_heads.kv.restore import Gates, compressed_count, gating, keep_masks, objective, prepare_sample
     from retrieval_heads.models import load_model
-    from retrieval_heads.sweep import SweepConfig, prepare
+    from retrieval_heads.sweep.grid import SweepConfig, prepare
+    from retrieval_heads.sweep.haystack import question_start
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")

@@ -191,21 +191,22 @@ def needle_kept(keep: dict, span: tuple[int, int], heads: list[tuple[int, int]] 
 
 
 def main() -> None:
-    from retrieval_heads.engine import Engine, stop_condition
-    from retrieval_heads.formats import load_scores
-    from retrieval_heads.hooks import AttentionControl
+    from retrieval_heads.analysis.formats import load_scores
+    from retrieval_heads.core.engine import Engine, stop_condition
+    from retrieval_heads.core.hooks import AttentionControl
     from retrieval_heads.kv.attention import HeadwiseAttention
     from retrieval_heads.kv.cache import num_kv_heads
     from retrieval_heads.kv.compressed import CompressedCache
     from retrieval_heads.kv.policy import (DEFAULT_OBS_WINDOW, DEFAULT_SINK, SELECTIONS, PolicySettings, current,
                                            eligible_layers, full_plan, make_plan)
-    from retrieval_heads.kv.prefill import Evidence, compress, extend, kept_positions, question_start
+    from retrieval_heads.kv.prefill import Evidence, compress, extend, kept_positions
     from retrieval_heads.kv.reconstruct import repeat_ids
     from retrieval_heads.kv.snapkv import ObservationWindow, capture_window, select_positions
-    from retrieval_heads.masking import MaskPlan
+    from retrieval_heads.masking.heads import MaskPlan
+    from retrieval_heads.masking.niah import niah_record
     from retrieval_heads.models import load_model
-    from retrieval_heads.niah import niah_record
-    from retrieval_heads.sweep import SweepConfig, prepare
+    from retrieval_heads.sweep.grid import SweepConfig, prepare
+    from retrieval_heads.sweep.haystack import question_start
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")

@@ -36,7 +36,7 @@ def shared_prefill(prompts: list[list[int]], grain: int) -> tuple[int, int]:
     ``prompts`` in lexicographic order (a depth-first walk of their prefix tree); the reused part is
     rounded down to a multiple of ``grain``.
     """
-    from retrieval_heads.engine import common_prefix_length
+    from retrieval_heads.core.engine import common_prefix_length
 
     tokens = work = 0
     previous: list[int] = []
@@ -49,9 +49,9 @@ def shared_prefill(prompts: list[list[int]], grain: int) -> tuple[int, int]:
 
 
 def main() -> None:
-    from retrieval_heads.haystack import load_needles
     from retrieval_heads.models import load_model
-    from retrieval_heads.sweep import SweepConfig, linear_grid, prepare
+    from retrieval_heads.sweep.grid import SweepConfig, linear_grid, prepare
+    from retrieval_heads.sweep.haystack import load_needles
 
     args = parse()
     tokenizer = load_model(args.model).tokenizer

@@ -3,6 +3,9 @@
 The public API is imported lazily, so ``import retrieval_heads`` stays instant:
 
     from retrieval_heads import load_model, SweepConfig, run_detection
+
+These names are the stable imports; the modules behind them (``core``, ``sweep``, the experiments,
+``analysis``) may move between releases without shims.
 """
 
 from __future__ import annotations
@@ -14,20 +17,20 @@ __version__ = "0.1.0"
 _API = {
     "load_model": "models",
     "LoadedModel": "models",
-    "SweepConfig": "sweep",
-    "run_detection": "detection",
-    "run_lookup": "lookup",
-    "run_niah": "niah",
-    "run_mask_sweep": "masksweep",
-    "plan_masking": "masking",
-    "load_scores": "formats",
-    "merge_runs": "merge",
-    "HeadScores": "scores",
-    "StopRule": "stability",
-    "attention_control": "hooks",
-    "AttentionControl": "hooks",
-    "AblationMode": "hooks",
-    "AblationPhase": "hooks",
+    "SweepConfig": "sweep.grid",
+    "run_detection": "detection.detect",
+    "run_lookup": "kv.lookup",
+    "run_niah": "masking.niah",
+    "run_mask_sweep": "masking.sweep",
+    "plan_masking": "masking.heads",
+    "load_scores": "analysis.formats",
+    "merge_runs": "cli.merge",
+    "HeadScores": "core.head_scores",
+    "StopRule": "sweep.stability",
+    "attention_control": "core.hooks",
+    "AttentionControl": "core.hooks",
+    "AblationMode": "core.hooks",
+    "AblationPhase": "core.hooks",
     "HeadwiseCache": "kv.cache",
     "HeadwiseAttention": "kv.attention",
     "top_fraction": "kv.policy",

@@ -70,7 +70,7 @@ class LoadedModel:
     def layout(self):
         """The ``AttentionLayout`` of the model (computed once)."""
         if self._layout is None:
-            from .layout import inspect_attention
+            from .core.layout import inspect_attention
 
             self._layout = inspect_attention(self.model)
         return self._layout
@@ -207,7 +207,7 @@ def load_with(settings: LoadSettings) -> LoadedModel:
     """
     from transformers import AutoTokenizer
 
-    from .hooks import check_implementation
+    from .core.hooks import check_implementation
 
     check_implementation(settings.attn_implementation)
     start = time.perf_counter()

@@ -73,7 +73,7 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from retrieval_heads.haystack import default_haystack, load_needles
+    from retrieval_heads.sweep.haystack import default_haystack, load_needles
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -99,9 +99,9 @@ def tiny_kv_eval(tokenizer, directory):
     heads) and a sweep of 2 built-in needles at 200 tokens, depth 50."""
     import numpy as np
 
+    from retrieval_heads.core.head_scores import HeadScores
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from retrieval_heads import analysis
+import retrieval_heads.analysis.properties as analysis
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.scores import HeadScores
 
 
 def scores_from_means(mean, n_samples: int = 1, **kw) -> HeadScores:

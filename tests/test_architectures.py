@@ -14,9 +14,9 @@ from conftest import build_tiny
 from retrieval_heads.compat.matrix import check_architecture, logit_change, scale_attention_logits
 from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
 from retrieval_heads.compat.tiny import save_tiny
-from retrieval_heads.engine import Engine, new_cache, stop_condition
+from retrieval_heads.core.engine import Engine, new_cache, stop_condition
+from retrieval_heads.core.hooks import AblationPhase, AttentionControl, attention_control
 from retrieval_heads.errors import UserError
-from retrieval_heads.hooks import AblationPhase, AttentionControl, attention_control
 
 REPRESENTATIVE = {  # one of each kind
     "llama": "dense", "qwen3_moe": "moe", "gemma2": "sliding", "gpt_oss": "sinks", "qwen3_next": "hybrid",
@@ -65,7 +65,7 @@ def test_attention_outside_the_interface_is_refused(tiny_tokenizer):
 @pytest.mark.parametrize("arch", ["gemma2", "gpt_oss"])
 def test_probe_leaves_soft_capped_and_sink_logits_unchanged(arch, monkeypatch):
     """Observing must not change the model: the old fallback (Llama's eager, no softcap or sinks) does."""
-    import retrieval_heads.hooks as hooks
+    import retrieval_heads.core.hooks as hooks
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     model = build_tiny_arch(arch)
@@ -93,7 +93,7 @@ def test_cli_detects_on_a_saved_hybrid_and_marks_its_linear_layers(tiny_tokenize
     assert summary["timing"]["prefix_reuse"] is False and "recurrent state" in summary["timing"]["prefix_reuse_off"]
     paper = json.loads((tmp_path / "run" / "head_scores.json").read_text())
     assert {int(k.split("-")[0]) for k in paper} == set(attention)
-    from retrieval_heads.formats import load_scores
+    from retrieval_heads.analysis.formats import load_scores
 
     scores = load_scores(tmp_path / "run")
     assert scores.shape == (len(kinds), summary["num_heads"])
@@ -119,7 +119,7 @@ def test_cli_refuses_attention_outside_the_interface_in_one_line(tiny_tokenizer,
 
 
 def test_masking_a_head_of_a_linear_attention_layer_is_refused():
-    from retrieval_heads.masking import plan_masking
+    from retrieval_heads.masking.heads import plan_masking
 
     applicable = np.array([[False] * 4, [True] * 4])
     with pytest.raises(UserError, match="no softmax attention"):
@@ -210,7 +210,7 @@ def test_recurrent_caches_turn_prefix_reuse_and_batching_off():
 
 
 def test_merge_of_a_shard_without_summary_is_a_user_error(tmp_path):
-    from retrieval_heads.merge import merge_runs
+    from retrieval_heads import merge_runs
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -221,9 +221,9 @@ def test_merge_of_a_shard_without_summary_is_a_user_error(tmp_path):
 
 
 def test_resume_with_another_grid_records_both_grids(tiny_tokenizer, tmp_path):
-    from retrieval_heads.detection import run_detection
+    from retrieval_heads.detection.detect import run_detection
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     base = dict(model="tiny-llama", depths=[50], max_new_tokens=2, chunk_size=64, shard=(0, 4))
@@ -246,8 +246,8 @@ def test_niah_on_an_empty_shard_prints_instead_of_crashing(tiny_tokenizer, tmp_p
 
 @pytest.mark.parametrize("arch", ["qwen3_next", "gpt_oss", "deepseek_v3"])
 def test_cli_lookup_on_saved_hybrid_sinks_and_latent_checkpoints(arch, tiny_tokenizer, tmp_path):
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.cli import main
-    from retrieval_heads.formats import load_scores
 
     model = build_tiny_arch(arch)
     kinds = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
@@ -263,8 +263,8 @@ def test_cli_lookup_on_saved_hybrid_sinks_and_latent_checkpoints(arch, tiny_toke
 
 @pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3", "qwen3_next"])
 def test_cli_restore_on_saved_sinks_and_latent_checkpoints_refuses_hybrids(arch, tiny_tokenizer, tmp_path, capsys):
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.cli import main
-    from retrieval_heads.formats import load_scores
 
     model = build_tiny_arch(arch)
     kinds = getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers
@@ -286,9 +286,9 @@ def test_cli_restore_on_saved_sinks_and_latent_checkpoints_refuses_hybrids(arch,
 @pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3"])
 def test_cli_kv_eval_re_reading_selection_on_saved_sinks_refuses_latent_checkpoints(arch, tiny_tokenizer, tmp_path,
                                                                                        capsys):
+    from retrieval_heads.analysis.formats import save_scores
     from retrieval_heads.cli import main
-    from retrieval_heads.formats import save_scores
-    from retrieval_heads.scores import HeadScores
+    from retrieval_heads.core.head_scores import HeadScores
 
     model = build_tiny_arch(arch)
     text = model.config

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from retrieval_heads.cli import build_parser, main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.scores import HeadScores
 
 
 def parse(argv: list[str]):
@@ -176,7 +176,7 @@ def test_flags_are_still_offered_where_they_act():
 
 def test_sweep_config_reads_flags_a_command_does_not_offer_as_their_defaults():
     from retrieval_heads.cli.common import sweep_config_from_args
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     config = sweep_config_from_args(parse(["restore", "--lengths", "300"]))
     default = SweepConfig()

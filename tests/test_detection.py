@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import build_tiny, forced_answer
 
-from retrieval_heads.detection import run_detection, scores_from_records, sparsity_counts
+from retrieval_heads.core.head_scores import HeadScores
+from retrieval_heads.detection.detect import run_detection, scores_from_records, sparsity_counts
 from retrieval_heads.errors import UserError
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.scores import HeadScores
-from retrieval_heads.sweep import SweepConfig
+from retrieval_heads.sweep.grid import SweepConfig
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_rerun_needs_resume_and_never_double_counts(loaded, tmp_path):
 
 
 def test_interrupted_run_keeps_finished_samples(loaded, tmp_path, monkeypatch):
-    from retrieval_heads import engine
+    from retrieval_heads.core import engine
 
     calls = {"n": 0}
     original = engine.Engine.generate_batch

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import build_tiny
 
-from retrieval_heads.engine import Engine, common_prefix_length
-from retrieval_heads.hooks import AttentionControl, attention_control
+from retrieval_heads.core.engine import Engine, common_prefix_length
+from retrieval_heads.core.hooks import AttentionControl, attention_control
 
 
 def never_stop(_token: int) -> bool:
@@ -105,7 +105,7 @@ def test_later_batches_reuse_buffers_with_unchanged_results():
 def test_preallocated_layer_matches_dynamic_layer_and_grows():
     from transformers.cache_utils import DynamicLayer
 
-    from retrieval_heads.engine import PreallocatedLayer
+    from retrieval_heads.core.engine import PreallocatedLayer
 
     torch.manual_seed(0)
     first = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)

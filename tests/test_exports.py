@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_heads import exports, formats
+from retrieval_heads.analysis import exports, formats
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.scores import HeadScores
 
 LAYERS, HEADS, KV_HEADS = 4, 12, 3  # not square, 12 heads so that "0-10" sorts before "0-2" as text
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_heads import formats
+from retrieval_heads.analysis import formats
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.scores import HeadScores
 
 
 @pytest.fixture

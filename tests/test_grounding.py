@@ -14,7 +14,7 @@ import torch
 from conftest import build_tiny
 
 from retrieval_heads.errors import UserError
-from retrieval_heads.grounding import evaluate, signal
+from retrieval_heads.grounding import metrics, signal
 from retrieval_heads.grounding.grounder import Grounder
 from retrieval_heads.grounding.items import GroundItem, load_items, run_items
 from retrieval_heads.grounding.prompt import answer_from_ids, answer_from_text, build_prompt, trim
@@ -162,22 +162,22 @@ def test_auroc_matches_pairwise_counting_and_bootstrap_brackets_it():
     scores[:5] = scores[5]  # some ties
     pos, neg = scores[labels == 1], scores[labels == 0]
     pairs = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
-    assert evaluate.auroc(scores, labels) == pytest.approx(pairs)
-    low, high = evaluate.bootstrap_auroc(scores, labels, n=500)
+    assert metrics.auroc(scores, labels) == pytest.approx(pairs)
+    low, high = metrics.bootstrap_auroc(scores, labels, n=500)
     assert low < pairs < high
-    grouped = evaluate.bootstrap_auroc(scores, labels, groups=np.arange(60) // 4, n=500)
+    grouped = metrics.bootstrap_auroc(scores, labels, groups=np.arange(60) // 4, n=500)
     assert grouped[0] < pairs < grouped[1]
-    assert evaluate.auroc([0.1, 0.2], [1, 1]) is None
+    assert metrics.auroc([0.1, 0.2], [1, 1]) is None
 
 
 def test_logistic_regression_and_lexical_overlap():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5))
     y = (x[:, 0] - x[:, 2] > 0).astype(int)
-    model = evaluate.LogisticRegression(l2=0.1).fit(x, y)
-    assert evaluate.auroc(model.predict_proba(x), y) > 0.97
-    assert evaluate.lexical_overlap("Orla Vesk, of course", CONTEXT) == pytest.approx(2 / 3)
-    assert evaluate.lexical_overlap("the", CONTEXT) == 0.0
+    model = metrics.LogisticRegression(l2=0.1).fit(x, y)
+    assert metrics.auroc(model.predict_proba(x), y) > 0.97
+    assert metrics.lexical_overlap("Orla Vesk, of course", CONTEXT) == pytest.approx(2 / 3)
+    assert metrics.lexical_overlap("the", CONTEXT) == 0.0
 
 
 def test_items_file_is_checked_line_by_line(tmp_path):
@@ -307,8 +307,8 @@ def test_a_head_after_a_token_grounds_it_a_head_before_it_does_not(tiny_tokenize
 
 
 def test_teacher_forced_rows_equal_the_decode_steps(tiny_tokenizer):
-    from retrieval_heads.engine import Engine
-    from retrieval_heads.hooks import AttentionControl, attention_control
+    from retrieval_heads.core.engine import Engine
+    from retrieval_heads.core.hooks import AttentionControl, attention_control
 
     model = build_tiny("llama")
     prompt = build_prompt(tiny_tokenizer, CONTEXT, QUESTION)
@@ -370,8 +370,8 @@ def test_ground_items_writes_results_summary_and_report(tiny_tokenizer, tmp_path
 
 
 def test_run_items_rebuild_a_detection_run(tiny_tokenizer, tmp_path):
-    from retrieval_heads.detection import run_detection
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.detection.detect import run_detection
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     config = SweepConfig(model="tiny-llama", lengths=[200], depths=[50], max_new_tokens=4, chunk_size=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from retrieval_heads.errors import UserError
-from retrieval_heads.haystack import (
+from retrieval_heads.sweep.haystack import (
     Haystack,
     Needle,
     build_prompt,

@@ -7,7 +7,7 @@ import torch
 from conftest import FAMILIES, build_tiny
 
 from retrieval_heads.compat.matrix import eager_reference, probe_positions
-from retrieval_heads.hooks import AblationMode, AblationPhase, AttentionControl, attention_control, last_row_top1
+from retrieval_heads.core.hooks import AblationMode, AblationPhase, AttentionControl, attention_control, last_row_top1
 
 
 def loaded_probe(model, ids: torch.Tensor, steps: int):

@@ -182,8 +182,8 @@ def test_peak_bytes_are_every_tensor_held_at_once():
     """The peak of a compressed copy of the shared prefill is what both caches hold at once: the prefill's
     preallocated buffers (not the views of their filled part), the copy's keys and values and its index
     tensors, at whichever moment after a forward pass holds the most."""
-    from retrieval_heads.engine import Engine
-    from retrieval_heads.hooks import AttentionControl
+    from retrieval_heads.core.engine import Engine
+    from retrieval_heads.core.hooks import AttentionControl
     from retrieval_heads.kv.prefill import cache_to_compress
 
     model = build_tiny("llama")
@@ -304,8 +304,8 @@ CHAT = ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_question_start_splits_at_the_end_of_the_document(tiny_tokenizer, chat):
-    from retrieval_heads.haystack import build_prompt, load_needles
-    from retrieval_heads.kv.prefill import question_start
+    from retrieval_heads.sweep.haystack import question_start
+    from retrieval_heads.sweep.haystack import build_prompt, load_needles
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     if chat:
@@ -326,10 +326,10 @@ def test_question_start_splits_at_the_end_of_the_document(tiny_tokenizer, chat):
 
 
 def test_kv_eval_token_policies_in_both_settings(tiny_tokenizer, tmp_path):
+    from retrieval_heads.core.head_scores import HeadScores
     from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(2).random((2, 3, 8)), meta={"num_kv_heads": 2})
@@ -377,7 +377,7 @@ def interrupt_after(monkeypatch, writes: int) -> None:
     """Stop kv-eval (KeyboardInterrupt) right after its ``writes``-th JSONL append, NIAH records and KV rows alike."""
     import retrieval_heads.kv.evaluate as evaluate
     import retrieval_heads.kv.prefill as prefill
-    import retrieval_heads.rundir as rundir
+    import retrieval_heads.sweep.rundir as rundir
     from retrieval_heads.io import append_jsonl
 
     count = [0]

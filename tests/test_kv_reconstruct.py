@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import build_tiny, tiny_kv_eval
-from retrieval_heads.engine import new_cache
+from retrieval_heads.core.engine import new_cache
 from retrieval_heads.errors import UserError
 from retrieval_heads.kv.policy import eligible_layers
 from retrieval_heads.kv.prefill import extend

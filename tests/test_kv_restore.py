@@ -17,7 +17,7 @@ from retrieval_heads.kv.restore import (Gates, Sample, answer_logprob, compresse
                                         objective, order_scores, run_restore)
 from retrieval_heads.kv.snapkv import Observed
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.sweep import SweepConfig
+from retrieval_heads.sweep.grid import SweepConfig
 
 DOC, TAIL = 40, 12  # document tokens; question + answer tokens fed after it
 
@@ -114,8 +114,8 @@ def test_counts_and_order_scores():
 
 
 def test_run_restore_writes_scores_that_kv_eval_reads(tiny_tokenizer, tmp_path):
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.errors import UserError
-    from retrieval_heads.formats import load_scores
     from retrieval_heads.kv.evaluate import run_kv_eval, scores_label
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)

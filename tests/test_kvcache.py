@@ -13,8 +13,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from retrieval_heads.engine import Engine
-from retrieval_heads.hooks import attention_control
+from retrieval_heads.core.engine import Engine
+from retrieval_heads.core.hooks import attention_control
 from retrieval_heads.kv.attention import HeadwiseAttention, HeadwiseCacheFactory
 from retrieval_heads.kv.cache import HeadwiseCache, HeadwiseLayer, cache_held_bytes, cache_stats, streaming_positions
 from retrieval_heads.kv.policy import (
@@ -330,10 +330,10 @@ def test_uniform_matches_bytes():
 
 
 def test_kv_eval_writes_rows_and_frontier(tiny_tokenizer, tmp_path):
+    from retrieval_heads.core.head_scores import HeadScores
     from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(0).random((2, 3, 8)), meta={"num_kv_heads": 2})
@@ -369,10 +369,10 @@ def test_shared_prefill_equals_prefill_per_condition(tiny_tokenizer, tmp_path):
     a per-condition run (the per-condition path prefills streaming heads through the head-wise
     attention split, so logits may differ in the last float bits: compared through greedy answers)."""
 
+    from retrieval_heads.core.head_scores import HeadScores
     from retrieval_heads.kv.evaluate import run_kv_eval
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     scores = HeadScores(np.random.default_rng(1).random((2, 3, 8)), meta={"num_kv_heads": 2})
@@ -468,13 +468,13 @@ def test_kv_commands_refuse_a_model_without_a_full_attention_layer(command, tiny
     """A Mistral whose ``sliding_window`` makes every layer slide has no KV head to keep whole or compress: refused
     before any run starts, instead of every policy silently being the full cache."""
     from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
+    from retrieval_heads.core.head_scores import HeadScores
     from retrieval_heads.errors import UserError
     from retrieval_heads.kv.evaluate import run_kv_eval
+    from retrieval_heads.kv.lookup import run_lookup
     from retrieval_heads.kv.restore import run_restore
-    from retrieval_heads.lookup import run_lookup
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.scores import HeadScores
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     model = build_tiny_arch("mistral", sliding_window=16)  # 2 layers, 4 heads, 2 KV heads, no layer_types
     loaded = LoadedModel(model, tiny_tokenizer, "tiny-mistral", 0.0)

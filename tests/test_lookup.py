@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import builtin_needles, build_tiny
-from retrieval_heads.lookup import needle_attention, run_lookup
+from retrieval_heads.kv.lookup import needle_attention, run_lookup
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.sweep import SweepConfig
+from retrieval_heads.sweep.grid import SweepConfig
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -31,8 +31,8 @@ def test_needle_attention_is_the_models_own_attention_on_the_span(family):
 
 
 def test_run_lookup_writes_a_run_directory_that_resumes(tiny_tokenizer, tmp_path):
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.errors import UserError
-    from retrieval_heads.formats import load_scores
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     needles = builtin_needles(tmp_path, 2)
@@ -60,7 +60,7 @@ def test_run_lookup_writes_a_run_directory_that_resumes(tiny_tokenizer, tmp_path
 
 
 def test_kv_eval_reads_a_lookup_run_and_names_its_scores(tiny_tokenizer, tmp_path):
-    from retrieval_heads.formats import load_scores
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.kv.evaluate import run_kv_eval
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
@@ -78,9 +78,9 @@ def test_kv_eval_reads_a_lookup_run_and_names_its_scores(tiny_tokenizer, tmp_pat
 def test_merged_lookup_shards_stay_a_lookup_run_for_kv_eval(tiny_tokenizer, tmp_path):
     from dataclasses import replace
 
-    from retrieval_heads.formats import load_scores
+    from retrieval_heads import merge_runs
+    from retrieval_heads.analysis.formats import load_scores
     from retrieval_heads.kv.evaluate import scores_label
-    from retrieval_heads.merge import merge_runs
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     config = SweepConfig(model="tiny-llama", needles=builtin_needles(tmp_path, 2), lengths=[260], depths=[20.0, 70.0],

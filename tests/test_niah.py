@@ -9,15 +9,15 @@ import pytest
 from conftest import build_tiny
 
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
+from retrieval_heads.core.hooks import AblationPhase, AttentionControl
 from retrieval_heads.errors import UserError
-from retrieval_heads.failures import FailureType, classify, contains_answer
-from retrieval_heads.hooks import AblationPhase, AttentionControl
-from retrieval_heads.masking import MaskPlan, Selection, parse_heads, plan_masking, random_heads, top_heads
-from retrieval_heads.masksweep import run_mask_sweep, usable_ks
+from retrieval_heads.masking.failures import FailureType, classify, contains_answer
+from retrieval_heads.masking.heads import MaskPlan, Selection, parse_heads, plan_masking, random_heads, top_heads
+from retrieval_heads.masking.niah import run_niah
+from retrieval_heads.masking.sweep import run_mask_sweep, usable_ks
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.niah import run_niah
-from retrieval_heads.scores import HeadScores
-from retrieval_heads.sweep import SweepConfig
+from retrieval_heads.sweep.grid import SweepConfig
 
 
 def scores_3x8() -> HeadScores:

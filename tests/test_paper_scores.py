@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from retrieval_heads import analysis
+import retrieval_heads.analysis.properties as analysis
+from retrieval_heads.analysis.formats import load_scores
 from retrieval_heads.cli import main
-from retrieval_heads.formats import load_scores
-from retrieval_heads.scores import HeadScores
+from retrieval_heads.core.head_scores import HeadScores
 
 LLAMA2_7B = "llama-2-7b-80k"
 LLAMA2_13B = "llama-2-13b-64k"

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from retrieval_heads import plots
+from retrieval_heads.analysis import plots
+from retrieval_heads.analysis.report import build_report, write_plots
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.report import build_report, write_plots
-from retrieval_heads.scores import HeadScores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,7 +72,7 @@ def test_write_plots_covers_kv_view(tmp_path, scores):
 
 
 def test_plotting_modules_import_without_matplotlib():
-    code = "import sys, retrieval_heads.plots, retrieval_heads.cli.analyze; print('matplotlib' in sys.modules)"
+    code = "import sys, retrieval_heads.analysis.plots, retrieval_heads.cli.analyze; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -135,7 +135,8 @@ def test_report_shows_kv_head_scores_as_a_heatmap_beside_the_heads(run_dir, scor
 
 
 def test_frontier_names_the_token_selection_of_each_line(tmp_path, monkeypatch):
-    from retrieval_heads.plots import kv
+    from retrieval_heads.analysis.plots import kv
+    from retrieval_heads.kv.policy import current_names
 
     drawn = []
     real = kv._panel
@@ -150,6 +151,7 @@ def test_frontier_names_the_token_selection_of_each_line(tmp_path, monkeypatch):
             {**row, "policy": "snapkv", "selection": "snapkv"}, {**row, "policy": "snapkv", "selection": "reconstruct"},
             {**row, "policy": "headkv", "selection": "reconstruct"},
             {**row, "policy": "snapkv", "selection": "reconstruct", "token_ranking": "retrieval"}]
+    rows = [current_names(r) for r in rows]  # old selection names, read as today's (as kv-eval does)
     assert kv.frontier_plot(rows, tmp_path / "f.png", title="t").stat().st_size > 0
     assert ("SnapKV (same tokens per KV head)", "--") in drawn
     assert ("re-read tokens (same tokens per KV head)", "-") in drawn

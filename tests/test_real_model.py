@@ -35,8 +35,8 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def detection(smollm2, tmp_path_factory):
-    from retrieval_heads.detection import run_detection
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.detection.detect import run_detection
+    from retrieval_heads.sweep.grid import SweepConfig
 
     out = tmp_path_factory.mktemp("detect")
     needles = out / "needles.jsonl"

@@ -54,9 +54,9 @@ def test_every_study_command_parses(name, tmp_path):
 def test_detection_rows_read_a_detect_run(tiny_tokenizer, tmp_path, forced_needles):
     from conftest import build_tiny, forced_answer
 
-    from retrieval_heads.detection import run_detection
+    from retrieval_heads.detection.detect import run_detection
     from retrieval_heads.models import LoadedModel
-    from retrieval_heads.sweep import SweepConfig
+    from retrieval_heads.sweep.grid import SweepConfig
 
     loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
     config = SweepConfig(model="tiny-llama", needles=forced_needles, lengths=[200], depths=[50], max_new_tokens=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrieval_heads.scoring import is_success, retrieval_scores, rouge1_recall
+from retrieval_heads.core.scoring import is_success, retrieval_scores, rouge1_recall
 
 
 def test_copy_events_score_one_over_span_length():

@@ -10,11 +10,11 @@ import sys
 import pytest
 from conftest import build_tiny, forced_answer
 
-from retrieval_heads.detection import run_detection
+from retrieval_heads import merge_runs
+from retrieval_heads.detection.detect import run_detection
 from retrieval_heads.errors import UserError
-from retrieval_heads.merge import merge_runs
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.sweep import SweepConfig, build_grid
+from retrieval_heads.sweep.grid import SweepConfig, build_grid
 
 
 def config(**kw) -> SweepConfig:

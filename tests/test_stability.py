@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from test_paper_scores import paper
 
-from retrieval_heads import analysis
+import retrieval_heads.analysis.properties as analysis
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.scores import HeadScores
-from retrieval_heads.stability import (
+from retrieval_heads.sweep.stability import (
     CurvePoint, StopRule, bootstrap, check_stopping, jaccard, measure, run_curve, stability_curve, stopping_point,
     successes_by_id, top_k_mask,
 )
-from retrieval_heads.sweep import balanced_order, block_ends, build_grid, sample_blocks
+from retrieval_heads.sweep.grid import balanced_order, block_ends, build_grid, sample_blocks
 
 
 def planted(n: int = 80, seed: int = 0) -> np.ndarray:
@@ -231,8 +231,8 @@ def loaded(tiny_tokenizer):
 
 
 def test_until_stable_stops_after_a_block_and_resume_finishes_the_grid(loaded, tmp_path, monkeypatch):
-    from retrieval_heads import detection
-    from retrieval_heads.sweep import SweepConfig
+    import retrieval_heads.detection.detect as detection
+    from retrieval_heads.sweep.grid import SweepConfig
 
     monkeypatch.setattr(detection, "is_success", lambda recall: True)  # a random model never retrieves
     config = SweepConfig(model="tiny-llama", lengths=[200, 260], depths=[0, 50, 100], max_new_tokens=2,
@@ -253,7 +253,7 @@ def test_until_stable_stops_after_a_block_and_resume_finishes_the_grid(loaded, t
     rest = detection.run_detection(loaded, config, tmp_path, resume=True, progress=False)
     assert rest.summary["stopped_early"] is False and rest.summary["samples_run"] == 48
     assert rest.summary["stability"]["target"] is None and len(rest.summary["stability_curve"]) == 6
-    from retrieval_heads.report import build_report
+    from retrieval_heads.analysis.report import build_report
 
     text = build_report(tmp_path).read_text()
     assert "<h2>Stability</h2>" in text and "48 of 48 samples" in text
@@ -262,7 +262,7 @@ def test_until_stable_stops_after_a_block_and_resume_finishes_the_grid(loaded, t
 def test_detect_cli_until_stable_then_resume(tiny_tokenizer, tmp_path, monkeypatch, capsys):
     from conftest import build_tiny
 
-    from retrieval_heads import detection
+    import retrieval_heads.detection.detect as detection
 
     monkeypatch.setattr(detection, "is_success", lambda recall: True)
     build_tiny("llama").save_pretrained(tmp_path / "tiny")
@@ -280,9 +280,9 @@ def test_detect_cli_until_stable_then_resume(tiny_tokenizer, tmp_path, monkeypat
 
 
 def test_merged_shards_that_stopped_early_say_so(loaded, tmp_path, monkeypatch):
-    from retrieval_heads import detection
-    from retrieval_heads.merge import merge_runs
-    from retrieval_heads.sweep import SweepConfig
+    import retrieval_heads.detection.detect as detection
+    from retrieval_heads import merge_runs
+    from retrieval_heads.sweep.grid import SweepConfig
 
     monkeypatch.setattr(detection, "is_success", lambda recall: True)
     rule = StopRule(k=5, stability=0.9, min_successes=4)
@@ -297,8 +297,8 @@ def test_merged_shards_that_stopped_early_say_so(loaded, tmp_path, monkeypatch):
 
 def test_until_stable_checks_at_block_ends_whatever_the_batch_size(loaded, tmp_path, monkeypatch):
     """Batches of 3 and blocks of 8: the checks come after 8 and 16 samples, not after 9 and 18."""
-    from retrieval_heads import detection
-    from retrieval_heads.sweep import SweepConfig
+    import retrieval_heads.detection.detect as detection
+    from retrieval_heads.sweep.grid import SweepConfig
 
     monkeypatch.setattr(detection, "is_success", lambda recall: True)
     config = SweepConfig(model="tiny-llama", lengths=[200, 260], depths=[0, 50, 100], max_new_tokens=2,
@@ -318,8 +318,8 @@ def test_ranks_take_one_stop_decision_for_the_whole_run(monkeypatch):
     import threading
     from types import SimpleNamespace
 
-    from retrieval_heads import detection
-    from retrieval_heads.distributed import Launch
+    import retrieval_heads.detection.detect as detection
+    from retrieval_heads.sweep.distributed import Launch
 
     barrier, slots = threading.Barrier(2), [None, None]
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny
+from retrieval_heads.analysis.formats import save_scores
 from retrieval_heads.cli import main
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.formats import save_scores
-from retrieval_heads.scores import HeadScores
-from retrieval_heads.suites import KNOWLEDGE, Item, load_items, suite_items
-from retrieval_heads.tasks import (
+from retrieval_heads.tasks.suites import KNOWLEDGE, Item, load_items, suite_items
+from retrieval_heads.tasks.run import (
     SUITES, AnswerStop, contains, final_answer, get_suite, normalize, render, run_tasks, score, wilson,
 )
 
@@ -211,8 +211,8 @@ def loaded(tiny_tokenizer):
 
 
 def _conditions(shape=(3, 8)):
-    from retrieval_heads.masking import MaskPlan, plan_masking
-    from retrieval_heads.tasks import Condition
+    from retrieval_heads.masking.heads import MaskPlan, plan_masking
+    from retrieval_heads.tasks.run import Condition
 
     rng = np.random.default_rng(0)
     scores = HeadScores(rng.random((4, *shape)) * 0.2)
@@ -222,7 +222,7 @@ def _conditions(shape=(3, 8)):
 
 
 def test_end_to_end_tiny_llama(loaded, tmp_path, monkeypatch):
-    from retrieval_heads import tasks
+    import retrieval_heads.tasks.run as tasks
 
     known_ids = {it.id for it in suite_items("knowledge-qa", 3)[:2]}
     real_score = tasks.score
@@ -266,9 +266,9 @@ def test_end_to_end_tiny_llama(loaded, tmp_path, monkeypatch):
 
 
 def test_masking_changes_the_masked_run_only(loaded, tmp_path):
-    from retrieval_heads.hooks import AblationMode, AttentionControl
-    from retrieval_heads.masking import MaskPlan
-    from retrieval_heads.tasks import Condition
+    from retrieval_heads.core.hooks import AblationMode, AttentionControl
+    from retrieval_heads.masking.heads import MaskPlan
+    from retrieval_heads.tasks.run import Condition
 
     everything = MaskPlan(heads=tuple((l, h) for l in range(3) for h in range(8)), k=24)
     conds = [Condition("none", MaskPlan()), Condition("none-again", MaskPlan()), Condition("all-24", everything)]
@@ -327,7 +327,7 @@ def test_cli_conditions(tmp_path):
 
 
 def test_plot_from_rows(tmp_path):
-    from retrieval_heads.plots.tasks import task_accuracy
+    from retrieval_heads.analysis.plots.tasks import task_accuracy
 
     rows = [{"suite": s, "condition": c, "accuracy": a, "ci_low": max(a - 0.1, 0), "ci_high": min(a + 0.1, 1), "n": 50}
             for s in ("extractive-qa", "knowledge-qa") for c, a in (("none", 0.8), ("top-20", 0.3), ("random-20", 0.7))]
@@ -337,8 +337,8 @@ def test_plot_from_rows(tmp_path):
 
 
 def test_random_per_sample_records_its_heads(loaded, tmp_path):
-    from retrieval_heads.masking import MaskPlan, plan_masking
-    from retrieval_heads.tasks import Condition
+    from retrieval_heads.masking.heads import MaskPlan, plan_masking
+    from retrieval_heads.tasks.run import Condition
 
     scores = HeadScores(np.zeros((1, 3, 8)))
     plan = plan_masking(num_layers=3, num_heads=8, scores=scores, mask_random=3, per_sample=True)

@@ -25,9 +25,9 @@ class Analyze(Command):
         _add_stability(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .. import analysis
+        from ..analysis import properties
+        from ..analysis.formats import load_scores
         from ..errors import UserError
-        from ..formats import load_scores
 
         if not hasattr(args, "source"):
             raise UserError("analyze needs RUN_OR_SCORES: a run directory or a score file")
@@ -35,9 +35,9 @@ class Analyze(Command):
         if args.until_stable:
             return _run_stability(scores, args)
         kv = scores.meta.get("num_kv_heads")
-        result = analysis.analyze(scores, top=args.top, num_kv_heads=kv)
+        result = properties.analyze(scores, top=args.top, num_kv_heads=kv)
         if args.plots:
-            from ..report import write_plots
+            from ..analysis.report import write_plots
 
             result["plots"] = [str(p.path) for p in write_plots(scores, args.plots, top=args.top, num_kv_heads=kv)]
         print(json.dumps(result, indent=2) if args.json else format_analysis(result))
@@ -57,8 +57,8 @@ class Compare(Command):
         parser.add_argument("--plot", metavar="FILE.png", help="also write a scatter plot of the two score maps")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..analysis import compare, is_kv_level
-        from ..formats import as_kv_level, load_scores
+        from ..analysis.formats import as_kv_level, load_scores
+        from ..analysis.properties import compare, is_kv_level
 
         a, b = load_scores(args.a), load_scores(args.b)
         if is_kv_level(a) != is_kv_level(b):
@@ -66,7 +66,7 @@ class Compare(Command):
         result = compare(a, b, top=args.top).to_dict()
         result.update(a=args.a, b=args.b)
         if args.plot:
-            from ..plots import comparison_scatter
+            from ..analysis.plots import comparison_scatter
 
             label_a, label_b = a.model or "A", b.model or "B"
             if label_a == label_b:
@@ -91,7 +91,7 @@ class Report(Command):
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from ..report import REPORT, build_report
+        from ..analysis.report import REPORT, build_report
         from .base import warn_deprecated
 
         target = None
@@ -117,9 +117,9 @@ def _add_stability(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_stability(scores, args: argparse.Namespace) -> int:
-    from ..analysis import has_per_sample_scores
+    from ..analysis.properties import has_per_sample_scores
     from ..errors import UserError
-    from ..stability import StopRule, check_stopping
+    from ..sweep.stability import StopRule, check_stopping
 
     if not has_per_sample_scores(scores):
         raise UserError(f"{args.source}: --until-stable needs per-sample scores (a run directory or the paper's JSON)")

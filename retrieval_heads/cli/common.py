@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from ..sweep import DEFAULT_DEPTHS, DEFAULT_LENGTHS, SweepConfig, linear_grid, parse_shard
+from ..sweep.grid import DEFAULT_DEPTHS, DEFAULT_LENGTHS, SweepConfig, linear_grid, parse_shard
 from ..zoo import DEFAULT_MODEL
 
 
@@ -119,7 +119,7 @@ def depths_from_args(args) -> list[float]:
 
 def sweep_config_from_args(args) -> SweepConfig:
     """The sweep flags as a validated SweepConfig (needles and haystack are read and checked here)."""
-    from ..sweep import check_inputs
+    from ..sweep.grid import check_inputs
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -184,8 +184,8 @@ def add_mask_args(parser: argparse.ArgumentParser) -> None:
 
 def mask_plan_from_args(args, num_layers: int, num_heads: int, applicable=None):
     """The masking flags as a MaskPlan, checked against the model's shape (``applicable``: heads that exist)."""
-    from ..formats import load_scores
-    from ..masking import plan_masking
+    from ..analysis.formats import load_scores
+    from ..masking.heads import plan_masking
 
     scores = load_scores(args.scores) if args.scores else None
     return plan_masking(
@@ -197,7 +197,7 @@ def mask_plan_from_args(args, num_layers: int, num_heads: int, applicable=None):
 
 def control_from_args(args):
     """An AttentionControl carrying ``--mask-mode`` and ``--mask-phase`` (heads are set per run)."""
-    from ..hooks import AblationMode, AblationPhase, AttentionControl
+    from ..core.hooks import AblationMode, AblationPhase, AttentionControl
 
     return AttentionControl(mode=AblationMode(args.mask_mode), phase=AblationPhase(args.mask_phase))
 
@@ -207,7 +207,7 @@ def shard_for_launch(args, config, command: str):
 
     Returns (output directory of this process, Launch or None). An explicit ``--shard`` wins.
     """
-    from ..distributed import current_launch
+    from ..sweep.distributed import current_launch
 
     out = out_dir(args, command)
     launch = current_launch()

@@ -13,8 +13,8 @@ class Convert(Command):
             "pattern directory, and a HeadKV score file")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from ..exports import DUO_RECENT, DUO_SINK
-        from ..formats import OUTPUT_FORMATS
+        from ..analysis.exports import DUO_RECENT, DUO_SINK
+        from ..analysis.formats import OUTPUT_FORMATS
 
         parser.add_argument("source", metavar="IN",
                             help="run directory, DuoAttention pattern directory or .json/.csv/.tsv score file")
@@ -32,7 +32,7 @@ class Convert(Command):
                             help=f"duo: recent_size, last tokens a streaming head keeps (default {DUO_RECENT})")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..formats import load_scores, save_scores
+        from ..analysis.formats import load_scores, save_scores
 
         scores = load_scores(args.source, num_kv_heads=args.kv_heads)
         print(save_scores(scores, args.dest, args.format, sink=args.sink, recent=args.recent))

@@ -16,10 +16,10 @@ class Detect(Command):
         add_stop_args(parser)
 
     def run(self, args) -> int:
-        from ..detection import run_detection
-        from ..distributed import finish
-        from ..formats import load_scores
-        from ..merge import merge_runs
+        from ..analysis.formats import load_scores
+        from ..detection.detect import run_detection
+        from ..sweep.distributed import finish
+        from .merge import merge_runs
 
         config = sweep_config_from_args(args)
         out, launch = shard_for_launch(args, config, "detect")
@@ -43,7 +43,7 @@ class Detect(Command):
 
 def stop_rule_from_args(args):
     """The stop rule of ``--until-stable`` (None without it); bad values are a UserError."""
-    from ..stability import StopRule
+    from ..sweep.stability import StopRule
 
     if not args.until_stable:
         return None

@@ -41,7 +41,7 @@ class Ground(Command):
     def run(self, args: argparse.Namespace) -> int:
         import json
 
-        from ..formats import load_scores
+        from ..analysis.formats import load_scores
         from ..grounding.grounder import Grounder
         from ..grounding.items import load_items, run_items
         from ..grounding.run import ground_items

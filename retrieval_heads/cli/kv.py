@@ -72,7 +72,7 @@ class KvEval(Command):
                        help="with a prefill per condition, run them all in this process (peak RSS then carries over)")
 
     def run(self, args) -> int:
-        from ..formats import load_scores
+        from ..analysis.formats import load_scores
         from ..kv.evaluate import conditions, full_share_for, run_kv_eval
         from ..kv.policy import PolicySettings, check_budget
 

@@ -18,7 +18,7 @@ class Lookup(Command):
         add_sweep_args(parser, command="lookup", batch=False, blocks=False, share_prefix=False)
 
     def run(self, args) -> int:
-        from ..lookup import run_lookup
+        from ..kv.lookup import run_lookup
 
         config = sweep_config_from_args(args)
         out = out_dir(args, "lookup")

@@ -25,9 +25,9 @@ class Niah(Command):
         add_mask_args(parser)
 
     def run(self, args) -> int:
-        from ..distributed import finish
-        from ..merge import merge_runs
-        from ..niah import run_niah
+        from ..masking.niah import run_niah
+        from ..sweep.distributed import finish
+        from .merge import merge_runs
 
         config = sweep_config_from_args(args)
         out, launch = shard_for_launch(args, config, "niah")
@@ -60,7 +60,7 @@ class MaskSweep(Command):
     help = "NIAH score vs K masked heads: top-K retrieval heads against K random heads (the paper's Fig. 7)"
 
     def add_arguments(self, parser):
-        from ..masksweep import DEFAULT_KS
+        from ..masking.sweep import DEFAULT_KS
 
         add_sweep_args(parser, command="mask-sweep")
         g = parser.add_argument_group("masking")
@@ -73,9 +73,9 @@ class MaskSweep(Command):
         g.add_argument("--seed", type=int, default=0)
 
     def run(self, args) -> int:
-        from ..formats import load_scores
-        from ..masking import check_shape
-        from ..masksweep import run_mask_sweep
+        from ..analysis.formats import load_scores
+        from ..masking.heads import check_shape
+        from ..masking.sweep import run_mask_sweep
         from .common import numbers
 
         config = sweep_config_from_args(args)

@@ -19,8 +19,8 @@ class Tasks(Command):
     help = "accuracy on QA / reasoning / knowledge suites with no heads, the top-K or K random heads masked"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from ..suites import DEFAULT_SEED
-        from ..tasks import SUITES
+        from ..tasks.run import SUITES
+        from ..tasks.suites import DEFAULT_SEED
 
         g = parser.add_argument_group("tasks")
         g.add_argument("--suite", action="append", default=None, metavar="NAME",
@@ -43,7 +43,7 @@ class Tasks(Command):
     def run(self, args: argparse.Namespace) -> int:
         import json
 
-        from ..tasks import run_tasks
+        from ..tasks.run import run_tasks
 
         suites = suites_from_args(args)
         if args.n < 1:
@@ -63,7 +63,7 @@ class Tasks(Command):
 
 def suites_from_args(args) -> list:
     """The suites named by ``--suite`` (``all`` = every built-in one) plus ``--items``."""
-    from ..tasks import SUITES, file_suite, get_suite
+    from ..tasks.run import SUITES, file_suite, get_suite
 
     names = args.suite or ([] if args.items else ["all"])
     chosen: list[str] = []
@@ -79,9 +79,9 @@ def suites_from_args(args) -> list:
 
 def conditions_from_args(args, num_layers: int, num_heads: int, applicable=None) -> list:
     """``none``, then ``heads-K`` / ``top-K`` / ``random-K`` as the masking flags ask (see the epilog)."""
-    from ..formats import load_scores
-    from ..masking import MaskPlan, plan_masking
-    from ..tasks import Condition
+    from ..analysis.formats import load_scores
+    from ..masking.heads import MaskPlan, plan_masking
+    from ..tasks.run import Condition
 
     scores = load_scores(args.scores) if args.scores else None
     top, rand = args.mask_top, args.mask_random

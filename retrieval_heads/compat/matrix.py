@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.hooks import AttentionControl, attention_control
 from ..errors import UserError
-from ..hooks import AttentionControl, attention_control
 from .tiny import build_tiny
 
 ENGINE_PROMPT_TOKENS = 400  # at least the engine check's prompts (320-token contexts plus the question)
@@ -122,7 +122,7 @@ def probe_positions(model, ids: torch.Tensor, steps: int, implementation: str = 
 
 def _prefill(model, ids: torch.Tensor):
     """A cache holding ``ids``: the engine's, or the one the model makes itself."""
-    from ..engine import builds_own_cache, new_cache, returned_cache
+    from ..core.engine import builds_own_cache, new_cache, returned_cache
 
     cache = None if builds_own_cache(model) else new_cache(model, keep_past=False)
     out = model(input_ids=ids, cache=cache, use_cache=True)
@@ -158,11 +158,11 @@ def logit_change(model, seed: int = 2, length: int = 24) -> float:
 
 def run_engine(model, tokenizer, name: str) -> str:
     """Two-sample detection and one masked NIAH sample through the engine; returns a short note."""
-    from ..detection import run_detection
-    from ..masking import MaskPlan, Selection
+    from ..detection.detect import run_detection
+    from ..masking.heads import MaskPlan, Selection
+    from ..masking.niah import run_niah
     from ..models import LoadedModel
-    from ..niah import run_niah
-    from ..sweep import SweepConfig
+    from ..sweep.grid import SweepConfig
 
     loaded = LoadedModel(model, tokenizer, name, 0.0)
     config = SweepConfig(model=name, lengths=[320], depths=[50], max_new_tokens=3, chunk_size=64, batch_size=2)
@@ -181,7 +181,7 @@ def run_engine(model, tokenizer, name: str) -> str:
 def _two_needles(directory: str) -> str:
     import json
 
-    from ..haystack import load_needles
+    from ..sweep.haystack import load_needles
 
     path = f"{directory}/needles.jsonl"
     with open(path, "w", encoding="utf-8") as f:
@@ -192,7 +192,7 @@ def _two_needles(directory: str) -> str:
 
 def check_architecture(model_type: str, tokenizer, *, engine: bool = True) -> CheckResult:
     """All checks for ``model_type``; never raises (failures are in the result)."""
-    from ..layout import inspect_attention
+    from ..core.layout import inspect_attention
 
     result = CheckResult(model_type)
     try:

@@ -176,7 +176,7 @@ def tiny_tokenizer(vocab_size: int = 500):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from ..haystack import default_haystack, load_needles
+    from ..sweep.haystack import default_haystack, load_needles
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -6,8 +6,8 @@ context (the paper's copy criterion with the needle replaced by the context, rea
 plus heads that attend right after a word's occurrence on the next row: ``signal``), maps copied
 runs back to characters of the answer and the context, and scores the answer's grounding in [0, 1]. Modules: ``prompt`` (prompts, answers,
 offsets), ``signal`` (copy events), ``provenance`` (spans), ``grounder``, ``items`` (JSONL items,
-run directories), ``run`` (output files), ``evaluate`` (AUROC, baselines), ``lookback``
-(Lookback-Lens features), ``report`` (HTML).
+run directories), ``run`` (output files), ``metrics`` (AUROC, baselines), ``lookback``
+(Lookback-Lens features), ``page`` (the HTML page).
 """
 
 from .grounder import DEFAULT_THRESHOLD, Grounder, Grounding, TokenGrounding

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.head_scores import RETRIEVAL_THRESHOLD
 from ..errors import UserError
-from ..scores import RETRIEVAL_THRESHOLD
 from . import signal
 from .prompt import AnswerTokens, GroundedPrompt, answer_from_ids, countable
 from .provenance import Span, spans
@@ -108,9 +108,9 @@ class Grounder:
 
     def __init__(self, model, tokenizer, weights: torch.Tensor, *, threshold: float = DEFAULT_THRESHOLD,
                  applicable=None, chunk_size: int = 512):
-        from ..engine import Engine
-        from ..hooks import AttentionControl
-        from ..tasks import AnswerStop
+        from ..core.engine import Engine
+        from ..core.hooks import AttentionControl
+        from ..tasks.run import AnswerStop
 
         if not 0 < threshold <= 1:
             raise UserError(f"the grounding threshold must lie in (0, 1], not {threshold}")
@@ -148,7 +148,7 @@ class Grounder:
 
     def _prefilled(self, prompt_ids: list[int], room: int):
         """KV cache holding ``prompt_ids[:-1]``: kept from the last call for the same prompt, else prefilled."""
-        from ..engine import truncate_cache
+        from ..core.engine import truncate_cache
 
         if self._cache is not None and self._cached_prompt == prompt_ids:
             truncate_cache(self._cache, len(prompt_ids) - 1)
@@ -163,7 +163,7 @@ class Grounder:
 
         Key row r < R is the query producing answer token r; row R is the query reading the last answer token.
         """
-        from ..hooks import attention_control
+        from ..core.hooks import attention_control
 
         if len(prompt_ids) < 2:
             raise UserError("a prompt needs at least two tokens")
@@ -189,7 +189,7 @@ class Grounder:
     @torch.no_grad()
     def answer(self, prompt: GroundedPrompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> AnswerTokens:
         """The model's greedy answer (stopping at the end of its first line of text, as the task suites)."""
-        from ..hooks import attention_control
+        from ..core.hooks import attention_control
 
         with attention_control(self.model, self.control):
             cache = self._prefilled(prompt.ids, room=max_new_tokens + 1)

@@ -101,8 +101,8 @@ def run_items(path: str | Path, tokenizer, max_context: int | None = None) -> li
 
 
 def _sweep_items(path: Path, kind: str, saved: dict, tokenizer, max_context) -> Iterator[GroundItem]:
-    from ..haystack import DOC_CLOSE, DOC_OPEN
-    from ..sweep import SweepConfig, prepare
+    from ..sweep.grid import SweepConfig, prepare
+    from ..sweep.haystack import DOC_CLOSE, DOC_OPEN
 
     names = {f.name for f in dataclasses.fields(SweepConfig)}
     config = SweepConfig(**{k: v for k, v in saved["config"].items() if k in names})
@@ -131,8 +131,8 @@ def _sweep_items(path: Path, kind: str, saved: dict, tokenizer, max_context) -> 
 
 
 def _task_items(path: Path, saved: dict, tokenizer) -> Iterator[GroundItem]:
-    from ..suites import suite_items
-    from ..tasks import SUITES
+    from ..tasks.run import SUITES
+    from ..tasks.suites import suite_items
 
     seed, n = saved["identity"]["item_seed"], saved["config"]["n"]
     items = {}

@@ -5,7 +5,7 @@ prompt tokens and ``A_new`` on the r answer tokens before it; its lookback ratio
 ``A_ctx / (A_ctx + A_new)`` (1 for the first token, which has no answer before it). An answer's
 features are the (layers x heads) ratios averaged over the rows producing its tokens (the
 Grounder's pass has one more row, reading the last answer token, which is left out); a logistic regression trained
-on another split (``evaluate.LogisticRegression``) turns them into a score.
+on another split (``metrics.LogisticRegression``) turns them into a score.
 
 ``lookback_ratios(model, recorder)`` wraps the attention kernel the model currently runs (also
 the probe's, when nested with ``attention_control``) and fills ``recorder.ratios`` on the one
@@ -46,7 +46,7 @@ class LookbackRecorder:
 def ratios(query: torch.Tensor, key: torch.Tensor, mask, scale: float, recorder: LookbackRecorder,
            logit_kwargs: dict) -> torch.Tensor:
     """(B, H, rows) lookback ratio of the last ``recorder.rows`` query rows (see the module docstring)."""
-    from ..hooks import query_logits
+    from ..core.hooks import query_logits
 
     rows = recorder.rows
     probs = torch.softmax(query_logits(query, key, mask, scale, rows=rows, **logit_kwargs), dim=-1)  # (B, H, R, K)
@@ -62,7 +62,7 @@ def ratios(query: torch.Tensor, key: torch.Tensor, mask, scale: float, recorder:
 @contextmanager
 def lookback_ratios(model, recorder: LookbackRecorder) -> Iterator[LookbackRecorder]:
     """Record lookback ratios while the block runs; the model's attention is restored on exit."""
-    from ..hooks import model_kernel, wrapped_attention
+    from ..core.hooks import model_kernel, wrapped_attention
 
     def wrap(implementation: str):
         kernels: dict[type, object] = {}

@@ -1,7 +1,7 @@
 """The text being grounded: a tokenised prompt with its context and question located, and an answer's tokens.
 
 A ``GroundedPrompt`` is built the way NIAH prompts are (``style="document"``: ``haystack.render_prompt``,
-the long-document instruction) or the way task prompts are (``style="task"``: ``tasks.render``),
+the long-document instruction) or the way task prompts are (``style="task"``: ``tasks.run.render``),
 with the tokenizer's chat template when it has one. It keeps the character offset of every prompt
 token, so a key position the probe reports maps back to characters of the context.
 """
@@ -91,12 +91,12 @@ def build_prompt(tokenizer, context: str, question: str, *, style: str = "docume
     """The prompt of one item, rendered as NIAH (``document``) or task (``task``, ``cot``: chain of
     thought) prompts are."""
     if style == "document":
-        from ..haystack import render_prompt
+        from ..sweep.haystack import render_prompt
 
         text, context_start = render_prompt(tokenizer, context, question)
     elif style == "task":
-        from ..suites import Item
-        from ..tasks import render
+        from ..tasks.run import render
+        from ..tasks.suites import Item
 
         text = render(tokenizer, Item("item", context, question, ("",)), cot=cot)
         context_start = text.find(context) if context else text.find("Question: ")

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..rundir import RunDir
-from .evaluate import auroc_row, lexical_overlap
+from ..sweep.rundir import RunDir
 from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
 from .items import GroundItem, prompt_of
+from .metrics import auroc_row, lexical_overlap
 from .prompt import answer_from_ids, answer_from_text
 
 RESULTS = "results.jsonl"
@@ -51,7 +51,7 @@ def ground_items(grounder: Grounder, items: list[GroundItem], out: str | Path, *
     """Ground every unfinished item into ``out``; returns (and writes) the summary, and writes the report."""
     from tqdm.auto import tqdm
 
-    from .report import write_report
+    from .page import write_report
 
     run = RunDir(out, RESULTS)
     ident = {"threshold": grounder.threshold, "heads": [f"{l}-{h}" for l, h, _ in grounder.heads], "prompt": style,

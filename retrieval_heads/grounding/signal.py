@@ -44,8 +44,8 @@ import unicodedata
 
 import torch
 
+from ..core.head_scores import RETRIEVAL_THRESHOLD
 from ..errors import UserError
-from ..scores import RETRIEVAL_THRESHOLD
 
 Range = tuple[int, int]
 

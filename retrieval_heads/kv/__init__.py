@@ -10,6 +10,8 @@
     records.py     the files kv-eval writes next to each NIAH run
     evaluate.py    kv-eval: conditions, runs, summary rows, frontier
     press.py       a kvpress ``DuoAttentionPress`` reading our exported patterns (needs kvpress)
+    lookup.py      lookup scores: the attention the question and the answer put on the needle
+    restore.py     restore scores: the KV heads that, kept whole, bring a compressed cache's answer back
 
 Nothing is imported here, so ``retrieval_heads.kv.press`` loads in kvpress's own environment.
 """

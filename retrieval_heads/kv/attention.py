@@ -32,7 +32,7 @@ def grouped_attention_forward(inner, kernel_name: str):
 
     Each group runs on the model's own kernel for ``kernel_name`` (``hooks.model_kernel``).
     """
-    from ..hooks import model_kernel
+    from ..core.hooks import model_kernel
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         if not isinstance(key, GroupedKV):
@@ -87,7 +87,7 @@ class HeadwiseAttention:
         return self
 
     def install(self) -> None:
-        from ..hooks import model_kernel, register_wrapper
+        from ..core.hooks import model_kernel, register_wrapper
 
         current = self.model.config._attn_implementation
         if current in self._names:
@@ -106,7 +106,7 @@ class HeadwiseAttention:
         self.model.set_attn_implementation(name)
 
     def __exit__(self, *exc) -> None:
-        from ..hooks import unregister
+        from ..core.hooks import unregister
 
         try:
             if self._original is not None:

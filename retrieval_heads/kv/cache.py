@@ -436,7 +436,7 @@ def put_back(cache) -> Iterator:
     its layers as they were afterwards. A forward pass replaces a layer's tensors or writes past its length,
     never edits what it holds, so shallow copies of the layers are the whole snapshot; other layers (ragged,
     recurrent) are refused with ``ValueError``."""
-    from ..engine import is_key_value_layer
+    from ..core.engine import is_key_value_layer
 
     odd = sorted({type(layer).__name__ for layer in cache.layers if not is_key_value_layer(layer)})
     if odd:

@@ -31,12 +31,12 @@ from typing import Callable
 
 import numpy as np
 
+from ..analysis.formats import kv_level
+from ..core.head_scores import HeadScores
 from ..errors import UserError
-from ..formats import kv_level
 from ..io import append_jsonl, read_jsonl, write_json_atomic
 from ..models import LoadedModel, LoadSettings
-from ..scores import HeadScores
-from ..sweep import SweepConfig
+from ..sweep.grid import SweepConfig
 from .policy import (DEFAULT_FULL_SHARE, DEFAULT_OBS_WINDOW, DEFAULT_SINK, DEFAULT_WINDOW, POLICIES, KvPlan,
                      PolicySettings, check_budget, check_eligible, current_names, eligible_layers, make_plan)
 from .records import SAMPLES, add_timing, length_stats, peak_rss_mb, reset_peak_rss
@@ -142,7 +142,7 @@ def run_kv_eval(
     (``loaded.settings``: dtype, device, device map, attention kernel), and ``loaded`` lets go of its weights
     before the first child starts (``LoadedModel.release``: it cannot run the model afterwards).
     """
-    from ..plots.kv import frontier_plot
+    from ..analysis.plots.kv import frontier_plot
     from .cache import PREFILL_MODES, latent_kv
     from .prefill import run_shared
 
@@ -226,7 +226,7 @@ def run_condition(loaded: LoadedModel, *, config: SweepConfig, out: Path, name: 
     their KV statistics. Token-level plans and the query-agnostic setting go through ``run_shared`` with
     this one condition; head-level plans (sized for the nominal length) prefill into a ``HeadwiseCache``
     (any ``prefill`` mode)."""
-    from ..niah import RESULTS, run_niah
+    from ..masking.niah import RESULTS, run_niah
     from .attention import HeadwiseAttention, HeadwiseCacheFactory
     from .cache import cache_stats
     from .prefill import describe, run_shared

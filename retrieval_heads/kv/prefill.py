@@ -14,7 +14,7 @@ have the context re-read once after the prefill (the cache is put back as it was
 
 With the question in the prompt (the default) the prefill covers the prompt up to its last token and
 the observation window is its last ``obs_window`` tokens (the question). ``query_agnostic`` prefills only
-the context (everything up to the end of the document, ``question_start``), so the cache is compressed
+the context (everything up to the end of the document, ``haystack.question_start``), so the cache is compressed
 before the question is known. Each condition's run directory gets the same files as a per-condition run
 (``evaluate.run_condition``); the prefill seconds and tokens in its timing are the shared ones, and the
 peak RSS is the whole process's.
@@ -31,17 +31,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..engine import Engine, stop_condition
+from ..core.engine import Engine, stop_condition
+from ..core.hooks import AttentionControl
 from ..errors import UserError
-from ..haystack import DOC_CLOSE
-from ..hooks import AttentionControl
 from ..io import append_jsonl, read_jsonl
-from ..masking import MaskPlan
+from ..masking.heads import MaskPlan
+from ..masking.niah import RESULTS, finalize, niah_identity, niah_record
 from ..models import LoadedModel
-from ..niah import RESULTS, finalize, niah_identity, niah_record
-from ..rundir import RunDir
-from ..runner import SweepRun, progress_bar
-from ..sweep import SweepConfig, SweepInputs, prepare
+from ..sweep.grid import SweepConfig, SweepInputs, prepare
+from ..sweep.haystack import question_start
+from ..sweep.rundir import RunDir
+from ..sweep.runner import SweepRun, progress_bar
 from .attention import HeadwiseAttention
 from .cache import HeadwiseCache, cache_stats, num_kv_heads
 from .compressed import CompressedCache
@@ -49,11 +49,6 @@ from .policy import DEFAULT_OBS_WINDOW, KvPlan, current
 from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss, with_kv_rows
 from .snapkv import POOL_KERNEL, ObservationWindow, Observed, capture_window, own_first, select_positions
-
-# the prompt's document ends with this line; the question part (instruction, question, chat template's
-# tail) starts right after it
-DOCUMENT_END = DOC_CLOSE[: DOC_CLOSE.index("\n", 1) + 1]
-
 
 @dataclass
 class Branch:
@@ -190,26 +185,6 @@ def _run_length(loaded: LoadedModel, config: SweepConfig, out: Path, planners: d
                   "wall_s": time.perf_counter() - start}
         finished = {b.name: (b.plan, _finish(loaded, config, inputs, masking, b, timing, tokens)) for b in branches}
     return finished
-
-
-def question_start(tokenizer, prompt) -> int:
-    """Index of the first token of ``prompt``'s question part: everything before it is the context.
-
-    The context ends with the document's closing line (``haystack.DOC_CLOSE``'s first line, chat template's
-    system part and document included); the question part is the instruction, the question and the chat
-    template's tail. A token that straddles the boundary goes to the question.
-    """
-    at = prompt.text.rfind(DOCUMENT_END)
-    if at < 0:
-        raise UserError(f"cannot find the end of the document ({DOCUMENT_END!r}) in the prompt")
-    boundary = at + len(DOCUMENT_END)
-    enc = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-    if list(enc["input_ids"]) != list(prompt.ids):
-        raise UserError("the prompt does not tokenise back to its own ids; cannot split it at the question")
-    split = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > boundary), len(prompt.ids))
-    if not 0 < split < len(prompt.ids) - 1:
-        raise UserError(f"the prompt's question part is empty (split at token {split} of {len(prompt.ids)})")
-    return split
 
 
 def cache_to_compress(engine: Engine, ids: list[int], *, room: int):

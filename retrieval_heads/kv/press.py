@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..analysis.exports import read_duo_pattern
 from ..errors import UserError
-from ..exports import read_duo_pattern
 
 try:
     from kvpress import DuoAttentionPress

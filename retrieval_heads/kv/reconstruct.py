@@ -68,7 +68,7 @@ def reconstruction_scores(model, cache, ids: list[int], instruction: list[int], 
     every plan whatever they score (``Observed.window``). Returns per global layer (Hkv, len(ids) - window)
     scores, max-pooled along the keys with kernel ``pool`` (1: the maxima themselves).
     """
-    from ..hooks import around_kernel
+    from ..core.hooks import around_kernel
 
     total = len(ids)
     if total < 1:

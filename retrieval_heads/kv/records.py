@@ -31,7 +31,7 @@ SAMPLES, TIMING, PLAN = "kv_samples.jsonl", "kv_timing.json", "kv_plan.json"
 def check_plan(run_dir: Path, described: dict, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix plans (``described``: the plan and setting) in one run directory; reset KV statistics
     on overwrite."""
-    from ..niah import RESULTS
+    from ..masking.niah import RESULTS
 
     saved_path = run_dir / PLAN
     results = run_dir / RESULTS

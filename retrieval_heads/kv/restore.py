@@ -34,12 +34,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..core.head_scores import HeadScores, head_fields
 from ..errors import UserError
 from ..io import read_jsonl
 from ..models import LoadedModel
-from ..rundir import RunDir
-from ..scores import HeadScores
-from ..sweep import SweepConfig, prepare
+from ..sweep.grid import SweepConfig, prepare
+from ..sweep.rundir import RunDir
 from .cache import num_kv_heads, put_back
 from .policy import (DEFAULT_OBS_WINDOW, DEFAULT_SINK, check_eligible, eligible_layers, rest_share, share_tokens,
                      whole_head_count)
@@ -65,7 +65,7 @@ class Gates:
 def compressed_mask(mask, keep: torch.Tensor, query: torch.Tensor, k_len: int, additive: bool) -> torch.Tensor:
     """(B|1, H, Q, K) mask: the model's ``mask`` (None = causal, bool, additive float, or (B, K) padding) with
     the document keys that ``keep`` (Hkv, T) drops hidden from each KV head's query heads."""
-    from ..hooks import query_logits
+    from ..core.hooks import query_logits
 
     h, q_len = query.shape[1], query.shape[2]
     hkv, doc_len = keep.shape
@@ -103,7 +103,7 @@ def gated_attention(state: Gates, inner, implementation: str):
 @contextmanager
 def gating(model, state: Gates) -> Iterator[Gates]:
     """Run ``model`` with ``gated_attention`` around its current attention function; always restore it."""
-    from ..hooks import around_kernel
+    from ..core.hooks import around_kernel
 
     try:
         with around_kernel(model, lambda kernel, name: gated_attention(state, kernel, name), "retrieval_heads_gate"):
@@ -131,7 +131,7 @@ def prepare_sample(model, tokenizer, sample_id: str, prompt_ids: list[int], doc_
     """Prefill ``prompt_ids[:doc_len]`` observing its last ``obs_window`` tokens; decode the full answer."""
     from transformers import DynamicCache
 
-    from ..engine import stop_condition
+    from ..core.engine import stop_condition
     from .prefill import extend
 
     observer = ObservationWindow(obs_window)
@@ -259,8 +259,8 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
     held in memory during the selection. Each chosen head is appended to ``steps.jsonl`` as it is chosen;
     ``head_scores.json`` and ``summary.json`` are written at the end, also when interrupted.
     """
-    from ..runner import progress_bar
-    from .prefill import question_start
+    from ..sweep.haystack import question_start
+    from ..sweep.runner import progress_bar
 
     if loaded.layout.is_hybrid:
         raise UserError(f"{loaded.name} is a hybrid model whose cache also holds recurrent state, which restore "
@@ -304,8 +304,6 @@ def run_restore(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, bu
 def finalize(loaded: LoadedModel, config: SweepConfig, run: RunDir, samples: list[Sample], settings: dict,
              seconds: float) -> RestoreResult:
     """Scores from the steps in ``run`` into ``head_scores.json`` and ``summary.json``."""
-    from ..detection import head_fields
-
     info = loaded.info
     steps = sorted(read_jsonl(run.records_path), key=lambda s: s["step"]) if run.records_path.exists() else []
     kv = order_scores(steps, (info.num_layers, loaded.num_kv_heads))

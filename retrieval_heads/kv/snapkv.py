@@ -133,7 +133,7 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, mask, scaling, kwa
     """(B, H, rows, K) float32: the attention weights of the last ``rows`` query rows as the model computes
     them (``hooks.query_logits``: scale, soft-cap, position bias, mask), a learned sink (``s_aux``) in the
     softmax's denominator."""
-    from ..hooks import query_logits
+    from ..core.hooks import query_logits
 
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     logits = query_logits(query, key, mask, scale, rows=rows, softcap=kwargs.get("softcap"),
@@ -201,7 +201,7 @@ def observing_attention(observer: ObservationWindow, inner):
 @contextmanager
 def capture_window(model, observer: ObservationWindow) -> Iterator[ObservationWindow]:
     """Run ``model`` with ``observing_attention`` around its current attention function; always restore it."""
-    from ..hooks import around_kernel
+    from ..core.hooks import around_kernel
 
     try:
         with around_kernel(model, lambda kernel, _: observing_attention(observer, kernel), "retrieval_heads_obs"):

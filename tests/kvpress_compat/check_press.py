@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from retrieval_heads.analysis.formats import save_scores
+from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
-from retrieval_heads.formats import save_scores
 from retrieval_heads.kv.press import duo_attention_press
-from retrieval_heads.scores import HeadScores
 
 LAYERS, HEADS, KV_HEADS = 3, 8, 4
 SINK, RECENT, TOKENS = 2, 3, 16

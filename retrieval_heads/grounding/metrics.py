@@ -1,0 +1,105 @@
+"""How well a per-answer score separates correct from wrong answers: AUROC, bootstrap intervals, baselines.
+
+* ``auroc``: the Mann-Whitney probability that a correct answer outscores a wrong one (ties 1/2).
+* ``bootstrap_auroc``: percentile 95% interval over resampled items, or over resampled groups
+  (e.g. all answers to one question) when ``groups`` is given, so correlated answers move together.
+* Baselines: ``lexical_overlap`` (share of the answer's content words found in the context) and
+  ``LogisticRegression`` (L2-regularised, for Lookback-Lens-style features; see ``lookback``).
+* ``choose_threshold``: the token threshold with the best AUROC on a tuning split.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..core.scoring import content_words
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Area under the ROC curve of ``scores`` for ``labels`` (1 = positive); None without both classes."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))  # average ranks: ties count 1/2
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def bootstrap_auroc(scores: Sequence[float], labels: Sequence[int], *, groups: Sequence | None = None,
+                    n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``auroc``; resamples whole groups when ``groups`` is given."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    if auroc(s, y) is None:
+        return None
+    keys = np.asarray(groups if groups is not None else np.arange(len(s)))
+    unique, index = np.unique(keys, return_inverse=True)
+    members = [np.flatnonzero(index == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        value = auroc(s[pick], y[pick])
+        if value is not None:
+            values.append(value)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def auroc_row(name: str, scores: Sequence[float | None], labels: Sequence[int], *, groups=None,
+              missing: float = 0.0) -> dict:
+    """``{"score", "auroc", "ci_low", "ci_high", "n", "positives"}``; None scores count as ``missing``."""
+    s = [missing if v is None else float(v) for v in scores]
+    ci = bootstrap_auroc(s, labels, groups=groups)
+    return {"score": name, "auroc": auroc(s, labels), "ci_low": ci[0] if ci else None,
+            "ci_high": ci[1] if ci else None, "n": len(s), "positives": int(sum(labels))}
+
+
+def lexical_overlap(answer: str, context: str) -> float:
+    """Share of the answer's content words (lower-cased, stop words dropped) that occur in the context; 0 if none."""
+    said = content_words(answer)
+    return len(said & content_words(context)) / len(said) if said else 0.0
+
+
+def choose_threshold(score_at: Callable[[float], Sequence[float]], labels: Sequence[int],
+                     candidates: Sequence[float] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))) -> tuple[float, list]:
+    """The candidate with the best AUROC of ``score_at(threshold)`` (ties: the smaller), and every (t, auroc)."""
+    curve = [(float(t), auroc(score_at(t), labels)) for t in candidates]
+    best = max(curve, key=lambda tc: (tc[1] if tc[1] is not None else -1, -tc[0]))
+    return best[0], curve
+
+
+class LogisticRegression:
+    """Binary logistic regression with an L2 penalty, fitted by L-BFGS on standardised features."""
+
+    def __init__(self, l2: float = 1.0):
+        self.l2 = l2
+        self.mean = self.scale = self.coef = None
+        self.intercept = 0.0
+
+    def fit(self, x, y) -> "LogisticRegression":
+        """``x``: (N, F) features; ``y``: (N,) 0/1 labels."""
+        from scipy.optimize import minimize
+
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        self.mean, self.scale = x.mean(0), x.std(0) + 1e-8
+        z = (x - self.mean) / self.scale
+
+        def loss(w):
+            logits = z @ w[1:] + w[0]
+            value = np.logaddexp(0, logits).sum() - y @ logits + 0.5 * self.l2 * w[1:] @ w[1:]
+            p = 1 / (1 + np.exp(-logits))
+            grad = np.concatenate([[np.sum(p - y)], z.T @ (p - y) + self.l2 * w[1:]])
+            return value, grad
+
+        w = minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B").x
+        self.intercept, self.coef = float(w[0]), w[1:]
+        return self
+
+    def predict_proba(self, x) -> np.ndarray:
+        """(N,) probability of label 1."""
+        z = (np.asarray(x, dtype=float) - self.mean) / self.scale
+        return 1 / (1 + np.exp(-(z @ self.coef + self.intercept)))

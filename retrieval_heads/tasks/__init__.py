@@ -1,0 +1,1 @@
+"""Downstream tasks under head masking: ``suites.py`` (the items), ``run.py`` (prompts, decoding, scoring)."""
