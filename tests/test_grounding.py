@@ -325,6 +325,31 @@ def test_teacher_forced_rows_equal_the_decode_steps(tiny_tokenizer):
     assert torch.equal(again, keys)
 
 
+def test_a_hybrid_model_grounds_a_repeated_prompt_as_on_a_fresh_cache(tiny_tokenizer):
+    """Qwen3-Next's linear-attention layers carry recurrent state that the kept cache cannot cut back: every
+    answer to a prompt must be grounded as if it were the first (the old kept cache read the last answer too)."""
+    from retrieval_heads.compat.tiny import build_tiny as build_tiny_arch
+
+    model = build_tiny_arch("qwen3_next")
+    kinds = model.config.layer_types
+    assert "linear_attention" in kinds
+    weights = torch.zeros(len(kinds), model.config.num_attention_heads)
+    weights[kinds.index("full_attention")] = 1.0
+    prompt = build_prompt(tiny_tokenizer, CONTEXT, QUESTION)
+    true, fake = (answer_from_text(tiny_tokenizer, text) for text in (" Orla Vesk", " Bram Tollis"))
+
+    def grounder():
+        return Grounder(model, tiny_tokenizer, weights, threshold=0.05, chunk_size=16)
+
+    alone = {name: grounder().ground(prompt, answer).to_record() for name, answer in (("true", true), ("fake", fake))}
+    shared = grounder()
+    again = [shared.ground(prompt, answer).to_record() for answer in (true, fake, true)]
+    assert again == [alone["true"], alone["fake"], alone["true"]], [r["mean_logprob"] for r in again]
+    generated = shared.answer(prompt, 4)  # decoding into the kept cache, then grounding on it
+    assert generated.ids == grounder().answer(prompt, 4).ids
+    assert shared.ground(prompt, true).to_record() == alone["true"]
+
+
 def test_lookback_ratios_nest_with_the_probe(tiny_tokenizer):
     from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
 
@@ -384,6 +409,29 @@ def test_run_items_rebuild_a_detection_run(tiny_tokenizer, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="no samples.jsonl or results.jsonl"):
         run_items(tmp_path, tiny_tokenizer)
+
+
+def test_an_empty_niah_response_is_grounded_as_the_empty_answer_it_was(tiny_tokenizer, tmp_path):
+    """A masked model's empty response keeps its label (wrong) and is grounded as empty, never answered anew."""
+    from retrieval_heads.masking.heads import MaskPlan, Selection
+    from retrieval_heads.masking.niah import run_niah
+    from retrieval_heads.sweep.grid import SweepConfig
+
+    loaded = LoadedModel(build_tiny("llama"), tiny_tokenizer, "tiny-llama", 0.0)
+    config = SweepConfig(model="tiny-llama", lengths=[200], depths=[50], max_new_tokens=4, chunk_size=64, shard=(0, 4))
+    run_niah(loaded, config, tmp_path / "niah", plan=MaskPlan(Selection.EXPLICIT, 2, ((0, 1), (2, 3))), progress=False)
+    results = tmp_path / "niah" / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    rows[0].update(response="", score=0.0)  # what a masked model that said nothing records
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = run_items(tmp_path / "niah", tiny_tokenizer)
+    silent = next(it for it in items if it.id == rows[0]["id"])
+    assert silent.answer == "" and silent.label == 0 and silent.keep["masked_heads"] == ["0-1", "2-3"]
+    grounder = Grounder(loaded.model, tiny_tokenizer, torch.ones(3, 8), chunk_size=64)
+    ground_items(grounder, [silent], tmp_path / "ground", progress=False)
+    record = json.loads((tmp_path / "ground" / "results.jsonl").read_text())
+    assert record["answer"] == "" and not record["generated"] and record["label"] == 0
+    assert record["grounding"] is None and record["tokens"] == [] and record["spans"] == []
 
 
 def test_cli_ground_end_to_end_and_user_errors(tiny_tokenizer, tmp_path, capsys):

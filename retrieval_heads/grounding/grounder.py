@@ -1,13 +1,14 @@
 """The Grounder: which words of an answer were copied from the context, from where, and which were not.
 
 One teacher-forced forward pass per answer: the prompt is prefilled (chunked, its KV cache kept
-for the next answer to the same prompt, and shared prefixes reused as in the sweep engine), then
-the last prompt token and the R answer tokens run through the model together with the probe
-recording the top-1 key of every one of those R + 1 query rows (``AttentionControl(probe_rows=R +
-1)``). Row r produces answer token r, exactly as decoding step r would; row R reads the last answer
-token (what a head attends to there says where it found that token: ``signal``'s *located*
-evidence). The evidence, the sources and the spans come from ``signal`` and ``provenance``; the
-model's log-probability of each answer token comes with the same pass.
+for the next answer to the same prompt, and shared prefixes reused as in the sweep engine; models
+with recurrent state prefill every time), then the last prompt token and the R answer tokens run
+through the model together with the probe recording the top-1 key of every one of those R + 1
+query rows (``AttentionControl(probe_rows=R + 1)``). Row r produces answer token r, exactly as
+decoding step r would; row R reads the last answer token (what a head attends to there says where
+it found that token: ``signal``'s *located* evidence). The evidence, the sources and the spans
+come from ``signal`` and ``provenance``; the model's log-probability of each answer token comes
+with the same pass.
 
 An answer's ``grounding`` is the share of its counted tokens (those with a letter or digit) that
 are grounded, leaving out the tokens that restate the question (copied from the question and not
@@ -147,10 +148,15 @@ class Grounder:
     # ---- model passes ---------------------------------------------------------------------------
 
     def _prefilled(self, prompt_ids: list[int], room: int):
-        """KV cache holding ``prompt_ids[:-1]``: kept from the last call for the same prompt, else prefilled."""
+        """KV cache holding ``prompt_ids[:-1]``: kept from the last call for the same prompt, else prefilled.
+
+        A kept cache is cut back to the prompt, which only key/value layers allow: recurrent state (the
+        linear-attention layers of hybrids such as Qwen3-Next) has read the last answer and cannot be cut
+        back, so those models prefill again for every pass (``Engine.share_prefix`` says which).
+        """
         from ..core.engine import truncate_cache
 
-        if self._cache is not None and self._cached_prompt == prompt_ids:
+        if self._cache is not None and self._cached_prompt == prompt_ids and self.engine.share_prefix:
             truncate_cache(self._cache, len(prompt_ids) - 1)
             return self._cache
         self._cache = self.engine.prefill(prompt_ids[:-1], room=room)

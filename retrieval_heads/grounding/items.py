@@ -7,7 +7,9 @@ forced; without it the model answers greedily), optional ``id`` (else ``line-N``
 Run directories: each sample is grounded in its own prompt, rebuilt from the run's
 ``config.json`` exactly as the run built it. ``detect`` samples keep their generated token ids
 (token for token); ``niah`` and ``tasks`` results store the response text, which is tokenised
-again. Labels: ``success`` (detect), ROUGE-1 recall > 0.5 (niah), ``correct`` (tasks).
+again. An empty response (a masked model that said nothing) is grounded as the empty answer it was
+(grounding None), never answered anew: the label belongs to that response. Labels: ``success``
+(detect), ROUGE-1 recall > 0.5 (niah), ``correct`` (tasks).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ RESERVED = ("id", "context", "question", "answer", "label")
 @dataclass
 class GroundItem:
     """One answer to ground: its prompt (built lazily from context and question unless given),
-    its answer (text, token ids, or None to generate), its label and the fields to keep."""
+    its answer (text, token ids, or None to generate; "" or [] is the empty answer), its label and the
+    fields to keep."""
 
     id: str
     context: str
@@ -126,7 +129,8 @@ def _sweep_items(path: Path, kind: str, saved: dict, tokenizer, max_context) -> 
             ids = _strip_stop(row["generated_ids"], tokenizer)
             yield GroundItem(row["id"], grounded.context, needle.question, None, ids, int(row["success"]), grounded, keep)
         else:
-            yield GroundItem(row["id"], grounded.context, needle.question, row["response"] or None, None,
+            # the response as recorded, empty ones too (a masked run's silence): never replaced by a new answer
+            yield GroundItem(row["id"], grounded.context, needle.question, row["response"], None,
                              int(row["score"] > 50), grounded, keep)
 
 
@@ -148,7 +152,7 @@ def _task_items(path: Path, saved: dict, tokenizer) -> Iterator[GroundItem]:
         item, cot = found
         prompt = build_prompt(tokenizer, item.context, item.question, style="task", cot=cot)
         keep = {"suite": row["suite"], "condition": row["condition"], "expected": list(item.answers)}
-        yield GroundItem(row["id"], item.context, item.question, row["response"].strip() or None, None,
+        yield GroundItem(row["id"], item.context, item.question, row["response"].strip(), None,
                          int(row["correct"]), prompt, keep)
     if skipped:
         import warnings

@@ -18,7 +18,7 @@ from ..sweep.rundir import RunDir
 from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
 from .items import GroundItem, prompt_of
 from .metrics import auroc_row, lexical_overlap
-from .prompt import answer_from_ids, answer_from_text
+from .prompt import AnswerTokens, answer_from_ids, answer_from_text
 
 RESULTS = "results.jsonl"
 # per-item scores whose AUROC the summary reports when labels are present: (name, record field)
@@ -33,8 +33,8 @@ def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document"
     prompt = prompt_of(item, tokenizer, style)
     if item.answer_ids is not None:
         answer = answer_from_ids(tokenizer, item.answer_ids)
-    elif item.answer is not None:
-        answer = answer_from_text(tokenizer, item.answer)
+    elif item.answer is not None:  # "" is the empty answer (a run's empty response), grounded as it was
+        answer = answer_from_text(tokenizer, item.answer) if item.answer else AnswerTokens([], "", [])
     else:
         answer = grounder.answer(prompt, max_new_tokens)
     result = grounder.ground(prompt, answer).to_record()
