@@ -20,6 +20,8 @@ fabricated sentences from 0.55 to 0.58 (true vs fabricated AUROC 0.988 -> 0.998)
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -125,6 +127,9 @@ class Grounder:
         self.engine = Engine(model, self.control, self.stop, chunk_size=chunk_size, num_heads=self.num_heads)
         self._cache, self._cached_prompt = None, None
         self._words = None  # (prompt, its word spans)
+        # model forward calls by phase (prefill chunks, decode steps, teacher-forced passes) since the caller
+        # last cleared it: what grounding an answer cost
+        self.passes: Counter[str] = Counter()
 
     @classmethod
     def from_scores(cls, loaded, scores, *, top_k: int | None = None, head_threshold: float = RETRIEVAL_THRESHOLD,
@@ -147,6 +152,15 @@ class Grounder:
 
     # ---- model passes ---------------------------------------------------------------------------
 
+    @contextmanager
+    def _counting(self, phase: str):
+        """Count the model's forward calls inside the block as ``phase`` in ``passes``."""
+        handle = self.model.register_forward_pre_hook(lambda module, args: self.passes.update((phase,)))
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def _prefilled(self, prompt_ids: list[int], room: int):
         """KV cache holding ``prompt_ids[:-1]``: kept from the last call for the same prompt, else prefilled.
 
@@ -159,7 +173,8 @@ class Grounder:
         if self._cache is not None and self._cached_prompt == prompt_ids and self.engine.share_prefix:
             truncate_cache(self._cache, len(prompt_ids) - 1)
             return self._cache
-        self._cache = self.engine.prefill(prompt_ids[:-1], room=room)
+        with self._counting("prefill"):
+            self._cache = self.engine.prefill(prompt_ids[:-1], room=room)
         self._cached_prompt = list(prompt_ids)
         return self._cache
 
@@ -181,8 +196,9 @@ class Grounder:
             cache = self._prefilled(prompt_ids, room=len(tail))
             self.control.probe, self.control.probe_rows, self.control.decoding = True, len(tail), False
             try:
-                logits = self.model(input_ids=torch.tensor([tail], device=device), cache=cache, use_cache=True,
-                                    logits_to_keep=len(tail)).logits[0]  # (R, V)
+                with self._counting("teacher_forced"):
+                    logits = self.model(input_ids=torch.tensor([tail], device=device), cache=cache, use_cache=True,
+                                        logits_to_keep=len(tail)).logits[0]  # (R, V)
                 offsets = self.control.take_top1(self.num_layers, self.num_heads)[:, 0]  # (L, H, R) or (L, H)
             finally:
                 self.control.probe, self.control.probe_rows, self.control.decoding = False, 1, None
@@ -200,7 +216,8 @@ class Grounder:
         with attention_control(self.model, self.control):
             cache = self._prefilled(prompt.ids, room=max_new_tokens + 1)
             self.stop.reset()
-            generated = self.engine.decode(cache, prompt.ids, max_new_tokens, probe=False).generated_ids
+            with self._counting("decode"):
+                generated = self.engine.decode(cache, prompt.ids, max_new_tokens, probe=False).generated_ids
         while generated and (generated[-1] in self.stop.eos or not self.tokenizer.decode([generated[-1]]).strip()):
             generated = generated[:-1]  # the stop token (EOS, a bare newline) is not part of the answer
         return answer_from_ids(self.tokenizer, generated)

@@ -2,7 +2,10 @@
 
 JSONL items: one object per line with ``context``, ``question``, optional ``answer`` (teacher
 forced; without it the model answers greedily), optional ``id`` (else ``line-N``), optional
-``label`` (1 correct, 0 not); every other field is kept in the output.
+``label`` (1 correct, 0 not), optional ``gold_answers`` (a list of strings: the answer, given or
+generated, is graded against them, ``gold``, giving ``verdict`` and, unless given, ``label``) with
+``unanswerable`` (true for a question the context cannot answer); every other field is kept in the
+output. ``write_items`` writes items in this format (``datasets``' items, for instance).
 
 Run directories: each sample is grounded in its own prompt, rebuilt from the run's
 ``config.json`` exactly as the run built it. ``detect`` samples keep their generated token ids
@@ -21,17 +24,17 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from ..io import read_items_jsonl, read_jsonl
+from ..io import read_items_jsonl, read_jsonl, write_text_atomic
 from .prompt import GroundedPrompt, build_prompt, locate
 
-RESERVED = ("id", "context", "question", "answer", "label")
+RESERVED = ("id", "context", "question", "answer", "label", "gold_answers", "unanswerable")
 
 
 @dataclass
 class GroundItem:
     """One answer to ground: its prompt (built lazily from context and question unless given),
-    its answer (text, token ids, or None to generate; "" or [] is the empty answer), its label and the
-    fields to keep."""
+    its answer (text, token ids, or None to generate; "" or [] is the empty answer), its label, the
+    gold answers to grade it against (None: not graded) and the fields to keep."""
 
     id: str
     context: str
@@ -41,6 +44,8 @@ class GroundItem:
     label: int | None = None
     prompt: GroundedPrompt | None = None
     keep: dict = field(default_factory=dict)
+    gold_answers: tuple[str, ...] | None = None
+    unanswerable: bool = False
 
 
 def load_items(path: str | Path) -> list[GroundItem]:
@@ -61,8 +66,34 @@ def parse_item(row: dict, where: str, default_id: str) -> GroundItem:
         if isinstance(label, bool) or label not in (0, 1):
             raise UserError(f"{where}: 'label' must be 0 or 1")
         label = int(label)
+    gold, unanswerable = row.get("gold_answers"), row.get("unanswerable", False)
+    if gold is not None and (not isinstance(gold, list) or not all(isinstance(g, str) for g in gold)):
+        raise UserError(f"{where}: 'gold_answers' must be a list of strings")
+    if not isinstance(unanswerable, bool) or (unanswerable and gold is None):
+        raise UserError(f"{where}: 'unanswerable' must be true or false, and comes with 'gold_answers'")
+    if gold is not None and not gold and not unanswerable:
+        raise UserError(f"{where}: 'gold_answers' is empty for a question not marked 'unanswerable'")
     keep = {k: v for k, v in row.items() if k not in RESERVED}
-    return GroundItem(str(row.get("id", default_id)), context, question, answer, None, label, None, keep)
+    return GroundItem(str(row.get("id", default_id)), context, question, answer, None, label, None, keep,
+                      None if gold is None else tuple(gold), unanswerable)
+
+
+def item_row(item: GroundItem) -> dict:
+    """The JSONL object ``parse_item`` reads back as ``item`` (its prompt is rebuilt; token ids are not written)."""
+    row = {"id": item.id, "context": item.context, "question": item.question}
+    if item.answer is not None:
+        row["answer"] = item.answer
+    if item.label is not None:
+        row["label"] = item.label
+    if item.gold_answers is not None:
+        row.update(gold_answers=list(item.gold_answers), unanswerable=item.unanswerable)
+    return {**row, **item.keep}
+
+
+def write_items(path: str | Path, items: list[GroundItem]) -> Path:
+    """``items`` as a JSONL file ``load_items`` (``ground --items``) reads."""
+    write_text_atomic(path, "".join(json.dumps(item_row(it), ensure_ascii=False) + "\n" for it in items))
+    return Path(path)
 
 
 def prompt_of(item: GroundItem, tokenizer, style: str) -> GroundedPrompt:

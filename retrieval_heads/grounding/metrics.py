@@ -3,6 +3,7 @@
 * ``auroc``: the Mann-Whitney probability that a correct answer outscores a wrong one (ties 1/2).
 * ``bootstrap_auroc``: percentile 95% interval over resampled items, or over resampled groups
   (e.g. all answers to one question) when ``groups`` is given, so correlated answers move together.
+* ``bootstrap_mean``, ``mean_row``: a mean over items with its percentile 95% interval.
 * Baselines: ``lexical_overlap`` (share of the answer's content words found in the context) and
   ``LogisticRegression`` (L2-regularised, for Lookback-Lens-style features; see ``lookback``).
 * ``choose_threshold``: the token threshold with the best AUROC on a tuning split.
@@ -47,6 +48,25 @@ def bootstrap_auroc(scores: Sequence[float], labels: Sequence[int], *, groups: S
             values.append(value)
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def bootstrap_mean(values: Sequence[float], *, n: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled items); None when empty."""
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return None
+    rng = np.random.default_rng(seed)
+    means = [v[rng.integers(0, len(v), len(v))].mean() for _ in range(n)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def mean_row(name: str, values: Sequence[float]) -> dict:
+    """``{"metric", "mean", "ci_low", "ci_high", "n"}``: the mean with its bootstrap 95% interval (None when empty)."""
+    ci = bootstrap_mean(values)
+    return {"metric": name, "mean": float(np.mean(values)) if len(values) else None,
+            "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None, "n": len(values)}
 
 
 def auroc_row(name: str, scores: Sequence[float | None], labels: Sequence[int], *, groups=None,

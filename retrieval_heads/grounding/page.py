@@ -68,6 +68,7 @@ def citation_html(context: str, span: dict) -> str:
 def item_html(record: dict, context: str, threshold: float) -> str:
     g = record["grounding"]
     label = f", label {record['label']}" if "label" in record else ""
+    label += f" ({record['verdict']})" if "verdict" in record else ""
     head = (f"<h2>{_e(record['id'])}: grounding {'-' if g is None else f'{g:.2f}'}{_e(label)}</h2>"
             f"<p class='meta'>Q: {_e(record.get('question', ''))}</p>")
     cites = "".join(citation_html(context, s) for s in record["spans"]) or "<p class='meta'>no span cited</p>"

@@ -6,7 +6,14 @@ the answer here), ``grounding``, ``restated``, ``mean_logprob``, ``all_heads_cop
 ``lexical_overlap``, ``tokens`` (``text``, ``start``, ``end``, ``counted``, ``grounded``,
 ``source`` [context_start, context_end) or null, ``share``, ``question_share``, ``all_heads``,
 ``logprob``), ``spans`` (``answer_start``, ``answer_end``, ``context_start``, ``context_end``,
-``tokens``), ``label`` when known, and the item's other fields.
+``tokens``), ``forward_passes`` (the model calls grounding this item paid: ``prefill`` chunks,
+``decode`` steps of a generated answer, ``teacher_forced`` passes; a prompt kept from the previous
+item costs no prefill), ``label`` when known, ``verdict`` (``gold``) for items with gold answers,
+and the item's other fields.
+
+``summary.json``: mean grounding, the mean forward passes per answer, the verdicts, AUROC of each
+per-item score when labels are present (``metrics``), and for items with supporting sentences the
+citation metrics (``citations``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import time
 from pathlib import Path
 
 from ..sweep.rundir import RunDir
+from .citations import citation_summary
+from .gold import VERDICTS, label_of, verdict
 from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
 from .items import GroundItem, prompt_of
 from .metrics import auroc_row, lexical_overlap
@@ -24,12 +33,14 @@ RESULTS = "results.jsonl"
 # per-item scores whose AUROC the summary reports when labels are present: (name, record field)
 SCORES = (("grounding", "grounding"), ("mean token log-prob", "mean_logprob"),
           ("copy rate of all heads", "all_heads_copy_rate"), ("lexical overlap", "lexical_overlap"))
+PHASES = ("prefill", "decode", "teacher_forced")  # the Grounder's kinds of forward pass
 
 
 def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document",
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
     """One item's result line (see the module docstring)."""
     tokenizer = grounder.tokenizer
+    grounder.passes.clear()
     prompt = prompt_of(item, tokenizer, style)
     if item.answer_ids is not None:
         answer = answer_from_ids(tokenizer, item.answer_ids)
@@ -39,9 +50,15 @@ def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document"
         answer = grounder.answer(prompt, max_new_tokens)
     result = grounder.ground(prompt, answer).to_record()
     record = {"id": item.id, "question": item.question, **result, "generated": item.answer is None and item.answer_ids is None,
-              "lexical_overlap": lexical_overlap(answer.text, prompt.context)}
-    if item.label is not None:
-        record["label"] = item.label
+              "lexical_overlap": lexical_overlap(answer.text, prompt.context),
+              "forward_passes": {phase: grounder.passes[phase] for phase in PHASES}}
+    label = item.label
+    if item.gold_answers is not None:
+        record.update(gold_answers=list(item.gold_answers), unanswerable=item.unanswerable,
+                      verdict=verdict(answer.text, item.gold_answers, unanswerable=item.unanswerable))
+        label = label_of(record["verdict"]) if label is None else label
+    if label is not None:
+        record["label"] = label
     return {**item.keep, **record}
 
 
@@ -72,12 +89,24 @@ def ground_items(grounder: Grounder, items: list[GroundItem], out: str | Path, *
 
 
 def summarize(records: list[dict], grounder: Grounder, *, wall_seconds: float = 0.0, identity: dict | None = None) -> dict:
-    """Mean grounding and, when labels are present, AUROC (bootstrap 95% interval) of each per-item score."""
+    """Mean grounding, forward passes per answer, verdicts, and when present AUROC (bootstrap 95% interval)
+    of each per-item score and the citation metrics."""
     scored = [r["grounding"] for r in records if r["grounding"] is not None]
     summary = {**(identity or {}), "n": len(records), "heads_used": [
         {"layer": l, "head": h, "weight": round(w, 4)} for l, h, w in grounder.heads],
         "mean_grounding": sum(scored) / len(scored) if scored else None,
         "items_without_counted_tokens": len(records) - len(scored), "wall_seconds": round(wall_seconds, 1)}
+    paid = [r["forward_passes"] for r in records if "forward_passes" in r]
+    if paid:
+        summary["forward_passes_per_answer"] = {
+            **{phase: round(sum(p[phase] for p in paid) / len(paid), 3) for phase in PHASES},
+            "total": round(sum(sum(p.values()) for p in paid) / len(paid), 3)}
+    verdicts = [r["verdict"] for r in records if "verdict" in r]
+    if verdicts:
+        summary["verdicts"] = {v: verdicts.count(v) for v in VERDICTS if v in verdicts}
+    citations = citation_summary(records)
+    if citations is not None:
+        summary["citations"] = citations
     labelled = [r for r in records if "label" in r]
     if labelled:
         labels = [r["label"] for r in labelled]
