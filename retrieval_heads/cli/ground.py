@@ -22,14 +22,14 @@ class Ground(Command):
         g = parser.add_argument_group("grounding")
         source = g.add_mutually_exclusive_group(required=True)
         source.add_argument("--items", metavar="FILE.jsonl",
-                            help='one {"context", "question", optional "answer", "id", "label"} per line; '
-                                 "without an answer the model answers greedily")
+                            help='one {"context", "question", optional "answer", "id", "label", "gold_answers", '
+                                 '"unanswerable"} per line; without an answer the model answers greedily')
         source.add_argument("--run", metavar="DIR", help="ground every sample of a detect, niah or tasks run in its own prompt")
         source.add_argument("--dataset", choices=DATASETS,
-                            help="real questions the model answers greedily, graded against their gold answers: "
-                                 "SQuAD 2.0 dev (unanswerable ones included) or HotpotQA distractor dev (with "
-                                 "citation recall of the supporting sentences); the items are written to "
-                                 "OUT/items.jsonl")
+                            help="squad2 (SQuAD 2.0 dev, unanswerable questions included) or hotpotqa (HotpotQA "
+                                 "distractor dev, with citation recall of the supporting sentences): real questions "
+                                 "the model answers greedily, graded against their gold answers; the items are "
+                                 "written to OUT/items.jsonl")
         g.add_argument("--scores", required=True, help="head scores: a detection run directory or a score file")
         g.add_argument("--top-k", type=int, default=None, metavar="K",
                        help="use the K best heads (default: every head scoring above 0.1)")
