@@ -6,8 +6,9 @@ prompt token at ``j`` equals the token produced at this step, the head copied on
 gains ``1 / |span|``. A sample counts only when ROUGE-1 recall of the response against the
 expected answer exceeds 0.5.
 
-NIAH answers are scored by ROUGE-1 recall as well, except for RULER's needle sets, which RULER scores by
-string match (``answer_score``). ``words`` and ``content_words`` are the word view of a text that NIAH's
+NIAH answers are scored by ROUGE-1 recall as well, except for RULER's sets, which RULER scores by string
+match: "all" (every expected value found) or, for its QA tasks, "part" (any gold answer found)
+(``answer_score``). ``words`` and ``content_words`` are the word view of a text that NIAH's
 failure classes (``masking.failures``) and grounding's lexical baseline share.
 """
 
@@ -67,7 +68,17 @@ def string_match_all(references: Sequence[str], response: str) -> float:
     return sum(r.lower() in found for r in references) / len(references)
 
 
-ANSWER_METRICS = {"rouge1_recall": "ROUGE-1 recall (the paper's)", "string_match_all": "string match, all (RULER's)"}
+def string_match_part(references: Sequence[str], response: str) -> float:
+    """RULER's ``string_match_part`` for one answer, 1.0 or 0.0: whether any of ``references`` (gold answers, any
+    one of which is right) is found verbatim in ``response``, ignoring case."""
+    if not references:
+        raise ValueError("string_match_part needs at least one reference")
+    found = response.lower()
+    return float(any(r.lower() in found for r in references))
+
+
+ANSWER_METRICS = {"rouge1_recall": "ROUGE-1 recall (the paper's)", "string_match_all": "string match, all (RULER's)",
+                  "string_match_part": "string match, part (RULER's, for QA)"}
 
 
 def answer_score(metric: str, references: Sequence[str], response: str) -> float:
@@ -77,6 +88,8 @@ def answer_score(metric: str, references: Sequence[str], response: str) -> float
         return rouge1_recall(" ".join(references), response)
     if metric == "string_match_all":
         return string_match_all(references, response)
+    if metric == "string_match_part":
+        return string_match_part(references, response)
     raise ValueError(f"unknown answer metric {metric!r}; known: {', '.join(ANSWER_METRICS)}")
 
 
