@@ -29,14 +29,17 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str, batch: bool
     add_model_args(parser)
     g = parser.add_argument_group("sweep")
     g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle) or a named set, "
-                   "ruler:niah_single_1|2|3[:seed=S][:n=N] (docs/data-sources.md); default: built-in set")
+                   "ruler:TASK[:seed=S][:n=N], TASK one of RULER's niah_single_1|2|3, niah_multikey_1|2|3, "
+                   "niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2 (docs/data-sources.md); "
+                   "default: built-in set")
     g.add_argument("--haystack", default=None, help="a name (python-docs, paul-graham, paul-graham-niah, ruler-noise), a .txt file or a "
                    "directory of them; default: the needle set's own, else python-docs")
     g.add_argument("--lengths", default=None, help=f"context lengths in tokens, comma separated (default {','.join(map(str, DEFAULT_LENGTHS))})")
     g.add_argument("--min-length", type=int, default=None)
     g.add_argument("--max-length", type=int, default=None)
     g.add_argument("--num-lengths", type=int, default=None)
-    g.add_argument("--depths", default=None, help=f"needle depths in percent, comma separated (default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)})")
+    g.add_argument("--depths", default=None, help=f"needle depths in percent, comma separated (default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)}; "
+                   "ruler:vt, cwe, fwe, qa_1 and qa_2 have no needle and no depth)")
     g.add_argument("--num-depths", type=int, default=None, help="evenly spaced depths from 0 to 100")
     g.add_argument("--max-new-tokens", type=int, default=50)
     g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
@@ -119,7 +122,7 @@ def depths_from_args(args) -> list[float]:
 
 def sweep_config_from_args(args) -> SweepConfig:
     """The sweep flags as a validated SweepConfig (needles and haystack are read and checked here)."""
-    from ..sweep.grid import check_inputs
+    from ..sweep.grid import check_inputs, grid_depths
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
@@ -145,7 +148,12 @@ def sweep_config_from_args(args) -> SweepConfig:
         shard=parse_shard(args.shard),
         block_size=block_size or 0,
     )
-    check_inputs(config)
+    needle_set, _ = check_inputs(config)
+    if not needle_set.has_depth:  # a task with no needle: one sample per length, recorded at NO_DEPTH
+        if args.depths or args.num_depths is not None:
+            raise UserError(f"{needle_set.name} has no needle depth (it builds its own context); drop "
+                            f"{'--depths' if args.depths else '--num-depths'}")
+        config.depths = grid_depths(needle_set, config.depths)
     return config
 
 

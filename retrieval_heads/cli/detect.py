@@ -19,8 +19,10 @@ class Detect(Command):
         from ..analysis.formats import load_scores
         from ..detection.detect import run_detection
         from ..sweep.distributed import finish
+        from ..sweep.haystack import require_one_needle
         from .merge import merge_runs
 
+        require_one_needle(args.needles, "detect")  # by name, before any data is read
         config = sweep_config_from_args(args)
         out, launch = shard_for_launch(args, config, "detect")
         rule = stop_rule_from_args(args)

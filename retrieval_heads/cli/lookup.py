@@ -19,7 +19,9 @@ class Lookup(Command):
 
     def run(self, args) -> int:
         from ..kv.lookup import run_lookup
+        from ..sweep.haystack import require_one_needle
 
+        require_one_needle(args.needles, "lookup")  # by name, before any data is read
         config = sweep_config_from_args(args)
         out = out_dir(args, "lookup")
         loaded = load_for(args)

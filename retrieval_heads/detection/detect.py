@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models import LoadedModel, ModelInfo
 from ..sweep.distributed import Launch, all_gather
 from ..sweep.grid import DEFAULT_BLOCK_SIZE, SampleSpec, SweepConfig, build_grid, sample_blocks
-from ..sweep.haystack import load_needles
+from ..sweep.haystack import load_needles, require_one_needle
 from ..sweep.merge import MergedShards
 from ..sweep.runner import SweepRun, run_sweep
 from ..sweep.stability import CurvePoint, StopRule, bootstrap, checkpoint_seed, measure, run_curve, successes_by_id
@@ -60,7 +60,10 @@ def run_detection(
     ``DEFAULT_BLOCK_SIZE``) and stops after the first block at which the rule is met; ``resume``
     continues such a run over the rest of the grid. ``launch``: this process is one rank of a
     data-parallel run over ``config.shard``; the stop decision is then taken for all ranks together.
+    A needle set whose answers are not copied from one needle (RULER's multi-value and multi-query sets, its
+    tasks with no needle) is refused; RULER's multi-key sets are scored on the needle asked about.
     """
+    require_one_needle(config.needles, "detect")
     results: list[DetectionResult] = []
     watch = StabilityWatch(until_stable, (loaded.num_layers, loaded.num_heads), launch) if until_stable else None
     if until_stable and not config.block_size:

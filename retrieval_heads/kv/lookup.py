@@ -68,10 +68,11 @@ def run_lookup(loaded: LoadedModel, config: SweepConfig, out: str | Path, *, res
     Writes ``samples.jsonl`` (appended per sample, so ``resume`` continues), then ``head_scores.json`` and
     ``summary.json``, also when interrupted.
     """
-    from ..sweep.haystack import question_start
+    from ..sweep.haystack import question_start, require_one_needle
     from ..sweep.runner import progress_bar
     from .policy import check_eligible, eligible_layers
 
+    require_one_needle(config.needles, "lookup")
     check_eligible(eligible_layers(loaded.model.config), loaded.name)
     inputs = prepare(config, loaded.tokenizer, loaded.max_context)
     run = RunDir(out)

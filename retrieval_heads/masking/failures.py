@@ -49,7 +49,7 @@ def classify(response: str, *, answer: str, needle: str, question: str, context:
     new = said - content_words(question)
     if not new:
         return FailureType.EMPTY
-    outside = content_words(context.replace(needle, " "))
+    outside = content_words(context.replace(needle, " ") if needle else context)  # a task may have no needle
     if len(new & outside) >= len(new) / 2:
         return FailureType.WRONG_EXTRACTION
     return FailureType.HALLUCINATION

@@ -77,18 +77,35 @@ def niah_identity(plan: MaskPlan, control: AttentionControl) -> dict:
 
 def niah_record(loaded: LoadedModel, plan: MaskPlan, spec, generation, inputs) -> dict:
     """One sample's result line: the response, its score (0-100, by the needle set's metric), its failure type,
-    the heads masked."""
+    the heads masked. A sample with several values expected (RULER's multi-value, multi-query and task sets)
+    also records them (``answers``); it contains the answer when it holds every value (any one, for RULER's QA
+    and its "part" metric)."""
     needle, prompt = inputs.needles[spec.needle_index], inputs.prompts[spec.id]
     response = loaded.tokenizer.decode(generation.generated_ids, skip_special_tokens=True).strip()
-    failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question, context=prompt.text)
-    return {
+    answers = needle.answers
+    if answers == (needle.real_needle,):
+        contains = contains_answer(response, needle.real_needle)
+        failure = classify(response, answer=needle.real_needle, needle=needle.needle, question=needle.question,
+                           context=prompt.text)
+    else:
+        found = [contains_answer(response, a) for a in answers]
+        contains = any(found) if inputs.metric == "string_match_part" else all(found)
+        context = prompt.text
+        for sentence in needle.sentences[1:]:  # every needle counts as the needle, not as the rest of the context
+            context = context.replace(sentence, " ")
+        failure = None if contains else classify(response, answer=" ".join(answers), needle=needle.needle,
+                                                 question=needle.question, context=context)
+    record = {
         "id": spec.id, "model": loaded.name, "context_length": spec.context_length, "prompt_tokens": len(prompt.ids),
         "depth_percent": spec.depth_percent, "needle_index": spec.needle_index, "response": response,
-        "score": 100 * answer_score(inputs.metric, [needle.real_needle], response),
-        "contains_answer": contains_answer(response, needle.real_needle),
+        "score": 100 * answer_score(inputs.metric, list(answers), response),
+        "contains_answer": contains,
         "failure": failure.value if failure else None,
         "masked_heads": [f"{l}-{h}" for l, h in plan.heads_for(spec.id)],
     }
+    if answers != (needle.real_needle,):
+        record["answers"] = list(answers)
+    return record
 
 
 def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, masking: dict) -> NiahResult:

@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import UserError
 from ..zoo import DEFAULT_MODEL
-from .haystack import Haystack, Needle, NeedleSet, Prompt, build_prompt, load_haystack, load_needle_set
+from .haystack import Haystack, Needle, NeedleSet, Prompt, build_prompt, load_needle_set
 
 DEFAULT_LENGTHS = (1000, 1500, 2000)
 DEFAULT_DEPTHS = (10.0, 50.0, 90.0)
+# the one depth of a task with no needle (``NeedleSet.has_depth`` False): its samples are recorded at depth 0
+NO_DEPTH = 0.0
 # samples per block of the balanced order when a run may stop early (``detect --until-stable``)
 DEFAULT_BLOCK_SIZE = 20
 
@@ -40,7 +42,7 @@ class SweepConfig:
         """The fields two runs must share for their samples to be comparable (resume, merge)."""
         digest = hashlib.sha256()
         for n in needles:
-            digest.update(f"{n.needle}\x00{n.question}\x00{n.real_needle}\x01".encode())
+            digest.update(n.fingerprint().encode())
         return {
             "model": self.model,
             "dtype": self.dtype,
@@ -153,7 +155,7 @@ class SweepInputs:
     """Needles, haystack and tokenised prompts of a sweep."""
 
     needles: list[Needle]
-    haystack_text: str
+    haystack_text: str  # what the run's identity hashes: the haystack, or what a task's contexts are built from
     specs: list[SampleSpec]
     prompts: dict[str, Prompt]
     metric: str = "rouge1_recall"  # how answers are scored (scoring.answer_score), the needle set's
@@ -163,10 +165,11 @@ def check_inputs(config: SweepConfig) -> tuple[NeedleSet, str]:
     """Read and validate needles, haystack and grid, before any model is loaded.
 
     The haystack is ``config.haystack``, or the one a named needle set names (which a set defined by its
-    haystack, like ruler:niah_single_1, keeps).
+    haystack, like ruler:niah_single_1, keeps); for a task that builds its own contexts (ruler:vt, ...), what
+    they are built from (``NeedleSet.haystack_text``).
     """
     needle_set = load_needle_set(config.needles)
-    text = load_haystack(needle_set.haystack_for(config.haystack))
+    text = needle_set.haystack_text(config.haystack)
     if not config.lengths or not config.depths:
         raise UserError("need at least one context length and one depth")
     bad = [d for d in config.depths if not 0 <= d <= 100]
@@ -184,10 +187,21 @@ def prepare(config: SweepConfig, tokenizer, max_context: int | None) -> SweepInp
         raise UserError(
             f"context length {longest} + {config.max_new_tokens} new tokens exceeds the model's maximum of {max_context} tokens"
         )
-    haystack = Haystack(text, tokenizer, min_tokens=longest)
-    specs = build_grid(len(needles), config.lengths, config.depths, config.shard)
-    prompts = {s.id: make_prompt(tokenizer, haystack, needles[s.needle_index], s) for s in specs}
+    specs = build_grid(len(needles), config.lengths, grid_depths(needle_set, config.depths), config.shard)
+    if needle_set.contexts is not None:
+        from .contexts import task_prompt
+
+        prompts = {s.id: task_prompt(tokenizer, needle_set.contexts, needles[s.needle_index], s.needle_index,
+                                     s.context_length) for s in specs}
+    else:
+        haystack = Haystack(text, tokenizer, min_tokens=longest)
+        prompts = {s.id: make_prompt(tokenizer, haystack, needles[s.needle_index], s) for s in specs}
     return SweepInputs(needles, text, specs, prompts, metric=needle_set.metric)
+
+
+def grid_depths(needle_set: NeedleSet, depths: list[float]) -> list[float]:
+    """The depths a sweep of ``needle_set`` runs: ``depths``, or ``NO_DEPTH`` alone for a task with no needle."""
+    return list(depths) if needle_set.has_depth else [NO_DEPTH]
 
 
 def make_prompt(tokenizer, haystack: Haystack, needle: Needle, spec: SampleSpec) -> Prompt:

@@ -27,16 +27,78 @@ class Needle:
     question: str
     real_needle: str
 
+    @property
+    def sentences(self) -> tuple[str, ...]:
+        """Every sentence hidden in the haystack for this sample (the needle alone)."""
+        return (self.needle,)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """The values an answer is scored against (the expected answer alone)."""
+        return (self.real_needle,)
+
+    def fingerprint(self) -> str:
+        """What a run's identity hashes of this needle."""
+        return f"{self.needle}\x00{self.question}\x00{self.real_needle}\x01"
+
+
+@dataclass(frozen=True)
+class MultiNeedle(Needle):
+    """Several needles hidden in one haystack (RULER's multi-key, multi-value and multi-query NIAH).
+
+    ``needle`` is the first sentence asked about: it goes in at the sweep's depth, and it is the span
+    ``detect`` and ``lookup`` score. ``others`` go in at ``other_depths`` (percent of the context, one each):
+    distractors with other keys, or more values asked for. ``values`` are all the values the answer must
+    hold; ``real_needle`` is them joined by ", ".
+    """
+
+    others: tuple[str, ...] = ()
+    other_depths: tuple[float, ...] = ()
+    values: tuple[str, ...] = ()
+
+    @property
+    def sentences(self) -> tuple[str, ...]:
+        return (self.needle, *self.others)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return self.values or (self.real_needle,)
+
+    def fingerprint(self) -> str:
+        depths = ",".join(f"{d:g}" for d in self.other_depths)
+        return super().fingerprint() + "\x02".join(("", *self.others, depths, *self.values)) + "\x01"
+
+
+@dataclass(frozen=True)
+class TaskItem(Needle):
+    """One sample of a task with no needle to hide (RULER's vt, cwe, fwe, qa_1, qa_2): its question and the
+    values expected. Its context is built per context length by the set's ``contexts`` (``sweep.contexts``);
+    ``needle`` is empty and ``real_needle`` is the values joined by ", "."""
+
+    values: tuple[str, ...] = ()
+
+    @property
+    def sentences(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return self.values or (self.real_needle,)
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() + "\x02".join(("", *self.values)) + "\x01"
+
 
 @dataclass(frozen=True)
 class Prompt:
     """A tokenised needle-in-a-haystack prompt.
 
-    ``needle_span`` is the [start, end) token range of the needle inside ``ids``.
+    ``needle_span`` is the [start, end) token range of the needle inside ``ids`` (None for a task with no
+    needle, whose context was built whole).
     """
 
     ids: list[int]
-    needle_span: tuple[int, int]
+    needle_span: tuple[int, int] | None
     text: str
 
 
@@ -46,6 +108,10 @@ class NeedleSet:
 
     ``haystack`` is the haystack the set names (None: ``--haystack`` or the default prose);
     ``haystack_fixed`` means the set is defined by it and another ``--haystack`` is refused.
+    ``own_haystack`` is a haystack the set generates itself (RULER's haystack of distractor needles), used
+    as it is. ``contexts`` builds each sample's whole context for a task with no needle to hide (no
+    haystack, no depth; ``sweep.contexts``). ``one_needle``: each answer is copied from one needle, the
+    span ``detect`` and ``lookup`` score; ``not_one_needle`` says why not.
     """
 
     needles: tuple[Needle, ...]
@@ -53,9 +119,24 @@ class NeedleSet:
     haystack: str | None = None
     haystack_fixed: bool = False
     name: str = "built-in needles"
+    own_haystack: str | None = None
+    contexts: object | None = None  # a sweep.contexts.ContextTask
+    not_one_needle: str | None = None
+
+    @property
+    def one_needle(self) -> bool:
+        return self.not_one_needle is None
+
+    @property
+    def has_depth(self) -> bool:
+        """Whether the sweep's depths mean anything: a needle goes in at each (not for ``contexts`` tasks)."""
+        return self.contexts is None
 
     def haystack_for(self, requested: str | None) -> str | None:
         """The haystack to load: ``requested`` (``--haystack``) where the set allows, else the set's own."""
+        if requested is not None and (self.contexts is not None or self.own_haystack is not None):
+            made = "its own context" if self.contexts is not None else "its own haystack of distractor needles"
+            raise UserError(f"{self.name} builds {made}; drop --haystack {requested}")
         if requested is None:
             return self.haystack
         if self.haystack_fixed and requested != self.haystack:
@@ -63,24 +144,48 @@ class NeedleSet:
                             "(or use a needle set that takes another haystack)")
         return requested
 
+    def haystack_text(self, requested: str | None = None) -> str:
+        """The text a run's identity hashes as its haystack: the haystack loaded (``load_haystack``), the set's own,
+        or, for ``contexts`` tasks, what their contexts are built from (``contexts.identity``)."""
+        name = self.haystack_for(requested)
+        if self.contexts is not None:
+            return self.contexts.identity
+        if self.own_haystack is not None:
+            return self.own_haystack
+        return load_haystack(name)
+
+    def require_one_needle(self, command: str) -> None:
+        """Refuse, in one line, a set whose answers are not copied from one needle span (``detect``, ``lookup``)."""
+        if not self.one_needle:
+            raise UserError(f"{command} scores the one needle an answer is copied from; {self.name} {self.not_one_needle}: "
+                            "run it with niah or kv-eval")
+
 
 def needles_metric(spec: str | None) -> str:
-    """How answers to the needle set ``spec`` are scored: RULER's string match for RULER sets, ROUGE-1 recall
-    (the paper's) otherwise. A name is enough: no needle is read."""
-    from .sources.ruler import METRIC, is_ruler_name
+    """How answers to the needle set ``spec`` are scored: RULER's string match for RULER sets ("all", or "part"
+    for its QA tasks), ROUGE-1 recall (the paper's) otherwise. A name is enough: no needle is read."""
+    from .sources.ruler import is_ruler_name, parse_ruler_name
 
-    return METRIC if is_ruler_name(spec) else "rouge1_recall"
+    return parse_ruler_name(spec).task.metric if is_ruler_name(spec) else "rouge1_recall"
+
+
+def require_one_needle(spec: str | None, command: str) -> None:
+    """``NeedleSet.require_one_needle`` from the set's name alone (nothing is read or generated): ``detect``
+    and ``lookup`` refuse, before a model is loaded, a set whose answers are not copied from one needle."""
+    from .sources.ruler import is_ruler_name, parse_ruler_name
+
+    if is_ruler_name(spec):
+        named = parse_ruler_name(spec)
+        NeedleSet((), name=named.name, not_one_needle=named.task.not_one_needle).require_one_needle(command)
 
 
 def load_needle_set(spec: str | Path | None = None) -> NeedleSet:
     """The needle set ``spec`` names: a JSONL file in the paper's format, a generated set
     (``ruler:<task>[:seed=S][:n=N]``, see ``sources.ruler``), or the project's own set when None."""
-    from .sources.ruler import is_ruler_name, parse_ruler_name, ruler_needles
+    from .sources.ruler import is_ruler_name, parse_ruler_name, ruler_needle_set
 
     if isinstance(spec, str) and is_ruler_name(spec):
-        named = parse_ruler_name(spec)
-        needles = ruler_needles(named.task, seed=named.seed, count=named.count)
-        return NeedleSet(tuple(needles), needles_metric(spec), named.task.haystack, named.task.haystack_fixed, named.name)
+        return ruler_needle_set(parse_ruler_name(spec))
     return NeedleSet(tuple(_read_needles(spec)), needles_metric(None), name=str(spec) if spec else "built-in needles")
 
 
@@ -219,6 +324,25 @@ def insert_needle(context: str, needle: str, depth_percent: float) -> tuple[str,
     return text, len(head), len(head) + len(needle)
 
 
+def insert_needles(context: str, needles: list[tuple[str, float]]) -> tuple[str, list[tuple[int, int]]]:
+    """Insert several needles, each ``(sentence, depth_percent)`` at the sentence boundary at or before its depth;
+    return the text and each needle's [start, end) chars, in the order given. Needles at the same boundary keep
+    the order given; one needle gives what ``insert_needle`` gives."""
+    points = [insertion_point(context, depth) for _, depth in needles]
+    order = sorted(range(len(needles)), key=lambda i: points[i])
+    cuts = [0] + [points[i] for i in order] + [len(context)]
+    pieces = [context[a:b] for a, b in zip(cuts, cuts[1:])]
+    text = pieces[0].rstrip()
+    spans: list[tuple[int, int]] = [(0, 0)] * len(needles)
+    for k, i in enumerate(order):
+        text += " " if text else ""
+        spans[i] = (len(text), len(text) + len(needles[i][0]))
+        text += needles[i][0]
+        after = pieces[k + 1].lstrip() if k + 1 == len(order) else pieces[k + 1].strip()
+        text += " " + after if after else ""
+    return text, spans
+
+
 def render_prompt(tokenizer, context: str, question: str) -> tuple[str, int]:
     """Full prompt text and the character offset where ``context`` starts in it.
 
@@ -233,8 +357,16 @@ def render_prompt(tokenizer, context: str, question: str) -> tuple[str, int]:
 
 
 def build_prompt(tokenizer, context: str, needle: Needle, depth_percent: float) -> Prompt:
-    """Insert the needle, render the prompt, tokenise it and locate the needle's token span."""
-    with_needle, n_start, n_end = insert_needle(context, needle.needle, depth_percent)
+    """Insert the needle, render the prompt, tokenise it and locate the needle's token span.
+
+    A ``MultiNeedle`` puts its first needle at ``depth_percent`` and its others at their own depths; the span is
+    the first needle's."""
+    if isinstance(needle, MultiNeedle) and needle.others:
+        with_needle, spans = insert_needles(context, [(needle.needle, depth_percent),
+                                                      *zip(needle.others, needle.other_depths)])
+        n_start, n_end = spans[0]
+    else:
+        with_needle, n_start, n_end = insert_needle(context, needle.needle, depth_percent)
     text, offset = render_prompt(tokenizer, with_needle, needle.question)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     span = token_span(enc["offset_mapping"], offset + n_start, offset + n_end)
