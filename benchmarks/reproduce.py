@@ -159,6 +159,31 @@ def stop_rows(out: Path) -> list[str]:
     return rows
 
 
+HAYSTACKS = ("python-docs", "paul-graham", "paul-graham-niah")  # the built-in prose, RULER's essays, the NIAH test's
+
+
+def haystack_rows(out: Path) -> list[str]:
+    rows = []
+    for name in HAYSTACKS:
+        s = _json(out / _haystack_run(name) / "summary.json")
+        rows.append(f"{name}: {s['n_retrieval_heads']} heads above 0.1, {s['successes']} of {s['samples']} samples "
+                    f"retrieved")
+    for a, b in _haystack_pairs():
+        c = _json(out / f"compare-{a}-{b}.json")
+        k, overlap = c["top_k"], c["topk_overlap"]
+        rows.append(f"{a} vs {b}: top-{k} Jaccard {overlap / (2 * k - overlap):.2f} ({overlap} of {k} shared), "
+                    f"retrieval-set Jaccard {c['jaccard']:.2f}, Pearson {c['pearson']:.2f}")
+    return rows
+
+
+def _haystack_run(name: str) -> str:
+    return "detect" if name == "python-docs" else f"detect-{name}"
+
+
+def _haystack_pairs() -> list[tuple[str, str]]:
+    return [(a, b) for i, a in enumerate(HAYSTACKS) for b in HAYSTACKS[i + 1:]]
+
+
 def whole_head_rows(out: Path) -> list[str]:
     lines = []
     for run, prefill in (("kv-whole-heads", "full"), ("kv-whole-heads-lambda", "lambda")):
@@ -231,6 +256,14 @@ STUDIES: dict[str, Study] = {
            rh("compare", str(PAPER_SCORES / "Qwen1.5-14B.json"), str(PAPER_SCORES / "llama-2-13b-64k.json"), "--json",
               done="compare-qwen-llama.json", capture=True)),
         paper_rows, "Detection"),
+    "haystacks": Study(
+        "how much the detected heads depend on the haystack: the default grid on three haystacks",
+        (DETECT,
+         *(rh("detect", "--haystack", h, "--out", f"{{out}}/{_haystack_run(h)}", done=f"{_haystack_run(h)}/summary.json")
+           for h in HAYSTACKS[1:]),
+         *(rh("compare", f"{{out}}/{_haystack_run(a)}", f"{{out}}/{_haystack_run(b)}", "--json",
+              done=f"compare-{a}-{b}.json", capture=True) for a, b in _haystack_pairs())),
+        haystack_rows, "Detection"),
     "architectures": Study("the compatibility matrix of the installed transformers",
                            (script("architectures.py", "--json", "{out}/architectures.json", done="architectures.json"),),
                            architecture_rows, "Architectures"),
