@@ -9,6 +9,7 @@ renders it in the project's prompt (``haystack.render_prompt``) with the sample'
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ..errors import UserError
@@ -31,6 +32,22 @@ class ContextTask(Protocol):
     def context(self, index: int, size: int, context_length: int) -> str:
         """Sample ``index``'s context at ``size`` (its length grows with ``size``), for a prompt of about
         ``context_length`` tokens; the same arguments give the same text."""
+
+
+@dataclass
+class SeededTask:
+    """What every seeded task without a needle shares: ``count`` samples drawn with ``seed`` (keyword-only), the
+    ``name``, ``identity`` and ``items`` its ``__post_init__`` sets, and no size limit unless it says so."""
+
+    seed: int = field(default=0, kw_only=True)
+    count: int = field(default=8, kw_only=True)
+    min_size: int = field(default=0, kw_only=True)
+    name: str = field(init=False)
+    identity: str = field(init=False)
+    items: tuple = field(init=False)
+
+    def max_size(self, index: int, context_length: int) -> int | None:
+        return None
 
 
 def fit_size(build: Callable[[int], str], count: Callable[[str], int], budget: int, *, low: int,

