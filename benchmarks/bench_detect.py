@@ -50,6 +50,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--needles-file", default=None, help="needles JSONL (default: the built-in set)")
     p.add_argument("--until-stable", action="store_true", help="also time the engine with --until-stable defaults")
     p.add_argument("--json", default=None, help="write every number (and per-side head means) to this file")
+    p.add_argument("--saved", default=None, metavar="DIR",
+                   help="keep each side's result in DIR/<side>.json and take the paper strategy's from there when "
+                        "its settings match (time it once, then only what changed)")
+    p.add_argument("--no-engine", action="store_true",
+                   help="with --until-stable: skip the engine's full grid; the full grid's heads come from the "
+                        "paper strategy's samples (the same scores up to float rounding)")
     p.add_argument("--lengths", default="2000,4000")
     p.add_argument("--num-depths", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=50)
@@ -149,7 +155,8 @@ def engine(loaded, config, out_dir: Path, until_stable: bool = False) -> tuple[d
                            until_stable=StopRule() if until_stable else None)
     rows = {r["id"]: [r["head_scores"], r["generated_ids"], r["success"]] for r in read_jsonl(out_dir / "samples.jsonl")}
     summary = {k: result.summary.get(k) for k in ("timing", "stopped_early", "samples_run", "grid_samples", "successes",
-                                                  "samples", "stability")}
+                                                  "samples", "stability", "samples_skipped", "dropped_needles",
+                                                  "prefix_reuse")}
     summary["mean"] = result.scores.mean.tolist()
     return rows, summary
 
@@ -181,16 +188,39 @@ def run_one(args) -> None:
     Path(args.result).write_text(json.dumps(result))
 
 
+SIDE_SETTINGS = ("model", "random_llama", "needles", "needles_file", "lengths", "num_depths", "max_new_tokens",
+                 "batch_size", "chunk_size", "device", "dtype")
+
+
+def run_side(args, side: str) -> dict:
+    """One side's result, run in its own process; the paper strategy's is read from ``--saved`` when it ran with
+    the same settings."""
+    settings = {k: getattr(args, k) for k in SIDE_SETTINGS}
+    saved = Path(args.saved) / f"{side}.json" if args.saved else None
+    if saved is not None and saved.exists():
+        result = json.loads(saved.read_text())
+        if result.get("settings") == settings and side == "baseline":
+            print(f"{side}: taken from {saved} (run {result.get('date')})")
+            return result
+    with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--only", side, "--result", fh.name]
+        subprocess.run(cmd, check=True)
+        result = json.loads(Path(fh.name).read_text())
+    result.update(settings=settings, date=time.strftime("%Y-%m-%d %H:%M"))
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(result))
+    return result
+
+
 def main() -> None:
     args = parse()
     if args.only:
         return run_one(args)
-    results = {}
-    for side in SIDES if args.until_stable else SIDES[:2]:
-        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--only", side, "--result", fh.name]
-            subprocess.run(cmd, check=True)
-            results[side] = json.loads(Path(fh.name).read_text())
+    sides = ["baseline"] + ([] if args.no_engine and args.until_stable else ["engine"]) + (["stable"] if args.until_stable else [])
+    results = {side: run_side(args, side) for side in sides}
+    if "engine" not in results:
+        return report_without_engine(args, results)
     base, eng = results["baseline"], results["engine"]
     diffs = [np.abs(np.asarray(base["rows"][k][0]) - np.asarray(eng["rows"][k][0])).max() for k in base["rows"]]
     same_tokens = sum(base["rows"][k][1] == eng["rows"][k][1] for k in base["rows"])
@@ -213,12 +243,48 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
 
-def compare_stable(results: dict, base: dict) -> dict:
-    """Print and return what ``--until-stable`` ran and how close its heads are to the full grid's."""
+def report_without_engine(args, results: dict) -> None:
+    """``--no-engine``: the paper strategy against ``--until-stable``, the full grid's heads from the former's samples."""
+    base = results["baseline"]
+    print(f"model {base['model']}, {base['samples']} samples, lengths {args.lengths}, {args.num_depths} depths, "
+          f"device {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"baseline: {base['wall_s']:8.1f} s   peak {base['peak_mb']:8.0f} MB")
+    report = {"args": vars(args), "threads": torch.get_num_threads(),
+              **{side: {k: v for k, v in r.items() if k != "rows"} for side, r in results.items()}}
+    report["stable_vs_full"] = compare_stable(results, base, full_mean=baseline_mean(args, base))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def baseline_mean(args, base: dict) -> list:
+    """Mean head scores over the paper strategy's successful samples (needle recall as the engine scores it)."""
+    from transformers import AutoTokenizer
+
+    from retrieval_heads.core.scoring import is_success, rouge1_recall
+    from retrieval_heads.models import pull
+    from retrieval_heads.sweep.haystack import load_needles
+    from retrieval_heads.zoo import looks_like_zoo_name
+
+    tokenizer = AutoTokenizer.from_pretrained(pull(args.model) if looks_like_zoo_name(args.model) else args.model)
+    needles = load_needles(args.needles_file)[: args.needles]
+    chosen = []
+    for sample_id, (scores, generated) in base["rows"].items():
+        needle = needles[int(sample_id.split("-")[0][1:])]
+        response = tokenizer.decode(generated, skip_special_tokens=True).strip()
+        if is_success(rouge1_recall(needle.real_needle, response)):
+            chosen.append(scores)
+    print(f"paper strategy: {len(chosen)} of {len(base['rows'])} samples retrieved the needle")
+    return np.mean(np.asarray(chosen, dtype=np.float64), axis=0).tolist()
+
+
+def compare_stable(results: dict, base: dict, full_mean: list | None = None) -> dict:
+    """Print and return what ``--until-stable`` ran and how close its heads are to the full grid's
+    (the engine's, or ``full_mean``)."""
     from retrieval_heads.sweep.stability import set_jaccards
 
-    stable, full = results["stable"], results["engine"]
-    a, b = np.asarray(stable["run"]["mean"]), np.asarray(full["run"]["mean"])
+    stable = results["stable"]
+    full = results.get("engine") or {"samples": base["samples"], "wall_s": float("nan"), "run": {"successes": None}}
+    a, b = np.asarray(stable["run"]["mean"]), np.asarray(full_mean if full_mean is not None else full["run"]["mean"])
     top10, retrieval = set_jaccards(a, b, 10)
     top20, _ = set_jaccards(a, b, 20)
     out = {"samples_run": stable["samples"], "grid_samples": full["samples"],

@@ -123,7 +123,8 @@ def _run_stability(scores, args: argparse.Namespace) -> int:
 
     if not has_per_sample_scores(scores):
         raise UserError(f"{args.source}: --until-stable needs per-sample scores (a run directory or the paper's JSON)")
-    rule = StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes, seed=args.seed)
+    rule = StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes, seed=args.seed,
+                    drop_after=0)  # a replay draws from a finished file: nothing to leave out
     result = check_stopping(scores, rule, step=args.step, orders=args.orders, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else format_stability(result))
     return 0

@@ -69,6 +69,7 @@ def add_run_args(group, command: str, unit: str, *, resume: bool = True) -> None
 def add_stop_args(parser: argparse.ArgumentParser, *, replay: bool = False):
     """The stopping rule of ``detect --until-stable``; ``replay``: ``analyze``'s, replaying that rule on a score
     file (``--until-stable`` is the switch there too, ``--stability S`` the target everywhere). Returns the group."""
+    from ..sweep.stability import DEFAULT_DROP_AFTER, DEFAULT_K, DEFAULT_MIN_SUCCESSES, DEFAULT_STABILITY
     from .base import add_alias, add_was_switch
 
     g = parser.add_argument_group("stopping rule replay (--until-stable)" if replay else "stopping early")
@@ -76,15 +77,21 @@ def add_stop_args(parser: argparse.ArgumentParser, *, replay: bool = False):
         "--until-stable", action="store_true",
         help="instead of the analysis: replay detect --until-stable's rule on random orders of the file's samples"
         if replay else "stop after the first block of samples at which the top-K heads are stable under a bootstrap")
-    g.add_argument("--stable-k", type=int, default=20, metavar="K", help="size of the top-K set checked (default 20)")
-    stability = dict(default=0.95, metavar="S", help="mean bootstrap Jaccard of the top-K set to reach (default 0.95)")
+    g.add_argument("--stable-k", type=int, default=DEFAULT_K, metavar="K",
+                   help=f"size of the top-K set checked (default {DEFAULT_K})")
+    stability = dict(default=DEFAULT_STABILITY, metavar="S",
+                     help=f"mean bootstrap Jaccard of the top-K set to reach (default {DEFAULT_STABILITY:g})")
     if replay:  # analyze --stability was the switch; bare (or before the positional) it still is, deprecated
         target = add_was_switch(g, "--stability", switch=until, type=float, spill="source", **stability)
         add_alias(g, "--target", target, nargs=None, const=None)
     else:
         g.add_argument("--stability", type=float, **stability)
-    g.add_argument("--min-successes", type=int, default=20, metavar="N",
-                   help="never stop with fewer successful samples (default 20)")
+    g.add_argument("--min-successes", type=int, default=DEFAULT_MIN_SUCCESSES, metavar="N",
+                   help=f"never stop with fewer successful samples (default {DEFAULT_MIN_SUCCESSES})")
+    if not replay:
+        g.add_argument("--drop-after", type=int, default=DEFAULT_DROP_AFTER, metavar="N",
+                       help="leave out the rest of a needle's samples once N of them failed and none succeeded "
+                            f"(default {DEFAULT_DROP_AFTER}; 0: never)")
     return g
 
 

@@ -49,7 +49,8 @@ def stop_rule_from_args(args):
 
     if not args.until_stable:
         return None
-    return StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes)
+    return StopRule(k=args.stable_k, stability=args.stability, min_successes=args.min_successes,
+                    drop_after=args.drop_after)
 
 
 def stability_line(summary: dict) -> str:

@@ -48,6 +48,12 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+def reusable_length(cached_ids: list[int], ids: list[int], chunk_size: int) -> int:
+    """Tokens of ``ids`` the engine keeps from a cache of ``cached_ids``: their common prefix, rounded
+    down to whole chunks (so every kept token was computed as in a cold run)."""
+    return common_prefix_length(cached_ids, ids) // chunk_size * chunk_size
+
+
 def reuse_blocker(cache) -> str | None:
     """Why a prefix of ``cache`` cannot be kept and extended, or None when it can.
 
@@ -182,7 +188,7 @@ class Engine:
         start = time.perf_counter()
         reuse = 0
         if self.share_prefix and self._cache is not None:  # keep the buffers, even with nothing to reuse:
-            reuse = common_prefix_length(self._cached_ids, ids) // self.chunk_size * self.chunk_size
+            reuse = reusable_length(self._cached_ids, ids, self.chunk_size)
             truncate_cache(self._cache, reuse)  # reallocating them per prompt fragments the heap (peak RSS)
         else:
             self._cache = self.cache_factory()

@@ -15,11 +15,12 @@ from ..core.scoring import is_success, retrieval_scores, rouge1_recall
 from ..errors import UserError
 from ..models import LoadedModel, ModelInfo
 from ..sweep.distributed import Launch, all_gather
-from ..sweep.grid import DEFAULT_BLOCK_SIZE, SampleSpec, SweepConfig, build_grid, sample_blocks
+from ..sweep.grid import DEFAULT_BLOCK_SIZE, SampleSpec, SweepConfig, build_grid, prefix_reuse, sample_blocks
 from ..sweep.haystack import load_needles, require_one_needle
 from ..sweep.merge import MergedShards
 from ..sweep.runner import SweepRun, run_sweep
-from ..sweep.stability import CurvePoint, StopRule, bootstrap, checkpoint_seed, measure, run_curve, successes_by_id
+from ..sweep.stability import (CurvePoint, StopRule, bootstrap, checkpoint_seed, failing_needles, measure, run_curve,
+                               successes_by_id)
 
 STABILITY_PLOT = "stability.png"
 
@@ -57,8 +58,10 @@ def run_detection(
     Writes ``samples.jsonl`` (appended per sample), then ``head_scores.json`` (paper format),
     ``summary.json`` and ``stability.png``; these are also written when the run is interrupted.
     With ``until_stable``, the grid runs in balanced blocks (``config.block_size``, default
-    ``DEFAULT_BLOCK_SIZE``) and stops after the first block at which the rule is met; ``resume``
-    continues such a run over the rest of the grid. ``launch``: this process is one rank of a
+    ``DEFAULT_BLOCK_SIZE``) and stops after the first block at which the rule is met; needles
+    that failed ``until_stable.drop_after`` times without a success are left out of later blocks
+    (``summary.json``: ``dropped_needles``). ``resume`` continues such a run over the rest
+    of the grid. ``launch``: this process is one rank of a
     data-parallel run over ``config.shard``; the stop decision is then taken for all ranks together.
     A needle set whose answers are not copied from one needle (RULER's multi-value and multi-query sets, its
     tasks with no needle) is refused; RULER's multi-key sets are scored on the needle asked about.
@@ -76,7 +79,7 @@ def run_detection(
         return record
 
     sweep = run_sweep(loaded, config, out, make_record, resume=resume, overwrite=overwrite, progress=progress,
-                      should_stop=watch,
+                      should_stop=watch, skip=watch.skips if watch is not None else None,
                       finalize=lambda sweep: results.append(finalize(sweep, loaded.info, config, until_stable)))
     if watch is not None and not sweep.stopped_early:
         watch.drain(sweep)
@@ -88,6 +91,7 @@ class StabilityWatch:
 
     Records are added as they are made; at the first check, those already on disk (a resumed
     run) are read once. Samples are taken in id order, like ``stability_summary``'s curve.
+    ``skips`` (``run_sweep``'s ``skip``) names the samples of needles the rule drops.
 
     Under a launcher (``launch``), each check is one round in which every rank shares what it
     finished since the last round and measures the union, so all ranks take one decision for the
@@ -98,17 +102,30 @@ class StabilityWatch:
     def __init__(self, rule: StopRule, shape: tuple[int, int], launch: Launch | None = None):
         self.rule, self.shape, self.launch = rule, shape, launch
         self.scores: dict[str, list | None] = {}  # id -> (layers, heads) scores, None when failed
-        self.fresh: dict[str, list | None] = {}  # added since the last round (shared with the other ranks)
+        self.needles: dict[str, int] = {}  # id -> needle index
+        self.fresh: dict[str, tuple] = {}  # id -> (needle, scores), added since the last round (shared with the other ranks)
         self.synced = False
         self.last: CurvePoint | None = None
 
     def add(self, record: dict) -> None:
-        self.scores[record["id"]] = self.fresh[record["id"]] = record["head_scores"] if record["success"] else None
+        needle = record["needle_index"]
+        scores = record["head_scores"] if record["success"] else None
+        self._know(record["id"], needle, scores)
+        self.fresh[record["id"]] = (needle, scores)
+
+    def _know(self, sample_id: str, needle: int, scores: list | None) -> None:
+        self.scores[sample_id], self.needles[sample_id] = scores, needle
 
     def __call__(self, sweep: SweepRun) -> bool:
         self._sync(sweep)
         met, _ = self._round(finished=False)
         return met
+
+    def skips(self, sweep: SweepRun, spec: SampleSpec) -> bool:
+        """True when ``spec``'s needle has failed ``rule.drop_after`` times, with no success, in the samples known."""
+        self._sync(sweep)
+        outcomes = ((self.needles[i], s is not None) for i, s in self.scores.items())
+        return spec.needle_index in failing_needles(outcomes, self.rule.drop_after)
 
     def drain(self, sweep: SweepRun) -> None:
         """After this rank's last sample (not stopped): take rounds until every rank is done or the rule is met."""
@@ -131,8 +148,9 @@ class StabilityWatch:
         all_done = finished
         if self.launch is not None:
             shared = all_gather((self.fresh, finished))
-            for scores, _ in shared:
-                self.scores.update(scores)
+            for fresh, _ in shared:
+                for sample_id, (needle, scores) in fresh.items():
+                    self._know(sample_id, needle, scores)
             all_done = all(done for _, done in shared)
         self.fresh = {}
         ids = sorted(i for i, s in self.scores.items() if s is not None)
@@ -199,12 +217,26 @@ def finalize(sweep: SweepRun, model: ModelInfo, config: SweepConfig, until_stabl
         "sparsity": sparsity_counts(mean),
         "stopped_early": sweep.stopped_early if stopped_early is None else stopped_early,
         **stability_summary(records, grid_specs(sweep, config), config, shape, until_stable),
+        "prefix_reuse": prefix_reuse_summary(sweep, config),
         "timing": timing,
     }
     _plot_stability(run.path / STABILITY_PLOT, summary, model.name)
     timing["io_s"] += time.perf_counter() - t0
     run.write_json("summary.json", summary)
     return DetectionResult(scores, summary, run.path)
+
+
+def prefix_reuse_summary(sweep: SweepRun, config: SweepConfig) -> dict:
+    """The share of prefill tokens this run reused, beside the share its whole grid reuses in prompt
+    order (the most one pass over the grid shares; None when the prompts are not at hand, e.g. merged)."""
+    timing = sweep.timing
+    done = timing.get("reused_tokens", 0) + timing.get("prefilled_tokens", 0)
+    grid = None
+    if sweep.inputs is not None and sweep.inputs.prompts:
+        reused, total = prefix_reuse(sorted(p.ids for p in sweep.inputs.prompts.values()), config.chunk_size)
+        grid = reused / total if total else None
+    return {"share": timing.get("reused_tokens", 0) / done if done else None, "grid_in_prompt_order": grid,
+            "chunk_size": config.chunk_size}
 
 
 def grid_specs(sweep: SweepRun, config: SweepConfig) -> list[SampleSpec] | None:
@@ -240,10 +272,33 @@ def stability_summary(records: list[dict], specs: list[SampleSpec] | None, confi
         "stability": {
             "k": rule.k, "target": until_stable.stability if until_stable else None,
             "min_successes": rule.min_successes, "draws": rule.draws, "seed": rule.seed, "block_size": block_size,
+            "drop_after": until_stable.drop_after if until_stable else None,
             **_point_dict(last), "stable": rule.met(last), "top_heads": final.head_intervals(top),
         },
         "stability_curve": [_point_dict(p) for p in curve],
+        **dropped_needles(records, specs or [], block_size, until_stable),
     }
+
+
+def dropped_needles(records: list[dict], specs: list[SampleSpec], block_size: int, until_stable: StopRule | None) -> dict:
+    """``dropped_needles`` (needle index, failures, samples skipped) and ``samples_skipped``.
+
+    A dropped needle failed ``until_stable.drop_after`` times without a success; its skipped samples are those of
+    the grid with no record in the blocks up to the last one run (a run that stopped early never reached the rest).
+    """
+    if until_stable is None:
+        return {"dropped_needles": [], "samples_skipped": 0}
+    failing = failing_needles(((r["needle_index"], r["success"]) for r in records), until_stable.drop_after)
+    block_of = sample_blocks(specs, block_size)
+    done = {r["id"] for r in records}
+    reached = max((block_of[i] for i in done if i in block_of), default=-1)
+    skipped: dict[int, int] = {}
+    for spec in specs:
+        if spec.needle_index in failing and spec.id not in done and block_of[spec.id] <= reached:
+            skipped[spec.needle_index] = skipped.get(spec.needle_index, 0) + 1
+    needles = [{"needle_index": n, "failures": failures, "skipped": skipped.get(n, 0)}
+               for n, failures in sorted(failing.items())]
+    return {"dropped_needles": needles, "samples_skipped": sum(skipped.values())}
 
 
 def _in_block_order(records: list[dict], specs: list[SampleSpec], block_size: int, shape: tuple[int, int]):
@@ -270,7 +325,7 @@ def stop_rule_of(summary: dict) -> StopRule | None:
     if info.get("target") is None:
         return None
     return StopRule(k=info["k"], stability=info["target"], min_successes=info["min_successes"],
-                    draws=info["draws"], seed=info["seed"])
+                    draws=info["draws"], seed=info["seed"], drop_after=info.get("drop_after") or 0)
 
 
 def merged_summary(merged: MergedShards) -> dict:

@@ -15,6 +15,8 @@ DEFAULT_DEPTHS = (10.0, 50.0, 90.0)
 NO_DEPTH = 0.0
 # samples per block of the balanced order when a run may stop early (``detect --until-stable``)
 DEFAULT_BLOCK_SIZE = 20
+# axis pairs (0 needle, 1 length, 2 depth) whose combinations ``balanced_order`` spreads evenly
+BALANCED_PAIRS = ((0, 1), (1, 2))
 
 
 @dataclass
@@ -86,9 +88,15 @@ def balanced_order(specs: list[SampleSpec]) -> list[SampleSpec]:
     """``specs`` in an order whose every prefix covers needles, lengths and depths evenly.
 
     Greedy: each next sample is the one whose needle, length and depth have been used least so
-    far (then whose pairs of them have), ties going to values spread furthest from those already
-    used (a van der Corput order of each axis), then to grid order. Deterministic for a set of
-    specs, whatever order they come in; works on any subset of the grid, e.g. a shard.
+    far (then whose (needle, length) and (length, depth) pairs have), ties going to values spread
+    furthest from those already used (a van der Corput order of each axis), then to grid order.
+    Deterministic for a set of specs, whatever order they come in; works on any subset of the grid,
+    e.g. a shard.
+
+    (Needle, depth) pairs are not balanced: left free, the order gives a needle the same depth at
+    two lengths within a block, and at depth 0 (the needle first) those two prompts share all of the
+    shorter one. Blocks of 20 of a 10-needle x 4-length x 5-depth grid reuse 0.47 of their prefill
+    tokens instead of 0.40 (``prefix_reuse``, chunks of 128).
     """
     import numpy as np
 
@@ -96,7 +104,7 @@ def balanced_order(specs: list[SampleSpec]) -> list[SampleSpec]:
     idx = _axis_indices(specs)  # (S, 3)
     spread = np.array([[_radical_inverse(int(i)) for i in row] for row in idx]).reshape(-1, 3).sum(axis=1)
     counts = [np.zeros(idx[:, a].max(initial=0) + 1) for a in range(3)]
-    pairs = {(a, b): np.zeros((len(counts[a]), len(counts[b]))) for a, b in ((0, 1), (0, 2), (1, 2))}
+    pairs = {(a, b): np.zeros((len(counts[a]), len(counts[b]))) for a, b in BALANCED_PAIRS}
     scale = 3 * len(specs) + 1  # more than any sum of pair counts
     left = np.ones(len(specs), dtype=bool)
     order = []
@@ -135,9 +143,21 @@ def sample_blocks(specs: list[SampleSpec], block_size: int = DEFAULT_BLOCK_SIZE)
     return {s.id: i // block_size for i, s in enumerate(balanced_order(specs))}
 
 
-def block_ends(ordered: list[SampleSpec], blocks: dict[str, int]) -> set[str]:
-    """Ids in ``ordered`` (sorted by block) after which a block is complete, the very last excepted."""
-    return {a.id for a, b in zip(ordered, ordered[1:]) if blocks[a.id] != blocks[b.id]}
+def prefix_reuse(prompts: list[list[int]], chunk_size: int) -> tuple[int, int]:
+    """(tokens reused, tokens to prefill in all) when the engine prefills ``prompts`` in this order.
+
+    Each prompt prefills all its ids but the last (the first decoding input) and keeps what
+    ``reusable_length`` allows of the prompt before it.
+    """
+    from ..core.engine import reusable_length
+
+    reused, total, previous = 0, 0, None
+    for ids in prompts:
+        ids = ids[:-1]
+        reused += reusable_length(previous, ids, chunk_size) if previous is not None else 0
+        total += len(ids)
+        previous = ids
+    return reused, total
 
 
 def _radical_inverse(i: int) -> float:

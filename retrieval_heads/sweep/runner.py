@@ -10,7 +10,7 @@ from typing import Callable
 from ..core.engine import Engine, Generation, stop_condition
 from ..core.hooks import AblationPhase, AttentionControl, attention_control, head_mask
 from ..models import LoadedModel
-from .grid import SampleSpec, SweepConfig, SweepInputs, block_ends, prepare, sample_blocks
+from .grid import SampleSpec, SweepConfig, SweepInputs, prepare, sample_blocks
 from .rundir import RunDir
 
 MakeRecord = Callable[[SampleSpec, Generation, SweepInputs], dict]
@@ -24,6 +24,7 @@ class SweepRun:
     inputs: SweepInputs
     timing: dict = field(default_factory=dict)
     stopped_early: bool = False  # ``should_stop`` ended the run before the grid was done
+    skipped: list[str] = field(default_factory=list)  # ids ``skip`` took out of their block, in this process
 
 
 def run_sweep(
@@ -43,6 +44,7 @@ def run_sweep(
     finalize: Callable[[SweepRun], object] | None = None,
     cache_factory: Callable[[], object] | None = None,
     should_stop: Callable[[SweepRun], bool] | None = None,
+    skip: Callable[[SweepRun, SampleSpec], bool] | None = None,
 ) -> SweepRun:
     """Generate every unfinished sample of ``config`` and append ``make_record(spec, generation, inputs)``.
 
@@ -54,7 +56,8 @@ def run_sweep(
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
     ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
     ``should_stop(run)`` is asked after each completed block but the last (batches end at block
-    ends); True ends the run there.
+    ends); True ends the run there. ``skip(run, spec)`` is asked for every sample of a block when
+    the block starts; the samples it names are not run (``SweepRun.skipped``).
     """
     start = time.perf_counter()
     layout = loaded.layout  # one dry forward pass: refuses models the hook cannot see before any work
@@ -64,7 +67,6 @@ def run_sweep(
     done = run.start(identity, config.to_dict(), resume=resume, overwrite=overwrite)
     blocks = sample_blocks(inputs.specs, config.block_size)
     todo = sorted((s for s in inputs.specs if s.id not in done), key=lambda s: (blocks[s.id], inputs.prompts[s.id].ids))
-    ends = block_ends(todo, blocks)
     heads_for = heads_for or (lambda spec: ())
     shape = (loaded.num_layers, loaded.num_heads)
     result = SweepRun(run, inputs, {"scoring_s": 0.0, "io_s": 0.0, "model_load_s": loaded.load_seconds})
@@ -77,22 +79,28 @@ def run_sweep(
                             num_heads=layout.num_heads)
             result.timing.update(engine_notes(engine))
             bar = progress_bar(len(todo), progress, len(done))
-            for batch, heads in batches(todo, heads_for, config.batch_size, blocks):
-                control.ablate = head_mask(list(heads), *shape) if heads else None
-                prompts = [inputs.prompts[spec.id].ids for spec in batch]
-                tag = heads if control.phase is AblationPhase.ALL else None
+            todo_blocks = in_blocks(todo, blocks)
+            for number, block in enumerate(todo_blocks):
+                left_out = {spec.id for spec in block if skip is not None and skip(result, spec)}
+                chosen = [spec for spec in block if spec.id not in left_out]
+                result.skipped += sorted(left_out)
+                bar.update(len(block) - len(chosen))
+                for batch, heads in batches(chosen, heads_for, config.batch_size):
+                    control.ablate = head_mask(list(heads), *shape) if heads else None
+                    prompts = [inputs.prompts[spec.id].ids for spec in batch]
+                    tag = heads if control.phase is AblationPhase.ALL else None
 
-                def save(index: int, generation: Generation, batch=batch) -> None:  # as soon as a sample stops
-                    t0 = time.perf_counter()
-                    record = make_record(batch[index], generation, inputs)
-                    t1 = time.perf_counter()
-                    run.append(record)
-                    result.timing["scoring_s"] += t1 - t0
-                    result.timing["io_s"] += time.perf_counter() - t1
-                    bar.update(1)
+                    def save(index: int, generation: Generation, batch=batch) -> None:  # as soon as a sample stops
+                        t0 = time.perf_counter()
+                        record = make_record(batch[index], generation, inputs)
+                        t1 = time.perf_counter()
+                        run.append(record)
+                        result.timing["scoring_s"] += t1 - t0
+                        result.timing["io_s"] += time.perf_counter() - t1
+                        bar.update(1)
 
-                engine.generate_batch(prompts, config.max_new_tokens, probe=probe, cache_tag=tag, on_done=save)
-                if should_stop is not None and ends.intersection(s.id for s in batch) and should_stop(result):
+                    engine.generate_batch(prompts, config.max_new_tokens, probe=probe, cache_tag=tag, on_done=save)
+                if should_stop is not None and number < len(todo_blocks) - 1 and should_stop(result):
                     result.stopped_early = True
                     break
             bar.close()
@@ -115,18 +123,27 @@ def engine_notes(engine: Engine) -> dict:
     return notes
 
 
-def batches(specs: list[SampleSpec], heads_for, size: int, blocks: dict[str, int] | None = None):
-    """Consecutive runs of at most ``size`` specs that ablate the same heads, with those heads.
+def in_blocks(specs: list[SampleSpec], blocks: dict[str, int]) -> list[list[SampleSpec]]:
+    """``specs`` (sorted by block) cut into their blocks of ``blocks`` (id -> block), in order.
 
-    A batch never spans two blocks of ``blocks`` (id -> block), so a block's end is a batch's end:
-    a stop check after a block sees exactly the samples up to it, whatever the batch size.
+    The runner batches each block on its own, so a block's end is a batch's end: a stop check
+    after a block sees exactly the samples up to it, whatever the batch size.
     """
+    cut: list[list[SampleSpec]] = []
+    for spec in specs:
+        if not cut or blocks[spec.id] != blocks[cut[-1][-1].id]:
+            cut.append([])
+        cut[-1].append(spec)
+    return cut
+
+
+def batches(specs: list[SampleSpec], heads_for, size: int):
+    """Consecutive runs of at most ``size`` specs that ablate the same heads, with those heads."""
     batch: list[SampleSpec] = []
     heads = None
-    block_of = (lambda spec: blocks[spec.id]) if blocks else (lambda spec: 0)  # noqa: E731
     for spec in specs:
         these = tuple(heads_for(spec))
-        if batch and (these != heads or len(batch) == size or block_of(spec) != block_of(batch[-1])):
+        if batch and (these != heads or len(batch) == size):
             yield batch, heads
             batch = []
         batch.append(spec)
