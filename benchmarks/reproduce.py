@@ -124,13 +124,29 @@ def mask_rows(out: Path) -> list[str]:
     return lines
 
 
-def task_rows(out: Path) -> list[str]:
-    rows = _json(out / "tasks" / "summary.json")["rows"]
+def task_rows(out: Path, run: str = "tasks") -> list[str]:
+    rows = _json(out / run / "summary.json")["rows"]
     by: dict[str, dict[str, float]] = {}
     for r in rows:
         by.setdefault(r["suite"], {})[r["condition"]] = r["accuracy"]
     return [f"{suite}: " + " / ".join(f"{acc:.3f}" for acc in conditions.values()) + f" ({' / '.join(conditions)})"
             for suite, conditions in by.items()]
+
+
+def real_task_rows(out: Path) -> list[str]:
+    """Accuracy with its Wilson interval per suite and condition, and the drop each masking causes."""
+    rows = _json(out / "tasks-real" / "summary.json")["rows"]
+    by: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault(r["suite"], {})[r["condition"]] = r
+    lines = []
+    for suite, conditions in by.items():
+        none = conditions["none"]["accuracy"]
+        parts = [f"{name} {100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] (n {r['n']})"
+                 for name, r in conditions.items()]
+        drops = [f"{name} -{100 * (none - r['accuracy']):.1f} pts" for name, r in conditions.items() if name != "none"]
+        lines.append(f"{suite}: " + "; ".join(parts) + " | drop: " + ", ".join(drops))
+    return lines
 
 
 def kv_share_rows(*settings: str, budget: float, policy: str, against: str) -> Callable[[Path], list[str]]:
@@ -287,6 +303,12 @@ STUDIES: dict[str, Study] = {
         (rh("detect", "--lengths", "1000", "--depths", "50", "--out", "{out}/detect-8", done="detect-8/summary.json"),
          rh("tasks", "--n", "100", "--scores", "{out}/detect-8", "--out", "{out}/tasks", done="tasks/summary.json")),
         task_rows, "Downstream tasks"),
+    "tasks-real": Study(
+        "SQuAD 2.0 and HotpotQA questions with no heads, the top-20 and 20 random heads masked",
+        (DETECT,
+         rh("tasks", "--suite", "squad", "--suite", "hotpotqa", "--n", "100", "--scores", "{out}/detect",
+            "--random-per-sample", "--out", "{out}/tasks-real", done="tasks-real/summary.json")),
+        real_task_rows, "Downstream tasks"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
         (LOOKUP, DETECT,
@@ -320,6 +342,12 @@ STUDIES: dict[str, Study] = {
         (script("bench_detect.py", *BENCH_DETECT, "--until-stable", done="bench-detect-until-stable.txt",
                 capture=True),),
         printed_rows("bench-detect-until-stable.txt"), "Adaptive sweeps"),
+    "adaptive-check": Study(
+        "--until-stable against the paper's strategy on the 200-sample check grid (needles never used to choose)",
+        (script("bench_detect.py", "--needles-file", "benchmarks/data/detect_needles_check.jsonl", "--needles", "10",
+                "--lengths", "1000,1500,2000,2500", "--num-depths", "5", "--until-stable", "--no-engine", "--saved",
+                "{out}/bench-detect-check", done="bench-detect-check.txt", capture=True),),
+        printed_rows("bench-detect-check.txt"), "Adaptive sweeps"),
     "adaptive-paper": Study(
         "the stop rule replayed on the paper's published score files",
         tuple(rh("analyze", str(PAPER_SCORES / f), "--until-stable", "--json", done=f"stability-{n}.json", capture=True)
