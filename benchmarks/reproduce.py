@@ -309,6 +309,16 @@ STUDIES: dict[str, Study] = {
          rh("tasks", "--suite", "squad", "--suite", "hotpotqa", "--n", "100", "--scores", "{out}/detect",
             "--random-per-sample", "--out", "{out}/tasks-real", done="tasks-real/summary.json")),
         real_task_rows, "Downstream tasks"),
+    "kv-ruler": Study(
+        "KV cache with the question in the prompt on RULER niah_single_2 and niah_multikey_1 (seed 2), 4000 tokens",
+        (DETECT, *(step for task in ("niah_single_2", "niah_multikey_1") for step in (
+            rh("kv-eval", "--scores", "{out}/detect", "--needles", f"ruler:{task}:seed=2:n=4", "--haystack", "paul-graham",
+               "--lengths", "4000", "--depths", "25,50,75", "--budgets", "0.05,0.1,0.2,0.5", "--policies",
+               "full,uniform,snapkv,retrieval-snapkv", "--out", f"{{out}}/kv-ruler-{task}",
+               done=f"kv-ruler-{task}/summary.json"),
+            script("kv_table.py", f"{{out}}/kv-ruler-{task}", "--against", "snapkv", done=f"kv-ruler-{task}.txt",
+                   capture=True)))),
+        printed_rows("kv-ruler-niah_single_2.txt", "kv-ruler-niah_multikey_1.txt"), "KV cache"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
         (LOOKUP, DETECT,
