@@ -91,7 +91,7 @@ class StabilityWatch:
 
     Records are added as they are made; at the first check, those already on disk (a resumed
     run) are read once. Samples are taken in id order, like ``stability_summary``'s curve.
-    ``skips`` (``run_sweep``'s ``skip``) names the samples of needles the rule drops.
+    ``skips`` (``run_sweep``'s ``skip``) names the samples of a block whose needle the rule drops.
 
     Under a launcher (``launch``), each check is one round in which every rank shares what it
     finished since the last round and measures the union, so all ranks take one decision for the
@@ -101,31 +101,28 @@ class StabilityWatch:
 
     def __init__(self, rule: StopRule, shape: tuple[int, int], launch: Launch | None = None):
         self.rule, self.shape, self.launch = rule, shape, launch
-        self.scores: dict[str, list | None] = {}  # id -> (layers, heads) scores, None when failed
-        self.needles: dict[str, int] = {}  # id -> needle index
-        self.fresh: dict[str, tuple] = {}  # id -> (needle, scores), added since the last round (shared with the other ranks)
+        # id -> (needle index, (layers, heads) scores or None when failed); ``fresh``: added since the last round
+        # (shared with the other ranks)
+        self.known: dict[str, tuple[int, list | None]] = {}
+        self.fresh: dict[str, tuple[int, list | None]] = {}
         self.synced = False
         self.last: CurvePoint | None = None
 
     def add(self, record: dict) -> None:
-        needle = record["needle_index"]
-        scores = record["head_scores"] if record["success"] else None
-        self._know(record["id"], needle, scores)
-        self.fresh[record["id"]] = (needle, scores)
-
-    def _know(self, sample_id: str, needle: int, scores: list | None) -> None:
-        self.scores[sample_id], self.needles[sample_id] = scores, needle
+        outcome = (record["needle_index"], record["head_scores"] if record["success"] else None)
+        self.known[record["id"]] = self.fresh[record["id"]] = outcome
 
     def __call__(self, sweep: SweepRun) -> bool:
         self._sync(sweep)
         met, _ = self._round(finished=False)
         return met
 
-    def skips(self, sweep: SweepRun, spec: SampleSpec) -> bool:
-        """True when ``spec``'s needle has failed ``rule.drop_after`` times, with no success, in the samples known."""
+    def skips(self, sweep: SweepRun, block: list[SampleSpec]) -> set[str]:
+        """Ids in ``block`` whose needle failed ``rule.drop_after`` times, with no success, in the samples known."""
         self._sync(sweep)
-        outcomes = ((self.needles[i], s is not None) for i, s in self.scores.items())
-        return spec.needle_index in failing_needles(outcomes, self.rule.drop_after)
+        outcomes = ((needle, scores is not None) for needle, scores in self.known.values())
+        failing = failing_needles(outcomes, self.rule.drop_after)
+        return {spec.id for spec in block if spec.needle_index in failing}
 
     def drain(self, sweep: SweepRun) -> None:
         """After this rank's last sample (not stopped): take rounds until every rank is done or the rule is met."""
@@ -149,13 +146,12 @@ class StabilityWatch:
         if self.launch is not None:
             shared = all_gather((self.fresh, finished))
             for fresh, _ in shared:
-                for sample_id, (needle, scores) in fresh.items():
-                    self._know(sample_id, needle, scores)
+                self.known.update(fresh)
             all_done = all(done for _, done in shared)
         self.fresh = {}
-        ids = sorted(i for i, s in self.scores.items() if s is not None)
-        samples = np.asarray([self.scores[i] for i in ids], dtype=np.float64).reshape(len(ids), *self.shape)
-        self.last = measure(samples, len(self.scores), self.rule)
+        ids = sorted(i for i, (_, scores) in self.known.items() if scores is not None)
+        samples = np.asarray([self.known[i][1] for i in ids], dtype=np.float64).reshape(len(ids), *self.shape)
+        self.last = measure(samples, len(self.known), self.rule)
         return self.rule.met(self.last), all_done
 
 
@@ -260,7 +256,8 @@ def stability_summary(records: list[dict], specs: list[SampleSpec] | None, confi
     """
     rule = until_stable or StopRule()
     block_size = config.block_size or DEFAULT_BLOCK_SIZE
-    ids, blocks, success, samples = _in_block_order(records, specs or [], block_size, shape)
+    block_of = sample_blocks(specs or [], block_size)
+    ids, blocks, success, samples = _in_block_order(records, block_of, shape)
     curve = run_curve(ids, blocks, success, samples, rule)
     last = curve[-1] if curve else CurvePoint(0, 0, float("nan"), float("nan"))
     chosen = samples[successes_by_id(ids, success)]  # (successes, L, H)
@@ -276,20 +273,21 @@ def stability_summary(records: list[dict], specs: list[SampleSpec] | None, confi
             **_point_dict(last), "stable": rule.met(last), "top_heads": final.head_intervals(top),
         },
         "stability_curve": [_point_dict(p) for p in curve],
-        **dropped_needles(records, specs or [], block_size, until_stable),
+        **dropped_needles(records, specs or [], block_of, until_stable),
     }
 
 
-def dropped_needles(records: list[dict], specs: list[SampleSpec], block_size: int, until_stable: StopRule | None) -> dict:
+def dropped_needles(records: list[dict], specs: list[SampleSpec], block_of: dict[str, int],
+                    until_stable: StopRule | None) -> dict:
     """``dropped_needles`` (needle index, failures, samples skipped) and ``samples_skipped``.
 
     A dropped needle failed ``until_stable.drop_after`` times without a success; its skipped samples are those of
-    the grid with no record in the blocks up to the last one run (a run that stopped early never reached the rest).
+    the grid (``block_of``: id -> block) with no record in the blocks up to the last one run (a run that stopped
+    early never reached the rest).
     """
     if until_stable is None:
         return {"dropped_needles": [], "samples_skipped": 0}
     failing = failing_needles(((r["needle_index"], r["success"]) for r in records), until_stable.drop_after)
-    block_of = sample_blocks(specs, block_size)
     done = {r["id"] for r in records}
     reached = max((block_of[i] for i in done if i in block_of), default=-1)
     skipped: dict[int, int] = {}
@@ -301,12 +299,12 @@ def dropped_needles(records: list[dict], specs: list[SampleSpec], block_size: in
     return {"dropped_needles": needles, "samples_skipped": sum(skipped.values())}
 
 
-def _in_block_order(records: list[dict], specs: list[SampleSpec], block_size: int, shape: tuple[int, int]):
-    """(ids, blocks, success, samples (n, L, H)) of ``records`` sorted by block, then id.
+def _in_block_order(records: list[dict], block_of: dict[str, int], shape: tuple[int, int]):
+    """(ids, blocks, success, samples (n, L, H)) of ``records`` sorted by block (``block_of``: id -> block),
+    then id.
 
     Records outside the grid go into one block after the last.
     """
-    block_of = sample_blocks(specs, block_size)
     after = max(block_of.values(), default=0) + 1
     ordered = sorted(records, key=lambda r: (block_of.get(r["id"], after), r["id"]))
     ids = [r["id"] for r in ordered]

@@ -24,7 +24,6 @@ class SweepRun:
     inputs: SweepInputs
     timing: dict = field(default_factory=dict)
     stopped_early: bool = False  # ``should_stop`` ended the run before the grid was done
-    skipped: list[str] = field(default_factory=list)  # ids ``skip`` took out of their block, in this process
 
 
 def run_sweep(
@@ -44,7 +43,7 @@ def run_sweep(
     finalize: Callable[[SweepRun], object] | None = None,
     cache_factory: Callable[[], object] | None = None,
     should_stop: Callable[[SweepRun], bool] | None = None,
-    skip: Callable[[SweepRun, SampleSpec], bool] | None = None,
+    skip: Callable[[SweepRun, list[SampleSpec]], set[str]] | None = None,
 ) -> SweepRun:
     """Generate every unfinished sample of ``config`` and append ``make_record(spec, generation, inputs)``.
 
@@ -56,8 +55,8 @@ def run_sweep(
     ``finalize`` runs in any case, also after an interrupt, over the records finished so far.
     ``cache_factory`` supplies a custom KV cache per prompt (see ``Engine``).
     ``should_stop(run)`` is asked after each completed block but the last (batches end at block
-    ends); True ends the run there. ``skip(run, spec)`` is asked for every sample of a block when
-    the block starts; the samples it names are not run (``SweepRun.skipped``).
+    ends); True ends the run there. ``skip(run, block)`` is asked once when a block starts; the ids
+    it returns are not run.
     """
     start = time.perf_counter()
     layout = loaded.layout  # one dry forward pass: refuses models the hook cannot see before any work
@@ -81,9 +80,8 @@ def run_sweep(
             bar = progress_bar(len(todo), progress, len(done))
             todo_blocks = in_blocks(todo, blocks)
             for number, block in enumerate(todo_blocks):
-                left_out = {spec.id for spec in block if skip is not None and skip(result, spec)}
+                left_out = skip(result, block) if skip is not None else set()
                 chosen = [spec for spec in block if spec.id not in left_out]
-                result.skipped += sorted(left_out)
                 bar.update(len(block) - len(chosen))
                 for batch, heads in batches(chosen, heads_for, config.batch_size):
                     control.ablate = head_mask(list(heads), *shape) if heads else None
