@@ -13,12 +13,17 @@ context. Against the gold supporting sentences S (``supporting_spans``):
 
 ``citation_summary`` averages these over answers, with bootstrap 95% intervals over answers, for
 every answer and for the correct ones (``label`` 1).
+
+``citation_relevance`` needs no gold: the share of the question's content words found in the
+sentence an answer cites (its best span), a check that the answer was copied from a place that
+talks about what was asked. ``grounding x citation relevance`` multiplies it into the grounding.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from ..core.scoring import content_words
 from .metrics import mean_row
 
 KS = (1, 2)
@@ -62,3 +67,21 @@ def citation_summary(records: Sequence[dict]) -> dict | None:
         summary[group] = {"answers": len(rows), "uncited": sum(s["precision"] is None for s in rows),
                           "metrics": metrics}
     return summary
+
+
+def sentence_around(context: str, start: int, end: int) -> str:
+    """The sentence of ``context`` holding characters [start, end): from after the previous ". " or
+    line break to the next one."""
+    left = max(context.rfind(". ", 0, start), context.rfind("\n", 0, start))
+    right = [i for i in (context.find(". ", end), context.find("\n", end)) if i >= 0]
+    return context[left + 1: min(right) + 1 if right else len(context)]
+
+
+def citation_relevance(question: str, context: str, spans: Sequence[dict]) -> float:
+    """Best share, over the answer's spans, of the question's content words found in the sentence a
+    span cites; 0 when nothing is cited or the question has no content word."""
+    asked = content_words(question)
+    if not asked:
+        return 0.0
+    return max((len(asked & content_words(sentence_around(context, s["context_start"], s["context_end"])))
+                / len(asked) for s in spans), default=0.0)

@@ -35,6 +35,11 @@ class LookbackRecorder:
         self.prompt_length, self.rows, self.total = prompt_length, answer_length + 1, prompt_length + answer_length
         self.ratios.clear()
 
+    def reset(self) -> None:
+        """Record nothing until the next ``expect``."""
+        self.rows = 0
+        self.ratios.clear()
+
     def features(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """(num_layers * num_heads,) mean ratio per head over the answer tokens (1 where a layer recorded nothing)."""
         out = torch.ones(num_layers, num_heads)

@@ -4,8 +4,10 @@
 * ``bootstrap_auroc``: percentile 95% interval over resampled items, or over resampled groups
   (e.g. all answers to one question) when ``groups`` is given, so correlated answers move together.
 * ``bootstrap_mean``, ``mean_row``: a mean over items with its percentile 95% interval.
-* Baselines: ``lexical_overlap`` (share of the answer's content words found in the context) and
-  ``LogisticRegression`` (L2-regularised, for Lookback-Lens-style features; see ``lookback``).
+* Baselines: ``lexical_overlap`` (share of the answer's content words found in the context),
+  ``length_position`` (cues a detector can learn without reading the text: answer and context
+  lengths, where in the context the answer's words first occur) and ``LogisticRegression``
+  (L2-regularised, for Lookback-Lens-style features, see ``lookback``, and for the cues).
 * ``choose_threshold``: the token threshold with the best AUROC on a tuning split.
 """
 
@@ -82,6 +84,22 @@ def lexical_overlap(answer: str, context: str) -> float:
     """Share of the answer's content words (lower-cased, stop words dropped) that occur in the context; 0 if none."""
     said = content_words(answer)
     return len(said & content_words(context)) / len(said) if said else 0.0
+
+
+def length_position(answer: str, answer_tokens: int, context: str, context_tokens: int) -> list[float]:
+    """Length and position cues of one answer: [answer tokens, context tokens, relative position in the
+    context of the first occurrence of any of the answer's content words (1.0 when none occurs)].
+
+    RAG hallucination detectors often learn such cues rather than grounding (arXiv 2509.19372); a
+    regression on them is the baseline a monitor has to beat.
+    """
+    import re
+
+    lowered = context.lower()
+    found = [m.start() for w in content_words(answer)
+             if (m := re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", lowered))]
+    first = min(found) / max(len(context), 1) if found else 1.0
+    return [float(answer_tokens), float(context_tokens), float(first)]
 
 
 def choose_threshold(score_at: Callable[[float], Sequence[float]], labels: Sequence[int],

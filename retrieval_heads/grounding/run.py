@@ -3,7 +3,9 @@ each finishes), ``summary.json`` and ``report.html``.
 
 ``results.jsonl`` lines: ``id``, ``question``, ``answer``, ``generated`` (True when the model wrote
 the answer here), ``grounding``, ``restated``, ``mean_logprob``, ``all_heads_copy_rate``,
-``lexical_overlap``, ``tokens`` (``text``, ``start``, ``end``, ``counted``, ``grounded``,
+``lexical_overlap``, ``citation_relevance`` and ``grounding_x_relevance`` (``citations``),
+``length_position`` (``metrics.length_position``), ``lookback`` (the answer's Lookback-Lens features,
+layers x heads mean lookback ratios, ``lookback``; absent for an empty answer), ``tokens`` (``text``, ``start``, ``end``, ``counted``, ``grounded``,
 ``source`` [context_start, context_end) or null, ``share``, ``question_share``, ``all_heads``,
 ``logprob``), ``spans`` (``answer_start``, ``answer_end``, ``context_start``, ``context_end``,
 ``tokens``), ``forward_passes`` (the model calls grounding this item paid: ``prefill`` chunks,
@@ -22,23 +24,26 @@ import time
 from pathlib import Path
 
 from ..sweep.rundir import RunDir
-from .citations import citation_summary
+from .citations import citation_relevance, citation_summary
 from .gold import VERDICTS, label_of, verdict
 from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
 from .items import GroundItem, prompt_of
-from .metrics import auroc_row, lexical_overlap
+from .lookback import LookbackRecorder, lookback_ratios
+from .metrics import auroc_row, length_position, lexical_overlap
 from .prompt import AnswerTokens, answer_from_ids, answer_from_text
 
 RESULTS = "results.jsonl"
 # per-item scores whose AUROC the summary reports when labels are present: (name, record field)
-SCORES = (("grounding", "grounding"), ("mean token log-prob", "mean_logprob"),
+SCORES = (("grounding", "grounding"), ("grounding x citation relevance", "grounding_x_relevance"),
+          ("mean token log-prob", "mean_logprob"),
           ("copy rate of all heads", "all_heads_copy_rate"), ("lexical overlap", "lexical_overlap"))
 PHASES = ("prefill", "decode", "teacher_forced")  # the Grounder's kinds of forward pass
 
 
 def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document",
-                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> dict:
-    """One item's result line (see the module docstring)."""
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, recorder: LookbackRecorder | None = None) -> dict:
+    """One item's result line (see the module docstring). ``recorder``: a ``LookbackRecorder`` installed on the
+    model (``lookback_ratios``), whose features of the grounding pass the line then carries."""
     tokenizer = grounder.tokenizer
     grounder.passes.clear()
     prompt = prompt_of(item, tokenizer, style)
@@ -48,10 +53,21 @@ def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document"
         answer = answer_from_text(tokenizer, item.answer) if item.answer else AnswerTokens([], "", [])
     else:
         answer = grounder.answer(prompt, max_new_tokens)
+    if recorder is not None:
+        recorder.expect(len(prompt.ids), len(answer.ids))
     result = grounder.ground(prompt, answer).to_record()
+    relevance = citation_relevance(prompt.question, prompt.context, result["spans"])
+    start, end = prompt.context_tokens
     record = {"id": item.id, "question": item.question, **result, "generated": item.answer is None and item.answer_ids is None,
-              "lexical_overlap": lexical_overlap(answer.text, prompt.context),
+              "lexical_overlap": lexical_overlap(answer.text, prompt.context), "citation_relevance": relevance,
+              "grounding_x_relevance": None if result["grounding"] is None else result["grounding"] * relevance,
+              "length_position": length_position(answer.text, len(answer.ids), prompt.context, end - start),
               "forward_passes": {phase: grounder.passes[phase] for phase in PHASES}}
+    if recorder is not None and answer.ids:
+        features = recorder.features(grounder.num_layers, grounder.num_heads)
+        record["lookback"] = [round(float(v), 5) for v in features]
+    if recorder is not None:
+        recorder.reset()
     label = item.label
     if item.gold_answers is not None:
         record.update(gold_answers=list(item.gold_answers), unanswerable=item.unanswerable,
@@ -75,11 +91,13 @@ def ground_items(grounder: Grounder, items: list[GroundItem], out: str | Path, *
              **(identity or {})}
     done = run.start(ident, {"items": len(items), "max_new_tokens": max_new_tokens}, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
-    for item in tqdm([it for it in items if it.id not in done], desc="grounding", unit="item", disable=not progress):
-        t0 = time.perf_counter()
-        record = ground_item(grounder, item, style=style, max_new_tokens=max_new_tokens)
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        run.append(record)
+    recorder = LookbackRecorder()
+    with lookback_ratios(grounder.model, recorder):
+        for item in tqdm([it for it in items if it.id not in done], desc="grounding", unit="item", disable=not progress):
+            t0 = time.perf_counter()
+            record = ground_item(grounder, item, style=style, max_new_tokens=max_new_tokens, recorder=recorder)
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            run.append(record)
     records = run.records()
     summary = summarize(records, grounder, wall_seconds=time.perf_counter() - start, identity=ident)
     run.write_json("summary.json", summary)
