@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_heads.grounding import metrics
+from retrieval_heads.grounding import citations, metrics
 from retrieval_heads.grounding.grounder import Grounder
 from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
 from retrieval_heads.grounding.prompt import answer_from_text, build_prompt, locate
@@ -97,7 +97,7 @@ def finish(grounder: Grounder, m: dict, fact_chars: tuple[int, int] | None) -> d
     """Per-answer scores at the grounder's current threshold."""
     g = grounder.interpret(m["prompt"], m["answer"], m["keys"], m["logprobs"])
     context, question = m["prompt"].context, m["prompt"].question
-    relevance = max((citation_relevance(question, context, s) for s in g.spans), default=0.0)
+    relevance = citations.citation_relevance(question, context, [s.to_dict() for s in g.spans])
     out = {"grounding": g.grounding or 0.0, "mean token log-prob": g.mean_logprob,
            "copy rate of all heads": g.all_heads or 0.0,
            "lexical overlap": metrics.lexical_overlap(m["answer"].text, context),
@@ -108,22 +108,6 @@ def finish(grounder: Grounder, m: dict, fact_chars: tuple[int, int] | None) -> d
         out["cites_outside_fact"] = any(not (fact_chars[0] <= s.context_start and s.context_end <= fact_chars[1])
                                         for s in g.spans)
     return out
-
-
-def sentence_around(context: str, start: int, end: int) -> str:
-    """The sentence of ``context`` holding characters [start, end)."""
-    left = max(context.rfind(". ", 0, start), context.rfind("\n", 0, start))
-    right = [i for i in (context.find(". ", end), context.find("\n", end)) if i >= 0]
-    return context[left + 1: min(right) + 1 if right else len(context)]
-
-
-def citation_relevance(question: str, context: str, span) -> float:
-    """Share of the question's content words found in the sentence a span cites (provenance-aware check)."""
-    from retrieval_heads.core.scoring import content_words
-
-    asked = content_words(question)
-    cited = content_words(sentence_around(context, span.context_start, span.context_end))
-    return len(asked & cited) / len(asked) if asked else 0.0
 
 
 def grounding_at(grounder: Grounder, rows: list[dict], threshold: float) -> list[float]:

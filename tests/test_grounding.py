@@ -386,6 +386,18 @@ def test_ground_items_writes_results_summary_and_report(tiny_tokenizer, tmp_path
             assert {"text", "grounded", "source"} <= set(t)
             assert t["text"] == r["answer"][t["start"]:t["end"]]
     assert rows[2]["generated"] and not rows[0]["generated"]
+    for r in rows:  # the cues and features the detectors of ground-eval read
+        assert 0 <= r["citation_relevance"] <= 1 and len(r["length_position"]) == 3
+        assert r["length_position"][0] == len(r["tokens"]) and len(r["lookback"]) == 3 * 8
+    # the features are the grounding pass's own: the same as one recorded around a lone pass
+    from retrieval_heads.grounding.lookback import LookbackRecorder, lookback_ratios
+
+    prompt, answer = build_prompt(tiny_tokenizer, CONTEXT, QUESTION), answer_from_text(tiny_tokenizer, "Bram Tollis")
+    recorder = LookbackRecorder()
+    with lookback_ratios(model, recorder):
+        recorder.expect(len(prompt.ids), len(answer.ids))
+        grounder.forward(prompt.ids, answer.ids)
+    assert rows[1]["lookback"] == pytest.approx(recorder.features(3, 8).tolist(), abs=1e-5)
     assert summary["n"] == 3 and summary["labelled"] == 2
     assert {row["score"] for row in summary["auroc"]} >= {"grounding", "lexical overlap"}
     html = (tmp_path / "report.html").read_text()

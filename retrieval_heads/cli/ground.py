@@ -139,4 +139,47 @@ def format_summary(summary: dict, out: str) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = [Ground]
+class GroundEval(Command):
+    name = "ground-eval"
+    help = ("compare hallucination detectors on ground runs: AUROC of the grounding and its baselines, regressions "
+            "fitted on one run and measured on others")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--fit", required=True, metavar="DIR",
+                            help="ground run whose labelled answers fit the regressions and the flagging thresholds")
+        parser.add_argument("--on", required=True, nargs="+", metavar="DIR",
+                            help="ground runs to measure every detector on (the fit run itself gives in-sample numbers)")
+        parser.add_argument("--out", metavar="FILE.json", help="also write the comparison as JSON")
+        add_json_flag(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        import json
+
+        from ..grounding.evaluate import evaluate_runs
+        from ..io import write_text_atomic
+
+        summary = evaluate_runs(args.fit, args.on)
+        if args.out:
+            write_text_atomic(args.out, json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2) if args.json else format_comparison(summary))
+        return 0
+
+
+def format_comparison(summary: dict) -> str:
+    fit = summary["fit"]
+    lines = [f"fitted on {fit['run']} ({fit['labelled']} labelled answers, {fit['correct']} correct)"]
+    for test in summary["tests"]:
+        same = " (in-sample)" if test["run"] == fit["run"] else ""
+        lines.append(f"\n{test['run']}{same}: {test['labelled']} labelled answers, {test['correct']} correct")
+        rows = [[r["score"], _num(r["auroc"]), "-" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+                 _num(r["balanced_accuracy"])] for r in test["rows"]]
+        lines.append(format_table(["detector", "AUROC", "95% CI (bootstrap)", "balanced accuracy at the fit threshold"],
+                                  rows))
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+COMMANDS = [Ground, GroundEval]

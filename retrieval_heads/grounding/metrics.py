@@ -34,20 +34,28 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
 
 def bootstrap_auroc(scores: Sequence[float], labels: Sequence[int], *, groups: Sequence | None = None,
                     n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of ``auroc``; resamples whole groups when ``groups`` is given."""
+    """Percentile bootstrap interval of ``auroc``; resamples whole groups when ``groups`` is given.
+
+    A draw picks groups with replacement (``rng.integers`` per draw); an item drawn k times weighs k, so a
+    draw's AUROC is the weighted pairwise win rate, computed for all draws at once. Draws without both
+    classes are left out.
+    """
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
     if auroc(s, y) is None:
         return None
     keys = np.asarray(groups if groups is not None else np.arange(len(s)))
     unique, index = np.unique(keys, return_inverse=True)
-    members = [np.flatnonzero(index == g) for g in range(len(unique))]
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
-        value = auroc(s[pick], y[pick])
-        if value is not None:
-            values.append(value)
+    picks = np.stack([rng.integers(0, len(unique), len(unique)) for _ in range(n)])  # (n, groups)
+    counts = np.zeros((n, len(unique)))
+    np.add.at(counts, (np.repeat(np.arange(n), len(unique)), picks.ravel()), 1.0)
+    weights = counts[:, index]  # (n, items): each item weighs as often as its group was drawn
+    pos, neg = y == 1, y == 0
+    wins = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])  # (P, N)
+    w_pos, w_neg = weights[:, pos], weights[:, neg]
+    total = w_pos.sum(1) * w_neg.sum(1)
+    both = total > 0
+    values = ((w_pos[both] @ wins) * w_neg[both]).sum(1) / total[both]
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
