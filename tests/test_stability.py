@@ -488,3 +488,42 @@ def test_blocks_keep_most_of_the_prefixes_the_grid_shares_in_prompt_order(tiny_t
     whole, same_total = prefix_reuse(sorted(ids.values()), 16)
     assert total == same_total and len(inputs.specs) == 200
     assert blocked / whole >= 0.55
+
+
+def test_split_half_tells_needle_to_needle_noise_from_sample_noise():
+    from retrieval_heads.sweep.stability import split_half
+
+    rng = np.random.default_rng(0)
+    # 6 needles, 40 samples each: heads 0-1 score high everywhere; each needle also lights a head of its own
+    samples = rng.random((240, 2, 8)) * 0.01
+    samples[:, 0, :2] += 1.0
+    needles = np.repeat(np.arange(6), 40)
+    for i, n in enumerate(needles):
+        samples[i, 1, n] += 0.1 + 0.1 * n
+    assert split_half(samples, 2) == 1.0 and split_half(samples, 2, groups=needles) == 1.0
+    random_halves, needle_halves = split_half(samples, 5), split_half(samples, 5, groups=needles)
+    assert random_halves > 0.9 and needle_halves == 0.25  # ranks 3-5: the heads of whichever needles a half holds
+    assert split_half(samples[:1], 5) is None and split_half(samples, 5, groups=[0] * 240) is None
+    assert split_half(samples, 5, groups=needles, seed=3) == split_half(samples, 5, groups=needles, seed=3)
+
+
+def test_analyze_reports_reproducibility_and_finds_each_samples_needle(tmp_path):
+    from retrieval_heads.analysis.formats import load_scores
+
+    rng = np.random.default_rng(1)
+    samples = rng.random((6, 2, 4))
+    run = tmp_path / "run"
+    run.mkdir()
+    HeadScores(samples, model="toy").save_paper_json(run / "head_scores.json")
+    records = [{"id": f"s{i}", "needle_index": i % 3, "success": True, "head_scores": samples[i].tolist()}
+               for i in range(6)]
+    records.insert(2, {"id": "f", "needle_index": 2, "success": False, "head_scores": np.zeros((2, 4)).tolist()})
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # another order
+    loaded = load_scores(run)
+    assert loaded.meta["needles"] == [i % 3 for i in range(6)]
+    result = analysis.analyze(loaded, top=3)
+    assert result["reproducibility"]["k"] == [3, 10] and result["reproducibility"]["needles"] is not None
+    assert all(0 <= v <= 1 for v in result["reproducibility"]["samples"])
+    (run / "samples.jsonl").write_text(json.dumps(records[0]) + "\n")  # a sample without its record: no needles
+    assert "needles" not in load_scores(run).meta
+    assert analysis.analyze(load_scores(run), top=3)["reproducibility"]["needles"] is None

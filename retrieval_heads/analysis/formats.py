@@ -90,9 +90,32 @@ def load_run_dir(path: Path) -> HeadScores:
         if key in summary and summary[key] != actual:
             raise UserError(f"{path / RUN_SUMMARY}: {key} is {summary[key]} but {RUN_SCORES} has {actual}")
     scores.meta.update(format="run", source=str(path), run_dir=str(path), summary=summary)
+    needles = sample_needles(path, scores)
+    if needles is not None:
+        scores.meta["needles"] = needles
     if summary.get("num_kv_heads") is not None:
         _set_kv_heads(scores, summary["num_kv_heads"], source=str(path / RUN_SUMMARY))
     return scores
+
+
+def sample_needles(path: Path, scores: HeadScores) -> list[int] | None:
+    """The needle of each per-sample score, from the run's ``samples.jsonl``: each loaded sample is matched
+    to the successful record holding the same scores (identical ones in file order); None when the file is
+    absent or a sample has no record."""
+    from ..io import read_jsonl
+
+    waiting: dict[bytes, list[int]] = {}
+    for r in read_jsonl(path / "samples.jsonl"):
+        if r.get("success") and "needle_index" in r and "head_scores" in r:
+            key = np.round(np.asarray(r["head_scores"], dtype=np.float64).ravel(), 6).tobytes()
+            waiting.setdefault(key, []).append(int(r["needle_index"]))
+    needles = []
+    for sample in scores.samples:
+        queue = waiting.get(np.round(sample.ravel(), 6).tobytes())
+        if not queue:
+            return None
+        needles.append(queue.pop(0))
+    return needles or None
 
 
 def read_summary(run_dir: str | Path) -> dict:

@@ -174,6 +174,8 @@ def format_analysis(result: dict) -> str:
         _top_table(result["top_heads"], active=result["activation"] is not None),
     ]
     lines += ["", *_activation_lines(result)]
+    if result.get("reproducibility"):
+        lines += ["", *_reproducibility_lines(result["reproducibility"])]
     if result["kv_heads"]:
         kv = result["kv_heads"]
         lines += [
@@ -185,6 +187,17 @@ def format_analysis(result: dict) -> str:
     if result.get("plots"):
         lines += ["", "Plots: " + ", ".join(result["plots"])]
     return "\n".join(lines)
+
+
+def _reproducibility_lines(rep: dict) -> list[str]:
+    def cells(values):
+        return ["-" if v is None else f"{v:.3f}" for v in values]
+
+    rows = [["random halves of the samples", *cells(rep["samples"])]]
+    if rep["needles"] is not None:
+        rows.append(["halves with no needle in common", *cells(rep["needles"])])
+    return ["Reproducibility: mean Jaccard of the top-k sets of two disjoint halves (200 random splits)",
+            table(["split", *(f"top-{k}" for k in rep["k"])], rows)]
 
 
 def _top_table(heads: list[dict], *, active: bool) -> str:

@@ -259,6 +259,28 @@ def subsample_jaccards(samples: np.ndarray, n: int, k: int, draws: int,
     return float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
 
 
+def split_half(samples: np.ndarray, k: int, *, groups=None, draws: int = 200, seed: int = 0) -> float | None:
+    """Mean top-``k`` Jaccard between the mean scores of two disjoint halves of ``samples`` (n, L, H), over
+    ``draws`` random splits: how reproducible the top-k set is on other data of the same kind.
+
+    Without ``groups`` the samples are split at random; with ``groups`` (one key per sample, e.g. its
+    needle) whole groups are, so no needle is in both halves: the agreement to expect from another
+    grid of other needles of half the size. None with fewer than two samples (groups).
+    """
+    samples = np.asarray(samples, dtype=np.float64).reshape(len(samples), -1)
+    keys = np.arange(len(samples)) if groups is None else np.asarray(groups)
+    unique, index = np.unique(keys, return_inverse=True)
+    if len(unique) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        first = np.isin(index, rng.permutation(len(unique))[: len(unique) // 2])
+        a, b = samples[first].mean(axis=0, keepdims=True), samples[~first].mean(axis=0, keepdims=True)
+        values.append(jaccard(top_k_mask(a, k), top_k_mask(b, k))[0])
+    return float(np.mean(values))
+
+
 def check_stopping(scores: HeadScores, rule: StopRule = StopRule(), *, step: int = DEFAULT_STEP,
                    orders: int = 20, seed: int = 0) -> dict:
     """Replay ``rule`` on ``orders`` random orders of a score file's samples (e.g. the paper's).
