@@ -14,6 +14,11 @@ own. Prints wall time, the ratio, peak memory, the share of time outside forward
 largest per-head score difference between the two; with ``--until-stable`` also the samples it ran and
 the top-10, top-20 and retrieval-set (> 0.1) Jaccard of its heads with the full grid's.
 
+(d) with ``--ceiling``: how reproducible the full grid's own top-10 and top-20 are, from the paper
+    strategy's successful samples: two disjoint halves split at random and with no needle in common
+    (``stability.split_half``), and random subsets of 20-120 successful samples against the whole
+    (``stability.subsample_jaccards``): the agreement any early stop can expect at that many successes.
+
     python benchmarks/bench_detect.py                      # smollm2-135m, 2 needles x {2000,4000} x 10 depths
     python benchmarks/bench_detect.py --random-llama 1b --device cuda --lengths 16000,32000
     python benchmarks/bench_detect.py --needles-file benchmarks/data/heldout_needles.jsonl --needles 10 \
@@ -56,6 +61,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-engine", action="store_true",
                    help="with --until-stable: skip the engine's full grid; the full grid's heads come from the "
                         "paper strategy's samples (the same scores up to float rounding)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also report how reproducible the full grid's top-10 and top-20 sets are (paper strategy's samples)")
     p.add_argument("--lengths", default="2000,4000")
     p.add_argument("--num-depths", type=int, default=10)
     p.add_argument("--max-new-tokens", type=int, default=50)
@@ -217,6 +224,11 @@ def main() -> None:
     args = parse()
     if args.only:
         return run_one(args)
+    if args.ceiling and not args.until_stable:  # the paper strategy's samples alone
+        report = {"args": vars(args), "ceiling": ceiling(*successful_samples(args, run_side(args, "baseline")))}
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+        return
     sides = ["baseline"] + ([] if args.no_engine and args.until_stable else ["engine"]) + (["stable"] if args.until_stable else [])
     results = {side: run_side(args, side) for side in sides}
     if "engine" not in results:
@@ -239,6 +251,8 @@ def main() -> None:
               **{side: {k: v for k, v in r.items() if k != "rows"} for side, r in results.items()}}
     if args.until_stable:
         report["stable_vs_full"] = compare_stable(results, base)
+    if args.ceiling:
+        report["ceiling"] = ceiling(*successful_samples(args, base))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
@@ -252,12 +266,15 @@ def report_without_engine(args, results: dict) -> None:
     report = {"args": vars(args), "threads": torch.get_num_threads(),
               **{side: {k: v for k, v in r.items() if k != "rows"} for side, r in results.items()}}
     report["stable_vs_full"] = compare_stable(results, base, full_mean=baseline_mean(args, base))
+    if args.ceiling:
+        report["ceiling"] = ceiling(*successful_samples(args, base))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
 
-def baseline_mean(args, base: dict) -> list:
-    """Mean head scores over the paper strategy's successful samples (needle recall as the engine scores it)."""
+def successful_samples(args, base: dict) -> tuple[np.ndarray, list[int]]:
+    """(n, layers * heads) scores of the paper strategy's successful samples (needle recall as the engine
+    scores it) and each one's needle."""
     from transformers import AutoTokenizer
 
     from retrieval_heads.core.scoring import is_success, rouge1_recall
@@ -267,14 +284,47 @@ def baseline_mean(args, base: dict) -> list:
 
     tokenizer = AutoTokenizer.from_pretrained(pull(args.model) if looks_like_zoo_name(args.model) else args.model)
     needles = load_needles(args.needles_file)[: args.needles]
-    chosen = []
+    chosen, which = [], []
     for sample_id, (scores, generated) in base["rows"].items():
-        needle = needles[int(sample_id.split("-")[0][1:])]
+        index = int(sample_id.split("-")[0][1:])
         response = tokenizer.decode(generated, skip_special_tokens=True).strip()
-        if is_success(rouge1_recall(needle.real_needle, response)):
+        if is_success(rouge1_recall(needles[index].real_needle, response)):
             chosen.append(scores)
+            which.append(index)
     print(f"paper strategy: {len(chosen)} of {len(base['rows'])} samples retrieved the needle")
-    return np.mean(np.asarray(chosen, dtype=np.float64), axis=0).tolist()
+    return np.asarray(chosen, dtype=np.float64), which
+
+
+def baseline_mean(args, base: dict) -> list:
+    """Mean head scores over the paper strategy's successful samples."""
+    return successful_samples(args, base)[0].mean(axis=0).tolist()
+
+
+def ceiling(samples: np.ndarray, needles: list[int], sizes=(20, 40, 60, 80, 120), draws: int = 500) -> dict:
+    """Print and return how reproducible the full grid's top-10 and top-20 sets are (see the module docstring)."""
+    from retrieval_heads.sweep.stability import set_jaccards, split_half
+
+    full = samples.mean(axis=0)
+    out = {"successes": len(samples), "split_half": {}, "subsets": []}
+    for k in (10, 20):
+        out["split_half"][f"top{k}"] = {"samples": split_half(samples, k, draws=draws),
+                                        "needles": split_half(samples, k, groups=needles, draws=draws)}
+    rng = np.random.default_rng(0)
+    for n in (m for m in sizes if m < len(samples)):
+        pairs = [[set_jaccards(samples[rng.choice(len(samples), n, replace=False)].mean(axis=0), full, k)[0]
+                  for k in (10, 20)] for _ in range(draws)]
+        top10, top20 = np.asarray(pairs).T
+        out["subsets"].append({"successes": n, "top10_mean": float(top10.mean()), "top20_mean": float(top20.mean()),
+                               "top20_at_least_0.9": float((top20 >= 0.9 - 1e-9).mean())})
+    print(f"reproducibility of the full grid ({len(samples)} successful samples, {draws} draws):")
+    for k in (10, 20):
+        half = out["split_half"][f"top{k}"]
+        print(f"  top-{k}: two halves at random {half['samples']:.3f}, two halves with no needle in common "
+              f"{half['needles']:.3f}")
+    for row in out["subsets"]:
+        print(f"  {row['successes']:4d} random successful samples vs the whole: top-10 {row['top10_mean']:.3f}, "
+              f"top-20 {row['top20_mean']:.3f} (>= 0.9 in {100 * row['top20_at_least_0.9']:.0f}% of draws)")
+    return out
 
 
 def compare_stable(results: dict, base: dict, full_mean: list | None = None) -> dict:
