@@ -149,6 +149,24 @@ def real_task_rows(out: Path) -> list[str]:
     return lines
 
 
+def ground_eval_rows(out: Path) -> list[str]:
+    """Per fit run and test run: labelled answers, correct ones, and each detector's AUROC with its interval."""
+    lines = []
+    for fit in GROUND_REAL:
+        report = _json(out / f"ground-eval-{fit}.json")
+        for test in report["tests"]:
+            cells = [f"{r['score']} {r['auroc']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+                     for r in test["rows"] if r["auroc"] is not None]
+            lines.append(f"fit {fit} -> {Path(test['run']).name} ({test['labelled']} labelled, {test['correct']} "
+                         "correct): " + "; ".join(cells))
+    for data in ("hotpotqa",):
+        cited = _json(out / f"ground-{data}-report" / "summary.json").get("citations", {}).get("all")
+        if cited:
+            lines.append(f"{data} report citations: " + ", ".join(
+                f"{m['metric']} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" for m in cited["metrics"]))
+    return lines
+
+
 def kv_share_rows(*settings: str, budget: float, policy: str, against: str) -> Callable[[Path], list[str]]:
     """Share of the full cache's mean score kept by ``policy`` at ``budget`` over the samples of every setting
     directory together, with the bootstrap interval of ``benchmarks/kv_table.py``."""
@@ -255,6 +273,16 @@ DETECT = rh("detect", "--out", "{out}/detect", done="detect/summary.json")
 LOOKUP = rh("lookup", *TUNE, "--out", "{out}/lookup", done="lookup/summary.json")
 BENCH_DETECT = ("--needles-file", "benchmarks/data/heldout_needles.jsonl", "--needles", "10", "--lengths",
                 "1000,1500,2000,2500", "--num-depths", "5")
+
+GROUND_REAL = ("squad2", "hotpotqa")  # fit on item seed 11, measured on item seed 12
+GROUND_RUNS = tuple(
+    rh("ground", "--scores", "{out}/detect", "--dataset", data, "--n", "100", "--item-seed", seed, "--out",
+       f"{{out}}/ground-{data}-{split}", done=f"ground-{data}-{split}/summary.json")
+    for split, seed in (("fit", "11"), ("report", "12")) for data in GROUND_REAL)
+GROUND_EVAL = tuple(
+    rh("ground-eval", "--fit", f"{{out}}/ground-{fit}-fit", "--on", *(f"{{out}}/ground-{d}-report" for d in GROUND_REAL),
+       "--out", f"{{out}}/ground-eval-{fit}.json", done=f"ground-eval-{fit}.json")
+    for fit in GROUND_REAL)
 
 STUDIES: dict[str, Study] = {
     "detection": Study("retrieval heads of smollm2-135m, default grid", (DETECT,), detection_rows("detect"),
@@ -368,6 +396,9 @@ STUDIES: dict[str, Study] = {
         (DETECT, script("grounding_eval.py", "--scores", "{out}/detect", "--out", "{out}/grounding-eval",
                         done="grounding-eval.txt", capture=True)),
         printed_rows("grounding-eval.txt"), "Grounding"),
+    "grounding-real": Study(
+        "hallucination detectors on smollm2's own answers to SQuAD 2.0 and HotpotQA (fit: item seed 11, report: 12)",
+        (DETECT, *GROUND_RUNS, *GROUND_EVAL), ground_eval_rows, "Grounding"),
     "speed-detect": Study("detection: the engine against the paper's strategy",
                           (script("bench_detect.py", done="bench-detect.txt", capture=True),),
                           printed_rows("bench-detect.txt"), "Speed"),
