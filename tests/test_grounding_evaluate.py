@@ -99,3 +99,21 @@ def test_cli_ground_eval(tmp_path, capsys):
     assert saved["fit"]["labelled"] == 30 and [t["labelled"] for t in saved["tests"]] == [20, 30]
     assert main(["ground-eval", "--fit", str(tmp_path), "--on", str(tmp_path / "test")]) == 2
     assert "not a ground run" in capsys.readouterr().err
+
+
+def test_new_word_grounding_reads_only_the_words_an_answer_adds():
+    answer = "The market town is Burnley, Lancashire"
+    spans = [(0, 3), (4, 10), (11, 15), (16, 18), (19, 26), (26, 27), (28, 38)]  # The market town is Burnley , Lancashire
+    grounded = {"Burnley": False, "Lancashire": True}
+    tokens = [{"start": a, "end": b, "counted": answer[a:b].isalnum(), "grounded": grounded.get(answer[a:b], True)}
+              for a, b in spans]
+    question = "Which market town in Lancashire has the BB postcode?"
+    assert metrics.new_word_grounding(answer, tokens, question) == 0.0  # "burnley" is the only new word: ungrounded
+    tokens[4]["grounded"] = True
+    assert metrics.new_word_grounding(answer, tokens, question) == 1.0
+    tokens[6]["grounded"] = False
+    assert metrics.new_word_grounding(answer, tokens, "Is Burnley a market town?") == 0.0  # new: lancashire, ungrounded
+    assert metrics.new_word_grounding(answer, tokens, "Is Burnley a market town in Lancashire?") == 0.0  # nothing new
+    record = {"answer": answer, "tokens": tokens, "question": question, "label": 1}
+    assert evaluate.read_score(record, "new_word_grounding") == 1.0
+    assert evaluate.read_score({**record, "tokens": []}, "new_word_grounding") is None  # an empty answer

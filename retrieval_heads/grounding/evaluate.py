@@ -4,8 +4,9 @@
 detectors that learn anything learn it on ``fit``, and every detector is measured on ``test``. A
 detector scores an answer, higher meaning "more likely correct":
 
-* read off the line, nothing fitted (``READ``): the grounding, grounding x citation relevance, the
-  mean token log-probability, the copy rate of all heads, lexical overlap;
+* read off the line, nothing fitted (``READ``): the grounding, the grounding of the words the answer
+  adds to its question (``metrics.new_word_grounding``, computed from the line's tokens), grounding x
+  citation relevance, the mean token log-probability, the copy rate of all heads, lexical overlap;
 * logistic regressions fitted on ``fit`` (``FITTED``): Lookback-Lens (the layers x heads lookback
   ratios, Chuang et al. 2024) and the length-and-position cues (``metrics.length_position``).
 
@@ -27,7 +28,8 @@ from ..errors import UserError
 from . import metrics
 
 MISSING = -1e9  # the score of an answer a detector cannot score: below every real score
-READ = (("grounding", "grounding"), ("grounding x citation relevance", "grounding_x_relevance"),
+READ = (("grounding", "grounding"), ("grounding of new words", "new_word_grounding"),
+        ("grounding x citation relevance", "grounding_x_relevance"),
         ("mean token log-prob", "mean_logprob"), ("copy rate of all heads", "all_heads_copy_rate"),
         ("lexical overlap", "lexical_overlap"))
 FITTED = (("Lookback-Lens LR", "lookback"), ("length and position LR", "length_position"))
@@ -40,7 +42,16 @@ def labelled(records: Sequence[dict]) -> list[dict]:
 
 
 def read_scores(records: Sequence[dict], field: str) -> np.ndarray:
-    return np.array([MISSING if r.get(field) is None else float(r[field]) for r in records])
+    return np.array([MISSING if (v := read_score(r, field)) is None else float(v) for r in records])
+
+
+def read_score(record: dict, field: str) -> float | None:
+    """``field`` of a result line; ``new_word_grounding`` is computed from its tokens (None for an empty answer)."""
+    if field == "new_word_grounding":
+        if not record.get("tokens"):
+            return None
+        return metrics.new_word_grounding(record["answer"], record["tokens"], record["question"])
+    return record.get(field)
 
 
 def fitted_scores(fit: Sequence[dict], test: Sequence[dict], field: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,6 +8,8 @@
   ``length_position`` (cues a detector can learn without reading the text: answer and context
   lengths, where in the context the answer's words first occur) and ``LogisticRegression``
   (L2-regularised, for Lookback-Lens-style features, see ``lookback``, and for the cues).
+* ``new_word_grounding``: the grounding of the words an answer adds to its question (a read of a
+  result line's tokens, no model call).
 * ``choose_threshold``: the token threshold with the best AUROC on a tuning split.
 """
 
@@ -17,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.scoring import content_words
+from ..core.scoring import content_words, words
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
@@ -92,6 +94,33 @@ def lexical_overlap(answer: str, context: str) -> float:
     """Share of the answer's content words (lower-cased, stop words dropped) that occur in the context; 0 if none."""
     said = content_words(answer)
     return len(said & content_words(context)) / len(said) if said else 0.0
+
+
+def new_word_grounding(answer: str, tokens: Sequence[dict], question: str) -> float:
+    """Share of the answer's counted tokens that are grounded, over the tokens of words the answer adds: content
+    words (``core.scoring``: lower-cased runs of letters and digits, stop words left out) absent from the
+    question. 0.0 when the answer adds no such word: it restates the question and claims nothing to ground.
+
+    ``tokens``: the result line's tokens (``start``, ``end`` in the answer, ``counted``, ``grounded``). A model
+    that answers in whole sentences copies the question's words from the context whether its answer is right
+    or not; only the words it adds carry the claim.
+    """
+    import re
+
+    from ..core.scoring import STOP, WORD
+
+    asked = set(words(question))
+    spans = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(WORD.pattern, answer, re.IGNORECASE)]
+    new = grounded = 0
+    for t in tokens:
+        if not t.get("counted"):
+            continue
+        word = next((w for start, end, w in spans if start <= t["start"] < end), None)
+        if word is None or word in STOP or word in asked:
+            continue
+        new += 1
+        grounded += bool(t.get("grounded"))
+    return grounded / new if new else 0.0
 
 
 def length_position(answer: str, answer_tokens: int, context: str, context_tokens: int) -> list[float]:

@@ -3,7 +3,8 @@ each finishes), ``summary.json`` and ``report.html``.
 
 ``results.jsonl`` lines: ``id``, ``question``, ``answer``, ``generated`` (True when the model wrote
 the answer here), ``grounding``, ``restated``, ``mean_logprob``, ``all_heads_copy_rate``,
-``lexical_overlap``, ``citation_relevance`` and ``grounding_x_relevance`` (``citations``),
+``lexical_overlap``, ``citation_relevance`` and ``grounding_x_relevance`` (``citations``), ``new_word_grounding``
+(``metrics``),
 ``length_position`` (``metrics.length_position``), ``lookback`` (the answer's Lookback-Lens features,
 layers x heads mean lookback ratios, ``lookback``; absent for an empty answer), ``tokens`` (``text``, ``start``, ``end``, ``counted``, ``grounded``,
 ``source`` [context_start, context_end) or null, ``share``, ``question_share``, ``all_heads``,
@@ -29,12 +30,13 @@ from .gold import VERDICTS, label_of, verdict
 from .grounder import DEFAULT_MAX_NEW_TOKENS, Grounder
 from .items import GroundItem, prompt_of
 from .lookback import LookbackRecorder, lookback_ratios
-from .metrics import auroc_row, length_position, lexical_overlap
+from .metrics import auroc_row, length_position, lexical_overlap, new_word_grounding
 from .prompt import AnswerTokens, answer_from_ids, answer_from_text
 
 RESULTS = "results.jsonl"
 # per-item scores whose AUROC the summary reports when labels are present: (name, record field)
-SCORES = (("grounding", "grounding"), ("grounding x citation relevance", "grounding_x_relevance"),
+SCORES = (("grounding", "grounding"), ("grounding of new words", "new_word_grounding"),
+          ("grounding x citation relevance", "grounding_x_relevance"),
           ("mean token log-prob", "mean_logprob"),
           ("copy rate of all heads", "all_heads_copy_rate"), ("lexical overlap", "lexical_overlap"))
 PHASES = ("prefill", "decode", "teacher_forced")  # the Grounder's kinds of forward pass
@@ -61,6 +63,8 @@ def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document"
     record = {"id": item.id, "question": item.question, **result, "generated": item.answer is None and item.answer_ids is None,
               "lexical_overlap": lexical_overlap(answer.text, prompt.context), "citation_relevance": relevance,
               "grounding_x_relevance": None if result["grounding"] is None else result["grounding"] * relevance,
+              "new_word_grounding": new_word_grounding(answer.text, result["tokens"], item.question)
+              if result["tokens"] else None,
               "length_position": length_position(answer.text, len(answer.ids), prompt.context, end - start),
               "forward_passes": {phase: grounder.passes[phase] for phase in PHASES}}
     if recorder is not None and answer.ids:
