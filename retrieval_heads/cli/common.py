@@ -21,11 +21,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sweep_args(parser: argparse.ArgumentParser, *, command: str, batch: bool = True, blocks: bool = True,
-                   share_prefix: bool = True, resume: bool = True) -> None:
+                   share_prefix: bool = True, resume: bool = True, generates: bool = True) -> None:
     """The model and sweep flags. A command offers only the flags it acts on: ``batch`` (``--batch-size``: it
     decodes several samples together), ``blocks`` (``--block-size``: it runs the grid in an order of its own),
     ``share_prefix`` (``--no-share-prefix``: its prefills reuse the previous prompt's prefix), ``resume``
-    (``--resume``: it can continue a run). Flags left out read as their defaults (``sweep_config_from_args``)."""
+    (``--resume``: it can continue a run), ``generates`` (``--max-new-tokens``: it generates answers). Flags left out read as their defaults (``sweep_config_from_args``)."""
     add_model_args(parser)
     g = parser.add_argument_group("sweep")
     g.add_argument("--needles", default=None, help="needles JSONL (needle, question, real_needle) or a named set, "
@@ -41,7 +41,9 @@ def add_sweep_args(parser: argparse.ArgumentParser, *, command: str, batch: bool
     g.add_argument("--depths", default=None, help=f"needle depths in percent, comma separated (default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)}; "
                    "ruler:vt, cwe, fwe, qa_1 and qa_2 have no needle and no depth)")
     g.add_argument("--num-depths", type=int, default=None, help="evenly spaced depths from 0 to 100")
-    g.add_argument("--max-new-tokens", type=int, default=50)
+    if generates:
+        g.add_argument("--max-new-tokens", type=int, default=SweepConfig.max_new_tokens,
+                       help=f"greedy answer budget in tokens (default {SweepConfig.max_new_tokens})")
     g.add_argument("--chunk-size", type=int, default=512, help="prefill chunk in tokens")
     if share_prefix:
         g.add_argument("--no-share-prefix", action="store_true", help="prefill every prompt from scratch")
@@ -131,9 +133,10 @@ def sweep_config_from_args(args) -> SweepConfig:
     """The sweep flags as a validated SweepConfig (needles and haystack are read and checked here)."""
     from ..sweep.grid import check_inputs, grid_depths
 
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
     # flags a command does not offer read as SweepConfig's defaults (what its runs have always recorded)
+    max_new_tokens = getattr(args, "max_new_tokens", SweepConfig.max_new_tokens)
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
     batch_size = getattr(args, "batch_size", SweepConfig.batch_size)
     block_size = getattr(args, "block_size", None)
     if args.chunk_size < 1 or batch_size < 1:
@@ -146,7 +149,7 @@ def sweep_config_from_args(args) -> SweepConfig:
         haystack=args.haystack,
         lengths=lengths_from_args(args),
         depths=depths_from_args(args),
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         dtype=args.dtype,
         device=args.device,
         chunk_size=args.chunk_size,

@@ -15,7 +15,7 @@ class Lookup(Command):
 
     def add_arguments(self, parser):
         # one forward pass per prompt from an empty cache: no batches, blocks or shared prefixes
-        add_sweep_args(parser, command="lookup", batch=False, blocks=False, share_prefix=False)
+        add_sweep_args(parser, command="lookup", batch=False, blocks=False, share_prefix=False, generates=False)
 
     def run(self, args) -> int:
         from ..kv.lookup import run_lookup
