@@ -149,22 +149,24 @@ def real_task_rows(out: Path) -> list[str]:
     return lines
 
 
-def ground_eval_rows(out: Path) -> list[str]:
-    """Per fit run and test run: labelled answers, correct ones, and each detector's AUROC with its interval."""
-    lines = []
-    for fit in GROUND_REAL:
-        report = _json(out / f"ground-eval-{fit}.json")
-        for test in report["tests"]:
-            cells = [f"{r['score']} {r['auroc']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-                     for r in test["rows"] if r["auroc"] is not None]
-            lines.append(f"fit {fit} -> {Path(test['run']).name} ({test['labelled']} labelled, {test['correct']} "
-                         "correct): " + "; ".join(cells))
-    for data in ("hotpotqa",):
-        cited = _json(out / f"ground-{data}-report" / "summary.json").get("citations", {}).get("all")
+def ground_eval_rows(prefix: str) -> Callable[[Path], list[str]]:
+    """Per fit run and test run: labelled answers, correct ones, and each detector's AUROC with its interval;
+    then the HotpotQA report run's citation scores."""
+    def rows(out: Path) -> list[str]:
+        lines = []
+        for fit in GROUND_REAL:
+            for test in _json(out / f"{prefix}-eval-{fit}.json")["tests"]:
+                cells = [f"{r['score']} {r['auroc']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+                         for r in test["rows"] if r["auroc"] is not None]
+                lines.append(f"fit {fit} -> {Path(test['run']).name} ({test['labelled']} labelled, {test['correct']} "
+                             "correct): " + "; ".join(cells))
+        cited = _json(out / f"{prefix}-hotpotqa-report" / "summary.json").get("citations", {}).get("all")
         if cited:
-            lines.append(f"{data} report citations: " + ", ".join(
+            lines.append("hotpotqa report citations: " + ", ".join(
                 f"{m['metric']} {m['mean']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" for m in cited["metrics"]))
-    return lines
+        return lines
+
+    return rows
 
 
 def kv_share_rows(*settings: str, budget: float, policy: str, against: str) -> Callable[[Path], list[str]]:
@@ -270,27 +272,37 @@ def held_out_steps(i: int, held_out: list[str]) -> tuple[Step, ...]:
 # ---- the studies ----------------------------------------------------------------------------------------------
 
 DETECT = rh("detect", "--out", "{out}/detect", done="detect/summary.json")
+GEMMA3_DETECT = rh("detect", "--model", "gemma3-270m", "--lengths", "1000,2000", "--out", "{out}/detect-gemma3",
+                   done="detect-gemma3/summary.json")
 LOOKUP = rh("lookup", *TUNE, "--out", "{out}/lookup", done="lookup/summary.json")
 BENCH_DETECT = ("--needles-file", "benchmarks/data/heldout_needles.jsonl", "--needles", "10", "--lengths",
                 "1000,1500,2000,2500", "--num-depths", "5")
 
-GROUND_REAL = ("squad2", "hotpotqa")  # fit on item seed 11, measured on item seed 12
-GROUND_RUNS = tuple(
-    rh("ground", "--scores", "{out}/detect", "--dataset", data, "--n", "100", "--item-seed", seed, "--out",
-       f"{{out}}/ground-{data}-{split}", done=f"ground-{data}-{split}/summary.json")
-    for split, seed in (("fit", "11"), ("report", "12")) for data in GROUND_REAL)
-GROUND_EVAL = tuple(
-    rh("ground-eval", "--fit", f"{{out}}/ground-{fit}-fit", "--on", *(f"{{out}}/ground-{d}-report" for d in GROUND_REAL),
-       "--out", f"{{out}}/ground-eval-{fit}.json", done=f"ground-eval-{fit}.json")
-    for fit in GROUND_REAL)
+GROUND_REAL = ("squad2", "hotpotqa")
+# item seed 11 fits the regressions and thresholds, seed 13 reports (seed 12 of HotpotQA was read while the
+# grounding of new words was designed, so it reports nothing)
+GROUND_SEEDS = (("fit", "11"), ("report", "13"))
+
+
+def ground_steps(prefix: str, detect: str, n: str, *model: str) -> tuple[Step, ...]:
+    """The four ground runs (two datasets x fit / report) and ground-eval fitted on each dataset."""
+    runs = tuple(
+        rh("ground", *model, "--scores", f"{{out}}/{detect}", "--dataset", data, "--n", n, "--item-seed", seed,
+           "--out", f"{{out}}/{prefix}-{data}-{split}", done=f"{prefix}-{data}-{split}/summary.json")
+        for split, seed in GROUND_SEEDS for data in GROUND_REAL)
+    evals = tuple(
+        rh("ground-eval", "--fit", f"{{out}}/{prefix}-{fit}-fit", "--on",
+           *(f"{{out}}/{prefix}-{d}-report" for d in GROUND_REAL), "--out", f"{{out}}/{prefix}-eval-{fit}.json",
+           done=f"{prefix}-eval-{fit}.json")
+        for fit in GROUND_REAL)
+    return runs + evals
+
 
 STUDIES: dict[str, Study] = {
     "detection": Study("retrieval heads of smollm2-135m, default grid", (DETECT,), detection_rows("detect"),
                        "Detection"),
-    "detection-gemma3": Study(
-        "retrieval heads of gemma3-270m", (rh("detect", "--model", "gemma3-270m", "--lengths", "1000,2000", "--out",
-                                              "{out}/detect-gemma3", done="detect-gemma3/summary.json"),),
-        detection_rows("detect-gemma3"), "Detection"),
+    "detection-gemma3": Study("retrieval heads of gemma3-270m", (GEMMA3_DETECT,), detection_rows("detect-gemma3"),
+                              "Detection"),
     "paper-scores": Study(
         "the paper's published scores re-analysed (needs ../shared/reference/head_scores)",
         tuple(rh("analyze", str(PAPER_SCORES / f), "--json", done=f"analyze-{n}.json", capture=True)
@@ -397,8 +409,12 @@ STUDIES: dict[str, Study] = {
                         done="grounding-eval.txt", capture=True)),
         printed_rows("grounding-eval.txt"), "Grounding"),
     "grounding-real": Study(
-        "hallucination detectors on smollm2's own answers to SQuAD 2.0 and HotpotQA (fit: item seed 11, report: 12)",
-        (DETECT, *GROUND_RUNS, *GROUND_EVAL), ground_eval_rows, "Grounding"),
+        "hallucination detectors on smollm2's own answers to SQuAD 2.0 and HotpotQA (fit: item seed 11, report: 13)",
+        (DETECT, *ground_steps("ground", "detect", "100")), ground_eval_rows("ground"), "Grounding"),
+    "grounding-real-gemma3": Study(
+        "the same on gemma3-270m, 60 questions a run",
+        (GEMMA3_DETECT, *ground_steps("ground-gemma3", "detect-gemma3", "60", "--model", "gemma3-270m")),
+        ground_eval_rows("ground-gemma3"), "Grounding"),
     "speed-detect": Study("detection: the engine against the paper's strategy",
                           (script("bench_detect.py", done="bench-detect.txt", capture=True),),
                           printed_rows("bench-detect.txt"), "Speed"),
