@@ -177,7 +177,7 @@ def held_out(grounder, recorder, loaded, facts, mask, parts, out: Path) -> dict:
 
 def own_answers(grounder, recorder, prompt, item, mask):
     """(condition, correct, measures) of the model's greedy answer, unmasked and with the top heads masked."""
-    from retrieval_heads.tasks.run import score
+    from retrieval_heads.tasks.scoring import score
 
     for condition, ablate in (("none", None), (f"top-{MASK_K}", mask)):
         grounder.control.ablate = ablate
@@ -214,7 +214,8 @@ def extractive(grounder, recorder, loaded, mask, n: int = 60, tune: int = 24) ->
 
 def knowledge(grounder, loaded, plans: dict) -> dict:
     """Part 7: do knowledge answers copy from the question, and masking with the subject already stated."""
-    from retrieval_heads.tasks.run import render, score, wilson
+    from retrieval_heads.tasks.run import render, wilson
+    from retrieval_heads.tasks.scoring import score
     from retrieval_heads.tasks.suites import KNOWLEDGE, Item
 
     tok = loaded.tokenizer

