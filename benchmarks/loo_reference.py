@@ -8,7 +8,10 @@ left: the spaces before it, else the spaces after it; never a newline), the prom
 the ground run built it (``grounding.prompt.build_prompt``, the run's prompt style and chat template),
 and the answer's total log-probability is measured teacher-forced. A sentence's LOO score is the drop
 from the full context: log p(answer | full) - log p(answer | without it). One pass for the full context
-and one per sentence: S + 1 full forward passes per answer.
+and one per sentence: S + 1 forward passes per answer. By default each sentence's pass takes the tokens
+before the removed sentence from the full pass's KV cache (they are the same tokens) and reads only the
+rest, about half the prompt on average (``tokens_read`` vs ``tokens_full_passes``); ``--no-prefix-cache``
+reads every prompt whole (the same drops up to float rounding).
 
 The answer is tokenised from its text (``answer_from_text``; the run stores the text, not the generated
 ids); ``retokenised_match`` tells whether the tokens are the run's (its ``tokens`` texts) and
@@ -18,7 +21,8 @@ Compared with LOO, per answer: the grounding's per-sentence weight (``citations.
 characters in each sentence, from the run's ``spans``), and ContextCite-A's per-sentence scores
 (``OUT/contextcite-A.jsonl`` written by ``contextcite_peer.py``, when present): Spearman's rank
 correlation with the LOO drops (mean over answers with a bootstrap 95% interval; an answer whose method
-scores are all equal has no rank correlation and counts as 0, the ``constant`` column counts them), and
+scores are all equal has no rank correlation and counts as 0, the ``constant`` column counts them), the
+share of answers whose top sentence is LOO's top sentence, and
 recall@1, recall@2, precision@2 against the supporting sentences for every method, LOO included.
 
     python benchmarks/loo_reference.py RUN --out OUT --limit 10          # LOO on the first 10 answers
@@ -59,28 +63,63 @@ def remove_sentence(context: str, start: int, end: int) -> str:
     return context[:start] + context[after:]
 
 
-def answer_logprob(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
-    """Total log-probability of ``answer_ids`` teacher-forced after ``prompt_ids`` (one forward pass)."""
+def answer_logprob(model, prompt_ids: list[int], answer_ids: list[int], *, cache=None, start: int = 0,
+                   keep_cache: bool = False):
+    """Total log-probability of ``answer_ids`` teacher-forced after ``prompt_ids`` (one forward pass).
+
+    ``cache`` (with ``start``): a KV cache holding exactly the first ``start`` tokens of ``prompt_ids``;
+    the pass then reads only the tokens after them. ``keep_cache``: also return the pass's cache."""
     import torch
 
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids + answer_ids], device=device)
+    ids = torch.tensor([(prompt_ids + answer_ids)[start:]], device=device)
     with torch.no_grad():
-        logits = model(input_ids=ids, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
+        out = model(input_ids=ids, cache=cache, use_cache=cache is not None or keep_cache,
+                    logits_to_keep=len(answer_ids) + 1)
+    logits = out.logits[0, :-1].float()
     target = torch.tensor(answer_ids, device=device)[:, None]
-    return float(torch.log_softmax(logits, dim=-1).gather(-1, target).sum())
+    total = float(torch.log_softmax(logits, dim=-1).gather(-1, target).sum())
+    return (total, out.cache) if keep_cache else total
 
 
-def loo_line(model, tokenizer, answer: dict, style: str, counter) -> dict:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def loo_line(model, tokenizer, answer: dict, style: str, counter, *, prefix_cache: bool = True) -> dict:
+    """One answer's LOO drops. ``prefix_cache``: each ablated prompt reuses the full prompt's KV cache up
+    to the first token where the two differ (the tokens before the removed sentence), so each pass reads
+    only the rest; without it every pass reads the whole prompt (the same numbers up to float rounding)."""
+    import copy
+
     from retrieval_heads.grounding.prompt import answer_from_text, build_prompt
 
     t0, before = time.perf_counter(), counter.calls
     context, question = answer["context"], answer["question"]
     tokens = answer_from_text(tokenizer, answer["answer"])
-    full = answer_logprob(model, build_prompt(tokenizer, context, question, style=style).ids, tokens.ids)
+    full_ids = build_prompt(tokenizer, context, question, style=style).ids
+    if prefix_cache:
+        full, cache = answer_logprob(model, full_ids, tokens.ids, keep_cache=True)
+    else:
+        full, cache = answer_logprob(model, full_ids, tokens.ids), None
     sentences = [tuple(s) for s in answer["sentence_spans"]]
-    ablated = [answer_logprob(model, build_prompt(tokenizer, remove_sentence(context, s, e), question, style=style).ids,
-                              tokens.ids) for s, e in sentences]
+    ablated, read = [], len(full_ids) + len(tokens.ids)
+    for s, e in sentences:
+        ids = build_prompt(tokenizer, remove_sentence(context, s, e), question, style=style).ids
+        if cache is None:
+            ablated.append(answer_logprob(model, ids, tokens.ids))
+            read += len(ids) + len(tokens.ids)
+            continue
+        start = min(common_prefix(ids, full_ids), len(ids) - 1)
+        kept = copy.deepcopy(cache)
+        kept.crop(start - kept.get_seq_length())  # keep the first ``start`` tokens
+        ablated.append(answer_logprob(model, ids, tokens.ids, cache=kept, start=start))
+        read += len(ids) + len(tokens.ids) - start
     drops = [full - lp for lp in ablated]
     supporting = supporting_indices(answer)
     order = ranked(drops, sentences)
@@ -90,7 +129,9 @@ def loo_line(model, tokenizer, answer: dict, style: str, counter) -> dict:
             "full_logprob": round(full, 6), "ablated_logprobs": [round(lp, 6) for lp in ablated],
             "full_logprob_run": round(sum(t["logprob"] for t in answer.get("tokens") or ()), 4),
             "retokenised_match": [tokens.token_text(i) for i in range(len(tokens.ids))] == run_tokens,
-            "answer_tokens": len(tokens.ids), "sentences": len(sentences),
+            "answer_tokens": len(tokens.ids), "prompt_tokens": len(full_ids), "sentences": len(sentences),
+            "prefix_cache": prefix_cache, "tokens_read": read,
+            "tokens_full_passes": (len(sentences) + 1) * (len(full_ids) + len(tokens.ids)),
             "passes": counter.calls - before, "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -113,13 +154,15 @@ def grounding_line(answer: dict) -> dict:
 def correlations(method: dict[str, dict], loo: dict[str, dict], ids: Sequence[str]) -> dict:
     """Spearman with LOO per answer over ``ids`` present in both: mean with interval, ``constant`` the
     answers where either side has no ranking (counted as 0)."""
-    rhos, constant = [], 0
+    rhos, constant, top = [], 0, []
     for i in ids:
         if i in method and i in loo:
             rho = spearman(method[i]["scores"], loo[i]["scores"])
             constant += rho is None
             rhos.append(0.0 if rho is None else rho)
-    return {**mean_ci(rhos), "constant": constant}
+            top.append(float(bool(method[i]["ranked"]) and bool(loo[i]["ranked"])
+                             and method[i]["ranked"][0] == loo[i]["ranked"][0]))
+    return {**mean_ci(rhos), "constant": constant, "top1_agreement": mean_ci(top)}
 
 
 def compare(run: str | Path, out: str | Path, n: int | None) -> dict:
@@ -156,9 +199,10 @@ def report(result: dict) -> str:
     if result["loo_answers"]:
         text += f"\n**The first {result['loo_answers']} answers, LOO included:**\n\n"
         text += table(list(result["loo_subset"].items()))
-        text += "\n| method | Spearman with LOO, mean over answers [95% CI] | answers | constant (counted 0) |\n|---|---|---|---|\n"
+        text += ("\n| method | Spearman with LOO, mean over answers [95% CI] | answers | constant (counted 0) "
+                 "| top sentence = LOO's top sentence |\n|---|---|---|---|---|\n")
         for name, row in result["spearman_with_loo"].items():
-            text += f"| {name} | {fmt(row)} | {row['n']} | {row['constant']} |\n"
+            text += f"| {name} | {fmt(row)} | {row['n']} | {row['constant']} | {fmt(row['top1_agreement'])} |\n"
     return text
 
 
@@ -171,12 +215,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "that every ContextCite file holds)")
     parser.add_argument("--report", action="store_true", help="no LOO passes: the tables from what OUT holds")
     parser.add_argument("--model", help="model (default: the run's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="every pass reads the whole prompt (default: the tokens before the removed sentence "
+                             "come from the full prompt's cache)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.report:
+        import torch
+
         from retrieval_heads.models import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
 
         identity = run_identity(args.run)
         style = identity.get("prompt", "document")
@@ -187,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for answer in select_answers(args.run, args.limit):
             if answer["id"] in done:
                 continue
-            line = loo_line(loaded.model, loaded.tokenizer, answer, style, counter)
+            line = loo_line(loaded.model, loaded.tokenizer, answer, style, counter, prefix_cache=args.prefix_cache)
             with path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
             print(f"  LOO {line['id']}: {line['sentences']} sentences, recall@2 {line['recall@2']:.2f}, "
