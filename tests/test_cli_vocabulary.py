@@ -159,7 +159,8 @@ def test_report_out_is_a_directory_and_a_file_name_is_deprecated(run_dir, tmp_pa
 
 @pytest.mark.parametrize("command, flag", [
     (c, f) for c in ("lookup", "restore", "kv-eval") for f in (["--batch-size", "2"], ["--block-size", "5"])
-] + [("lookup", ["--no-share-prefix"]), ("restore", ["--no-share-prefix"]), ("restore", ["--resume"])])
+] + [("lookup", ["--no-share-prefix"]), ("restore", ["--no-share-prefix"]), ("restore", ["--resume"]),
+       ("lookup", ["--max-new-tokens", "5"])])
 def test_flags_a_command_ignores_are_not_offered(command, flag, capsys):
     rejected([command, "--scores", "x", *flag] if command == "kv-eval" else [command, *flag], capsys)
 

@@ -139,9 +139,10 @@ def test_cli_refuses_flex_attention_in_one_line(command, tiny_tokenizer, tmp_pat
     scores = tmp_path / "scores.json"
     scores.write_text(json.dumps({f"{l}-{h}": [0.5] for l in range(3) for h in range(8)}))
     extra = ["--scores", str(scores)] if command == "kv-eval" else []
+    extra += [] if command == "lookup" else ["--max-new-tokens", "3"]  # lookup generates nothing
     capsys.readouterr()
     code = main([command, "--model", str(directory), "--out", str(tmp_path / "run"), "--lengths", "200", "--depths",
-                 "50", "--max-new-tokens", "3", "--quiet", "--attn-implementation", "flex_attention", *extra])
+                 "50", "--quiet", "--attn-implementation", "flex_attention", *extra])
     lines = [l for l in capsys.readouterr().err.splitlines() if l.strip() and "it/s]" not in l]
     assert code == 2 and len(lines) == 1 and "flex_attention" in lines[0], lines
     assert not list((tmp_path / "run").rglob("*.jsonl"))
