@@ -521,9 +521,12 @@ def test_analyze_reports_reproducibility_and_finds_each_samples_needle(tmp_path)
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # another order
     loaded = load_scores(run)
     assert loaded.meta["needles"] == [i % 3 for i in range(6)]
-    result = analysis.analyze(loaded, top=3)
-    assert result["reproducibility"]["k"] == [3, 10] and result["reproducibility"]["needles"] is not None
-    assert all(0 <= v <= 1 for v in result["reproducibility"]["samples"])
+    from retrieval_heads.sweep.stability import reproducibility
+
+    result = reproducibility(loaded, 3)
+    assert result["k"] == [3, 10] and result["needles"] is not None
+    assert all(0 <= v <= 1 for v in result["samples"])
     (run / "samples.jsonl").write_text(json.dumps(records[0]) + "\n")  # a sample without its record: no needles
     assert "needles" not in load_scores(run).meta
-    assert analysis.analyze(load_scores(run), top=3)["reproducibility"]["needles"] is None
+    assert reproducibility(load_scores(run), 3)["needles"] is None
+    assert main(["analyze", str(run), "--json"]) == 0

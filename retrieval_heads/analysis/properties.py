@@ -242,8 +242,7 @@ def analyze(scores: HeadScores, *, top: int = 20, num_kv_heads: int | None = Non
 
     Keys: ``model``, ``shape``, ``n_samples``, ``buckets``, ``n_retrieval_heads``,
     ``percent_retrieval_heads``, ``retrieval_heads_per_layer``, ``top_heads``, ``activation`` (or
-    None for aggregate-only scores), ``always_active`` (or None), ``kv_heads`` (or None),
-    ``reproducibility`` (or None for aggregate-only scores; ``reproducibility``).
+    None for aggregate-only scores), ``always_active`` (or None), ``kv_heads`` (or None).
     """
     sp = sparsity(scores, threshold=threshold)
     per_sample = has_per_sample_scores(scores)
@@ -271,7 +270,6 @@ def analyze(scores: HeadScores, *, top: int = 20, num_kv_heads: int | None = Non
             "retrieval_heads": [asdict(h) for h in act.retrieval],
         },
         "always_active": None if act is None else [asdict(h) for h in act.always_active],
-        "reproducibility": reproducibility(scores, top) if per_sample else None,
         "kv_heads": None if kv is None else {
             "num_kv_heads": kv.num_kv_heads,
             "group_size": kv.group_size,
@@ -281,19 +279,6 @@ def analyze(scores: HeadScores, *, top: int = 20, num_kv_heads: int | None = Non
             "mean": kv.mean.tolist(),
         },
     })
-
-
-def reproducibility(scores: HeadScores, top: int = 20) -> dict:
-    """How well two disjoint halves of the samples agree on the top-``top`` and top-10 sets
-    (``stability.split_half``): ``samples`` splits samples at random, ``needles`` splits whole needles
-    (None unless ``meta["needles"]`` names each sample's needle, as a detection run directory does)."""
-    from ..sweep.stability import split_half
-
-    needles = scores.meta.get("needles")
-    ks = sorted({10, top})
-    return {"k": ks,
-            "samples": [split_half(scores.samples, k) for k in ks],
-            "needles": None if needles is None else [split_half(scores.samples, k, groups=needles) for k in ks]}
 
 
 def has_per_sample_scores(scores: HeadScores) -> bool:

@@ -36,6 +36,10 @@ class Analyze(Command):
             return _run_stability(scores, args)
         kv = scores.meta.get("num_kv_heads")
         result = properties.analyze(scores, top=args.top, num_kv_heads=kv)
+        if properties.has_per_sample_scores(scores):
+            from ..sweep.stability import reproducibility
+
+            result["reproducibility"] = reproducibility(scores, args.top)
         if args.plots:
             from ..analysis.report import write_plots
 

@@ -281,6 +281,17 @@ def split_half(samples: np.ndarray, k: int, *, groups=None, draws: int = 200, se
     return float(np.mean(values))
 
 
+def reproducibility(scores: HeadScores, top: int = 20) -> dict:
+    """How well two disjoint halves of the samples agree on the top-``top`` and top-10 sets
+    (``split_half``): ``samples`` splits samples at random, ``needles`` splits whole needles
+    (None unless ``meta["needles"]`` names each sample's needle, as a detection run directory does)."""
+    needles = scores.meta.get("needles")
+    ks = sorted({10, top})
+    return {"k": ks,
+            "samples": [split_half(scores.samples, k) for k in ks],
+            "needles": None if needles is None else [split_half(scores.samples, k, groups=needles) for k in ks]}
+
+
 def check_stopping(scores: HeadScores, rule: StopRule = StopRule(), *, step: int = DEFAULT_STEP,
                    orders: int = 20, seed: int = 0) -> dict:
     """Replay ``rule`` on ``orders`` random orders of a score file's samples (e.g. the paper's).
