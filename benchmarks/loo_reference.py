@@ -45,8 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contextcite_peer import (  # noqa: E402
-    citation_metrics, fmt, mean_ci, ranked, read_jsonl, run_identity, select_answers, spearman, summarize, supporting_indices,
-    table)
+    Counter, citation_metrics, fmt, mean_ci, ranked, read_jsonl, run_identity, select_answers, spearman, summarize,
+    supporting_indices, table)
 
 
 def remove_sentence(context: str, start: int, end: int) -> str:
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         identity = run_identity(args.run)
         style = identity.get("prompt", "document")
         loaded = load_model(args.model or identity.get("model", "smollm2-135m"))
-        counter = Calls(loaded.model)
+        counter = Counter(loaded.model)
         path = out / "loo.jsonl"
         done = {line["id"] for line in read_jsonl(path)} if path.is_file() else set()
         for answer in select_answers(args.run, args.limit):
@@ -249,20 +249,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = compare(args.run, out, args.n)
     (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(report(result))
-
-
-class Calls:
-    """Counts calls of ``model.forward``."""
-
-    def __init__(self, model):
-        self.calls = 0
-        inner = model.forward
-
-        def forward(*args, **kwargs):
-            self.calls += 1
-            return inner(*args, **kwargs)
-
-        model.forward = forward
 
 
 if __name__ == "__main__":
