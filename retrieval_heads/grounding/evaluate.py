@@ -20,18 +20,18 @@ without a label (abstentions, unlabelled items) are left out.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import UserError
+from ..io import read_jsonl
 from . import metrics
+from .run import RESULTS, SCORES
 
 MISSING = -1e9  # the score of an answer a detector cannot score: below every real score
-READ = (("grounding", "grounding"), ("grounding of new words", "new_word_grounding"),
-        ("grounding x citation relevance", "grounding_x_relevance"),
-        ("mean token log-prob", "mean_logprob"), ("copy rate of all heads", "all_heads_copy_rate"),
-        ("lexical overlap", "lexical_overlap"))
+READ = SCORES  # the per-answer scores ground's own summary reports
 FITTED = (("Lookback-Lens LR", "lookback"), ("length and position LR", "length_position"))
 L2 = 10.0  # the regressions' penalty, as benchmarks/grounding_eval.py fits Lookback-Lens
 
@@ -46,8 +46,9 @@ def read_scores(records: Sequence[dict], field: str) -> np.ndarray:
 
 
 def read_score(record: dict, field: str) -> float | None:
-    """``field`` of a result line; ``new_word_grounding`` is computed from its tokens (None for an empty answer)."""
-    if field == "new_word_grounding":
+    """``field`` of a result line. A line written before ``ground`` recorded ``new_word_grounding`` gets it
+    computed from its tokens, as ``ground`` computes it (None for an empty answer)."""
+    if field == "new_word_grounding" and field not in record:
         if not record.get("tokens"):
             return None
         return metrics.new_word_grounding(record["answer"], record["tokens"], record["question"])
@@ -117,29 +118,27 @@ def compare(fit: Sequence[dict], test: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def evaluate_runs(fit_dir, test_dirs: Sequence, read: Callable | None = None) -> dict:
-    """``compare`` for each test run against the fit run: ``{"fit": {...}, "tests": [{"run", "n", "correct",
-    "rows"}, ...]}``. ``read``: a run directory's result lines (default: its ``results.jsonl``)."""
-    from ..io import read_jsonl
-    from pathlib import Path
-
-    from .run import RESULTS
-
-    def lines(directory) -> list[dict]:
-        path = Path(directory) / RESULTS
-        if read is None and not path.exists():
-            raise UserError(f"{directory} is not a ground run: no {RESULTS}")
-        return list(read(directory) if read else read_jsonl(path))
-
-    fit = lines(fit_dir)
+def evaluate_runs(fit_dir, test_dirs: Sequence) -> dict:
+    """``compare`` for each test run against the fit run: ``{"fit": counts, "tests": [{**counts, "rows"}, ...]}``,
+    counts being ``run_counts``."""
+    fit = run_lines(fit_dir)
     summary = {"fit": run_counts(fit_dir, fit), "tests": []}
     for directory in test_dirs:
-        test = lines(directory)
+        test = run_lines(directory)
         summary["tests"].append({**run_counts(directory, test), "rows": compare(fit, test)})
     return summary
 
 
+def run_lines(directory) -> list[dict]:
+    """The result lines of a ground run directory."""
+    path = Path(directory) / RESULTS
+    if not path.exists():
+        raise UserError(f"{directory} is not a ground run: no {RESULTS}")
+    return list(read_jsonl(path))
+
+
 def run_counts(directory, records: Sequence[dict]) -> dict:
+    """``run``, ``answers``, ``labelled`` and ``correct`` of a run's result lines."""
     kept = labelled(records)
     return {"run": str(directory), "answers": len(records), "labelled": len(kept),
             "correct": int(sum(r["label"] for r in kept))}

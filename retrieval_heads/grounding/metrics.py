@@ -15,11 +15,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.scoring import content_words, words
+from ..core.scoring import STOP, WORD, content_words, words
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
@@ -105,10 +106,6 @@ def new_word_grounding(answer: str, tokens: Sequence[dict], question: str) -> fl
     that answers in whole sentences copies the question's words from the context whether its answer is right
     or not; only the words it adds carry the claim.
     """
-    import re
-
-    from ..core.scoring import STOP, WORD
-
     asked = set(words(question))
     spans = [(m.start(), m.end(), m.group().lower()) for m in re.finditer(WORD.pattern, answer, re.IGNORECASE)]
     new = grounded = 0
@@ -130,8 +127,6 @@ def length_position(answer: str, answer_tokens: int, context: str, context_token
     RAG hallucination detectors often learn such cues rather than grounding (arXiv 2509.19372); a
     regression on them is the baseline a monitor has to beat.
     """
-    import re
-
     lowered = context.lower()
     found = [m.start() for w in content_words(answer)
              if (m := re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", lowered))]

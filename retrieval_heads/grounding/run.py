@@ -67,10 +67,10 @@ def ground_item(grounder: Grounder, item: GroundItem, *, style: str = "document"
               if result["tokens"] else None,
               "length_position": length_position(answer.text, len(answer.ids), prompt.context, end - start),
               "forward_passes": {phase: grounder.passes[phase] for phase in PHASES}}
-    if recorder is not None and answer.ids:
-        features = recorder.features(grounder.num_layers, grounder.num_heads)
-        record["lookback"] = [round(float(v), 5) for v in features]
     if recorder is not None:
+        if answer.ids:
+            features = recorder.features(grounder.num_layers, grounder.num_heads)
+            record["lookback"] = [round(float(v), 5) for v in features]
         recorder.reset()
     label = item.label
     if item.gold_answers is not None:
