@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Command, renamed_values
+from .base import Command, add_json_flag, renamed_values
 from .common import add_sweep_args, load_for, numbers, out_dir, sweep_config_from_args
 from .tables import format_table
 
@@ -126,4 +126,32 @@ def _num(x, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-COMMANDS = [KvEval]
+class KvFrontier(Command):
+    name = "kv-frontier"
+    help = ("a task set's average score against KV bytes from several kv-eval runs (one per task, e.g. RULER's), "
+            "with kvpress's presses on the same prompts beside them: one table and one plot, with intervals")
+
+    def add_arguments(self, parser):
+        parser.add_argument("runs", nargs="*", metavar="RUN", help="kv-eval output directories, one per task")
+        parser.add_argument("--peer", action="append", default=[], metavar="DIR",
+                            help="a benchmarks/kvpress_peer.py output directory on the same prompts (repeatable)")
+        parser.add_argument("--out", required=True, metavar="DIR",
+                            help="where frontier.json, frontier.md and frontier.png go")
+        parser.add_argument("--title", default=None, help="the plot's title (default: the tasks)")
+        add_json_flag(parser)
+
+    def run(self, args) -> int:
+        import json
+
+        from ..kv.frontier import frontier, markdown, write_frontier
+
+        result = frontier(args.runs, args.peer)
+        paths = write_frontier(result, args.out, title=args.title or f"{len(result['tasks'])} tasks: "
+                               + ", ".join(result["tasks"]))
+        print(json.dumps(result, indent=2) if args.json else markdown(result))
+        if not args.json:
+            print(f"written: {', '.join(map(str, paths))}")
+        return 0
+
+
+COMMANDS = [KvEval, KvFrontier]

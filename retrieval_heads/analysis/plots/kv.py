@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .style import ACCENT, DPI, HIGHLIGHT, save
 
 STYLES = {
@@ -87,3 +89,57 @@ def label(base: str, selection: str, ranking: str = "") -> str:
     if selection == "reread":
         base = base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
     return f"{base}, ranked by retrieval heads" if ranking == "retrieval-heads" else base
+
+
+PEER_COLORS = ("#444444", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#9467bd", "#ff7f0e",
+               "#2ca02c")
+
+
+def task_frontier_plot(entries: list[dict], path: str | Path, *, title: str) -> Path:
+    """``entries`` as in ``kv.frontier.frontier``: x = measured ``kv_fraction``, y = the task-set ``score`` with its
+    95% interval; a panel per setting present; the full cache as a line, kvpress's presses dashed."""
+    from matplotlib.figure import Figure
+
+    settings = [flag for flag, _ in SETTINGS if any(e["query_agnostic"] == flag for e in entries)] or [False]
+    fig = Figure(figsize=(max(6.0, 5.5 * len(settings)), 5.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    methods = list(dict.fromkeys(e["method"] for e in entries if e["method"] not in ("full", "kvpress:full")))
+    peers = [m for m in methods if m.startswith("kvpress:")]
+    for ax, flag in zip(axes, settings):
+        mine = [e for e in entries if e["query_agnostic"] == flag]
+        for method in methods:
+            points = sorted((e["kv_fraction"], e["score"], e["score_low"], e["score_high"]) for e in mine
+                            if e["method"] == method and e["kv_fraction"] is not None)
+            if not points:
+                continue
+            style = _task_style(method, peers)
+            x, y, low, high = (np.array(v) for v in zip(*points))
+            ax.errorbar(x, y, yerr=[y - low, high - y], capsize=2, linewidth=1.4, elinewidth=0.8, **style)
+        full = next((e for e in mine if e["method"] == "full"), None) or next(
+            (e for e in mine if e["method"] == "kvpress:full"), None)
+        if full is not None:
+            ax.axhline(full["score"], color="grey", linewidth=0.9, linestyle="--",
+                       label=f"full cache ({full['score']:.1f})")
+            ax.axhspan(full["score_low"], full["score_high"], color="grey", alpha=0.08)
+        xs = [e["kv_fraction"] for e in mine if e["kv_fraction"] is not None and e["method"] not in ("full", "kvpress:full")]
+        ax.set_xlim(0, max(xs, default=1.0) * 1.1)
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("KV cache bytes kept (fraction of the full cache, measured)")
+        ax.set_title(dict(SETTINGS)[flag], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("task-set score (mean of task means)")
+    fig.suptitle(title, fontsize=11)
+    handles = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize=8)
+    return save(fig, path)
+
+
+def _task_style(method: str, peers: list[str]) -> dict:
+    if method in peers:
+        return dict(color=PEER_COLORS[peers.index(method) % len(PEER_COLORS)], marker="x", linestyle="--",
+                    label=method)
+    base = STYLES.get(method.split(" (")[0], dict(color="black", marker="o"))
+    return dict(color=base["color"], marker=base["marker"], linestyle="-", label=method)
