@@ -61,6 +61,15 @@ def script(name: str, *args: str, done: str, capture: bool = False) -> Step:
     return Step(("python", f"benchmarks/{name}", *args), done, capture)
 
 
+KVPRESS_PYTHON = "RH_KVPRESS_PYTHON"  # the interpreter of kvpress's own environment (docs/kvpress.md)
+
+
+def kvpress_script(name: str, *args: str, done: str) -> Step:
+    """A script of ``benchmarks/`` run by kvpress's environment (``$RH_KVPRESS_PYTHON``, default
+    ``.venv-kvpress/bin/python``) with this checkout on ``PYTHONPATH``; its printed table is saved to ``done``."""
+    return Step(("kvpress-python", f"benchmarks/{name}", *args), done, capture=True)
+
+
 @dataclass(frozen=True)
 class Study:
     title: str
@@ -252,6 +261,53 @@ def printed_rows(*files: str) -> Callable[[Path], list[str]]:
     return rows
 
 
+RULER_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue", "vt")  # smollm2 finds some at 4000 tokens (seed 1)
+
+
+def ruler_sweep(task: str, seed: int = 3) -> tuple[str, ...]:
+    """6 samples of a RULER task at 4000 tokens: 3 items at depths 30 and 70, or 6 items where there is no depth."""
+    if task == "vt":
+        return ("--needles", f"ruler:vt:seed={seed}:n=6", "--lengths", "4000")
+    haystack = () if task == "niah_single_1" else ("--haystack", "paul-graham")  # niah_single_1 is on its noise
+    return ("--needles", f"ruler:{task}:seed={seed}:n=3", *haystack, "--lengths", "4000", "--depths", "30,70")
+
+
+def ruler_frontier_steps(task: str) -> tuple[Step, ...]:
+    """Our policies in both settings and kvpress's presses on the same prompts, for one task."""
+    sweep, run, peer = ruler_sweep(task), f"ruler-{task}", f"kvp-{task}"
+    ours = ("--budgets", "0.05,0.1,0.2,0.5", "--out", f"{{out}}/{run}", "--resume")
+    return (
+        rh("kv-eval", "--scores", "{out}/detect", *sweep, "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv",
+           *ours, done=f"{run}/headkv-0.5/L4000/summary.json"),
+        rh("kv-eval", "--scores", "{out}/detect", *sweep, "--policies", "full,snapkv,retrieval-snapkv,headkv",
+           "--query-agnostic", "--selection", "reread", "--token-ranking", "own", *ours,
+           done=f"{run}/query-agnostic/headkv-0.5/L4000/summary.json"),
+        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.1", "--presses",
+                       "full,snapkv,knorm,streaming-llm,expected-attention,kvzip", "--settings", "agnostic",
+                       "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume", done=f"{peer}-agnostic.md"),
+        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.05,0.1", "--presses", "full,snapkv", "--settings",
+                       "question", "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume",
+                       done=f"{peer}-question.md"),
+    )
+
+
+def frontier_rows(run: str, budgets: tuple[float, ...]) -> Callable[[Path], list[str]]:
+    """Per setting: the full cache's task-set average, then every method's share of it at ``budgets``."""
+    def rows(out: Path) -> list[str]:
+        found = _json(out / run / "frontier.json")
+        lines = [f"tasks: {', '.join(found['tasks'])}"]
+        for entry in found["entries"]:
+            if entry["method"] == "full":
+                lines.append(f"{entry['setting']}: full cache {entry['score']:.1f} [{entry['score_low']:.1f}, "
+                             f"{entry['score_high']:.1f}] ({entry['samples']} samples)")
+            elif entry["budget"] in budgets and entry["share"] is not None:
+                lines.append(f"  {entry['method']} at {entry['budget']:.0%} (kept {entry['kv_fraction']:.1%}): "
+                             f"{entry['score']:.1f}, {entry['share']:.2f} of full [{entry['share_low']:.2f}, "
+                             f"{entry['share_high']:.2f}] ({entry['samples']} samples)")
+        return lines
+    return rows
+
+
 def held_out_steps(i: int, held_out: list[str]) -> tuple[Step, ...]:
     """One held-out set, query-agnostic: the current setting; the retrieval ranking alone (own share 0); SnapKV
     and uniform on their own observation window; the tables of the differences."""
@@ -359,6 +415,14 @@ STUDIES: dict[str, Study] = {
             script("kv_table.py", f"{{out}}/kv-ruler-{task}", "--against", "snapkv", done=f"kv-ruler-{task}.txt",
                    capture=True)))),
         printed_rows("kv-ruler-niah_single_2.txt", "kv-ruler-niah_multikey_1.txt"), "KV cache"),
+    "kv-ruler-frontier": Study(
+        "KV cache on RULER (4 tasks, seed 3, 4000 tokens), both settings, beside kvpress 0.5.5's presses",
+        (DETECT, *(step for task in RULER_TASKS for step in ruler_frontier_steps(task)),
+         rh("kv-frontier", *(f"{{out}}/ruler-{t}" for t in RULER_TASKS),
+            *(a for t in RULER_TASKS for a in ("--peer", f"{{out}}/kvp-{t}")), "--title",
+            "smollm2-135m, RULER at 4000 tokens (seed 3)", "--out", "{out}/ruler-frontier",
+            done="ruler-frontier/frontier.json")),
+        frontier_rows("ruler-frontier", (0.05, 0.1)), "KV cache"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
         (LOOKUP, DETECT,
@@ -435,6 +499,12 @@ def executable(argv: list[str]) -> list[str]:
         return [sys.executable, "-m", "retrieval_heads", *argv[1:]]
     if argv[0] == "python":
         return [sys.executable, *argv[1:]]
+    if argv[0] == "kvpress-python":
+        python = Path(os.environ.get(KVPRESS_PYTHON, ROOT / ".venv-kvpress" / "bin" / "python"))
+        if not python.exists():
+            raise SystemExit(f"{python} not found: make kvpress's own environment (docs/kvpress.md) or set "
+                             f"{KVPRESS_PYTHON} to its python")
+        return [str(python), *argv[1:]]
     return argv
 
 
@@ -446,7 +516,9 @@ def run_step(step: Step, out: Path, force: bool) -> None:
     print(f"$ {' '.join(step.command(out))}", flush=True)
     extra = ["--overwrite"] if force and step.argv[0] == "retrieval-heads" and "--out" in step.argv else []
     result = subprocess.run(executable(step.command(out)) + extra, cwd=ROOT, check=False, text=True,
-                            stdout=subprocess.PIPE if step.capture else None, env={**os.environ})
+                            stdout=subprocess.PIPE if step.capture else None,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)} if step.argv[0] == "kvpress-python"
+                            else {**os.environ})
     if result.returncode != 0:
         raise SystemExit(f"failed ({result.returncode}): {' '.join(step.command(out))}")
     if step.capture:

@@ -90,3 +90,15 @@ def test_pooled_share_pools_the_samples_of_every_setting(tmp_path):
     with pytest.raises(SystemExit, match="no retrieval-snapkv-0.15"):
         kv_table.pooled_share([tmp_path / "a"], policy="retrieval-snapkv", budget=0.15)
     assert np.isfinite(found["high"])
+
+
+def test_kvpress_steps_run_in_kvpress_environment(tmp_path, monkeypatch):
+    step = next(s for s in reproduce.STUDIES["kv-ruler-frontier"].steps if s.argv[0] == "kvpress-python")
+    monkeypatch.setenv(reproduce.KVPRESS_PYTHON, str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="kvpress's own environment"):
+        reproduce.executable(step.command(tmp_path))
+    python = tmp_path / "python"
+    python.write_text("")
+    monkeypatch.setenv(reproduce.KVPRESS_PYTHON, str(python))
+    argv = reproduce.executable(step.command(tmp_path))
+    assert argv[:2] == [str(python), "benchmarks/kvpress_peer.py"] and "--resume" in argv and step.capture
