@@ -26,13 +26,13 @@ def fake_kv_eval(path, needles, conditions: dict[tuple[bool, str, float], dict[s
         (run / "kv_samples.jsonl").write_text("".join(
             json.dumps({"id": i, "kv_bytes": 1, "dense_kv_bytes": 1, "compressed_kv_bytes": budget * 1000,
                         "compressed_dense_kv_bytes": 1000}) + "\n" for i in scores))
-    (path / "summary.json").write_text(json.dumps({"config": {"needles": needles}, "rows": rows}))
+    (path / "summary.json").write_text(json.dumps({"config": {"needles": needles, "lengths": [4000]}, "rows": rows}))
     return path
 
 
 def fake_peer(path, needles, rows):
     path.mkdir(parents=True)
-    (path / "run.json").write_text(json.dumps({"config": {"needles": needles}}))
+    (path / "run.json").write_text(json.dumps({"config": {"needles": needles, "lengths": [4000]}}))
     (path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -120,3 +120,12 @@ def test_cli_refuses_what_is_not_a_run(tmp_path, capsys):
     assert main(["kv-frontier", "--out", str(tmp_path / "out")]) == 2
     with pytest.raises(UserError):
         frontier([], [])
+
+
+def test_runs_of_one_task_on_other_prompts_are_refused(tmp_path):
+    """Samples pair by id, so a peer run of another seed (same ids, other prompts) must not join."""
+    run = fake_kv_eval(tmp_path / "run", "ruler:niah_single_2:seed=3:n=1", {(False, "full", 1.0): {"s0": 100}})
+    peer = fake_peer(tmp_path / "peer", "ruler:niah_single_2:seed=2:n=1", [
+        {"id": "s0", "setting": "question", "press": "full", "budget": 1.0, "score": 0, "kept_fraction": 1.0}])
+    with pytest.raises(UserError, match="other prompts.*seed=3.*seed=2"):
+        frontier([run], [peer])

@@ -14,7 +14,8 @@ inside the compressed prompt, and query-agnostic (``OUT/query-agnostic/``). Peer
   bytes right after compression; the peers' measured ``kept_fraction``), averaged over the samples.
 
 A method is a kv-eval policy (with how its tokens were chosen where that is not SnapKV's own window and ranking)
-or ``kvpress:PRESS``. Tasks are named by their needle set (``ruler:niah_single_2:seed=3:n=4`` -> ``niah_single_2``).
+or ``kvpress:PRESS``. Tasks are named by their needle set (``ruler:niah_single_2:seed=3:n=4`` -> ``niah_single_2``);
+runs of one task must hold the same prompts (model, needles, haystack, lengths, depths), as samples pair by id.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..errors import UserError
 from ..io import read_jsonl
 
 SETTINGS = {False: "question in the prompt", True: "query-agnostic"}
+PROMPT_KEYS = ("model", "needles", "haystack", "lengths", "depths")  # what makes two runs' samples the same prompts
 PEER_SETTINGS = {"question": False, "agnostic": True}
 DEFAULT_DRAWS = 2000
 
@@ -60,6 +62,15 @@ def method_name(row: dict) -> str:
     return row["policy"] + (f" ({', '.join(how)})" if how else "")
 
 
+def check_same_prompts(prompts: dict[str, dict], task: str, config: dict, run: Path) -> None:
+    """Runs of one task must hold the same prompts, else their sample ids pair different prompts."""
+    mine = {k: config.get(k) for k in PROMPT_KEYS}
+    seen = prompts.setdefault(task, {"config": mine, "run": run})
+    if seen["config"] != mine:
+        differ = ", ".join(f"{k} {seen['config'][k]!r} vs {mine[k]!r}" for k in PROMPT_KEYS if seen["config"][k] != mine[k])
+        raise UserError(f"{seen['run']} and {run} are runs of {task} on other prompts ({differ})")
+
+
 def _add(points: dict, key: tuple, task: str, sample: str, score: float, fraction: float | None) -> None:
     point = points.setdefault(key, Point(*key))
     point.scores.setdefault(task, {})[sample] = float(score)
@@ -67,7 +78,7 @@ def _add(points: dict, key: tuple, task: str, sample: str, score: float, fractio
         point.fractions.append(float(fraction))
 
 
-def read_kv_eval(run: str | Path, points: dict) -> str:
+def read_kv_eval(run: str | Path, points: dict, prompts: dict) -> str:
     """Add every condition of one ``kv-eval`` output directory (both settings) to ``points``; returns its task."""
     run = Path(run)
     summary_path = run / "summary.json"
@@ -75,6 +86,7 @@ def read_kv_eval(run: str | Path, points: dict) -> str:
         raise UserError(f"{run} is not a kv-eval run (no summary.json)")
     summary = json.loads(summary_path.read_text())
     task = task_name(summary.get("config", {}).get("needles"))
+    check_same_prompts(prompts, task, summary.get("config", {}), run)
     for row in summary["rows"]:
         agnostic = bool(row.get("query_agnostic"))
         setting_dir = run / "query-agnostic" if agnostic else run
@@ -89,12 +101,14 @@ def read_kv_eval(run: str | Path, points: dict) -> str:
     return task
 
 
-def read_peer(run: str | Path, points: dict) -> str:
+def read_peer(run: str | Path, points: dict, prompts: dict) -> str:
     """Add every scored row of one ``benchmarks/kvpress_peer.py`` output directory to ``points``; returns its task."""
     run = Path(run)
     if not (run / "rows.jsonl").exists() or not (run / "run.json").exists():
         raise UserError(f"{run} is not a kvpress peer run (no rows.jsonl and run.json)")
-    task = task_name(json.loads((run / "run.json").read_text()).get("config", {}).get("needles"))
+    config = json.loads((run / "run.json").read_text()).get("config", {})
+    task = task_name(config.get("needles"))
+    check_same_prompts(prompts, task, config, run)
     for row in read_jsonl(run / "rows.jsonl"):
         if row.get("score") is None:
             continue  # unreachable budgets and presses that failed have no score
@@ -148,7 +162,9 @@ def frontier(runs: list[str | Path], peers: list[str | Path] = (), *, draws: int
     if not runs and not peers:
         raise UserError("give at least one kv-eval run or --peer run")
     points: dict[tuple, Point] = {}
-    tasks = sorted({read_kv_eval(run, points) for run in runs} | {read_peer(peer, points) for peer in peers})
+    prompts: dict[str, dict] = {}
+    tasks = sorted({read_kv_eval(run, points, prompts) for run in runs} | {read_peer(peer, points, prompts)
+                                                                           for peer in peers})
     reference = full_reference(points)
     entries = []
     for key in sorted(points, key=lambda k: (k[0], k[1] not in ("full", "kvpress:full"), k[1], k[2])):
