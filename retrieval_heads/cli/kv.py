@@ -137,7 +137,7 @@ class KvFrontier(Command):
                             help="a benchmarks/kvpress_peer.py output directory on the same prompts (repeatable)")
         parser.add_argument("--out", required=True, metavar="DIR",
                             help="where frontier.json, frontier.md and frontier.png go")
-        parser.add_argument("--title", default=None, help="the plot's title (default: the tasks)")
+        parser.add_argument("--title", default=None, help="the plot's title (default: the tasks' names)")
         add_json_flag(parser)
 
     def run(self, args) -> int:
@@ -146,8 +146,7 @@ class KvFrontier(Command):
         from ..kv.frontier import frontier, markdown, write_frontier
 
         result = frontier(args.runs, args.peer)
-        paths = write_frontier(result, args.out, title=args.title or f"{len(result['tasks'])} tasks: "
-                               + ", ".join(result["tasks"]))
+        paths = write_frontier(result, args.out, title=args.title or ", ".join(result["tasks"]))
         print(json.dumps(result, indent=2) if args.json else markdown(result))
         if not args.json:
             print(f"written: {', '.join(map(str, paths))}")

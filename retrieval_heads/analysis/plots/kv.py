@@ -105,6 +105,8 @@ def task_frontier_plot(entries: list[dict], path: str | Path, *, title: str) -> 
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
     methods = list(dict.fromkeys(e["method"] for e in entries if e["method"] not in ("full", "kvpress:full")))
     peers = [m for m in methods if m.startswith("kvpress:")]
+    right = 1.1 * max((e["kv_fraction"] for e in entries if e["kv_fraction"] is not None
+                       and e["method"] not in ("full", "kvpress:full")), default=1.0 / 1.1)  # the same in every panel
     for ax, flag in zip(axes, settings):
         mine = [e for e in entries if e["query_agnostic"] == flag]
         for method in methods:
@@ -121,8 +123,7 @@ def task_frontier_plot(entries: list[dict], path: str | Path, *, title: str) -> 
             ax.axhline(full["score"], color="grey", linewidth=0.9, linestyle="--",
                        label=f"full cache ({full['score']:.1f})")
             ax.axhspan(full["score_low"], full["score_high"], color="grey", alpha=0.08)
-        xs = [e["kv_fraction"] for e in mine if e["kv_fraction"] is not None and e["method"] not in ("full", "kvpress:full")]
-        ax.set_xlim(0, max(xs, default=1.0) * 1.1)
+        ax.set_xlim(0, right)
         ax.set_ylim(0, 105)
         ax.set_xlabel("KV cache bytes kept (fraction of the full cache, measured)")
         ax.set_title(dict(SETTINGS)[flag], fontsize=10)
