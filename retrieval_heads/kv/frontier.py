@@ -167,7 +167,8 @@ def frontier(runs: list[str | Path], peers: list[str | Path] = (), *, draws: int
                                                                            for peer in peers})
     reference = full_reference(points)
     entries = []
-    for key in sorted(points, key=lambda k: (k[0], k[1] not in ("full", "kvpress:full"), k[1], k[2])):
+    for key in sorted(points, key=lambda k: (k[0], k[1] not in ("full", "kvpress:full"), k[1].startswith("kvpress:"),
+                                             k[1], k[2])):  # per setting: the full caches, ours, then the peers
         point = points[key]
         found = average(point, reference.get(point.query_agnostic, {}), draws=draws)
         if not found:
