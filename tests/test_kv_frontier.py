@@ -66,6 +66,8 @@ def test_the_average_is_the_mean_of_task_means_paired_with_full_on_the_same_samp
     assert snapkv["score_low"] <= 75 <= snapkv["score_high"] and snapkv["score_high"] - snapkv["score_low"] > 0
     assert snapkv["share_low"] <= 0.75 <= snapkv["share_high"]
     assert snapkv["kv_fraction"] == pytest.approx(0.1)
+    assert snapkv["by_task"] == {"niah_single_2": {"score": 50, "full": 100, "samples": 4},
+                                 "vt": {"score": 100, "full": 100, "samples": 1}}
 
 
 def test_peer_presses_join_their_setting_and_skip_rows_without_a_score(tmp_path):

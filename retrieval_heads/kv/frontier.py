@@ -129,12 +129,13 @@ def full_reference(points: dict) -> dict[bool, dict[str, dict[str, float]]]:
 
 def average(point: Point, reference: dict[str, dict[str, float]], *, draws: int = DEFAULT_DRAWS, seed: int = 0) -> dict:
     """RULER's average (mean of task means) for ``point`` and for the full cache on the same samples, with 95%
-    bootstrap intervals resampled within each task and the paired share of full."""
+    bootstrap intervals resampled within each task and the paired share of full; ``by_task`` holds each task's
+    means."""
     tasks = sorted(t for t in point.scores if t in reference)
     if not tasks:
         return {}
     rng = np.random.default_rng(seed)
-    means, fulls, boot, boot_full, samples = [], [], [], [], 0
+    means, fulls, boot, boot_full, samples, by_task = [], [], [], [], 0, {}
     for task in tasks:
         ids = sorted(set(point.scores[task]) & set(reference[task]))
         if not ids:
@@ -143,6 +144,7 @@ def average(point: Point, reference: dict[str, dict[str, float]], *, draws: int 
         full = np.array([reference[task][i] for i in ids])
         picks = rng.integers(0, len(ids), (draws, len(ids)))
         means.append(mine.mean()), fulls.append(full.mean())
+        by_task[task] = {"score": float(mine.mean()), "full": float(full.mean()), "samples": len(ids)}
         boot.append(mine[picks].mean(1)), boot_full.append(full[picks].mean(1))
         samples += len(ids)
     if not means:
@@ -154,7 +156,7 @@ def average(point: Point, reference: dict[str, dict[str, float]], *, draws: int 
             "score_low": float(np.percentile(boot_score, 2.5)), "score_high": float(np.percentile(boot_score, 97.5)),
             "full": full_score, "share": score / full_score if full_score > 0 else None,
             "share_low": float(np.percentile(shares, 2.5)) if full_score > 0 else None,
-            "share_high": float(np.percentile(shares, 97.5)) if full_score > 0 else None}
+            "share_high": float(np.percentile(shares, 97.5)) if full_score > 0 else None, "by_task": by_task}
 
 
 def frontier(runs: list[str | Path], peers: list[str | Path] = (), *, draws: int = DEFAULT_DRAWS) -> dict:
