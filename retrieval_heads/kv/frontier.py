@@ -28,10 +28,12 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import read_jsonl
+from .evaluate import Condition, setting_dir
 
 SETTINGS = {False: "question in the prompt", True: "query-agnostic"}
 PROMPT_KEYS = ("model", "needles", "haystack", "lengths", "depths")  # what makes two runs' samples the same prompts
 PEER_SETTINGS = {"question": False, "agnostic": True}
+FULL_METHODS = ("full", "kvpress:full")
 DEFAULT_DRAWS = 2000
 
 
@@ -89,10 +91,9 @@ def read_kv_eval(run: str | Path, points: dict, prompts: dict) -> str:
     check_same_prompts(prompts, task, summary.get("config", {}), run)
     for row in summary["rows"]:
         agnostic = bool(row.get("query_agnostic"))
-        setting_dir = run / "query-agnostic" if agnostic else run
-        name = "full" if row["policy"] == "full" else f"{row['policy']}-{row['budget']:g}"
-        key = (agnostic, method_name(row), 1.0 if row["policy"] == "full" else float(row["budget"]))
-        for length_dir in sorted((setting_dir / name).glob("L*")):
+        condition = Condition(row["policy"], None if row["policy"] == "full" else float(row["budget"]))
+        key = (agnostic, method_name(row), condition.budget or 1.0)
+        for length_dir in sorted((setting_dir(run, agnostic) / condition.name).glob("L*")):
             fractions = {k["id"]: k.get("compressed_kv_bytes", k["kv_bytes"]) /
                          k.get("compressed_dense_kv_bytes", k["dense_kv_bytes"])
                          for k in read_jsonl(length_dir / "kv_samples.jsonl")}
@@ -121,7 +122,7 @@ def full_reference(points: dict) -> dict[bool, dict[str, dict[str, float]]]:
     """Per setting and task, the full cache's score by sample: kv-eval's ``full``, else a peer run's."""
     reference: dict[bool, dict[str, dict[str, float]]] = {}
     for (agnostic, method, _), point in sorted(points.items(), key=lambda kv: kv[0][1] != "full"):
-        if method in ("full", "kvpress:full"):
+        if method in FULL_METHODS:
             for task, by_sample in point.scores.items():
                 reference.setdefault(agnostic, {}).setdefault(task, dict(by_sample))
     return reference
@@ -132,8 +133,6 @@ def average(point: Point, reference: dict[str, dict[str, float]], *, draws: int 
     bootstrap intervals resampled within each task and the paired share of full; ``by_task`` holds each task's
     means."""
     tasks = sorted(t for t in point.scores if t in reference)
-    if not tasks:
-        return {}
     rng = np.random.default_rng(seed)
     means, fulls, boot, boot_full, samples, by_task = [], [], [], [], 0, {}
     for task in tasks:
@@ -169,7 +168,7 @@ def frontier(runs: list[str | Path], peers: list[str | Path] = (), *, draws: int
                                                                            for peer in peers})
     reference = full_reference(points)
     entries = []
-    for key in sorted(points, key=lambda k: (k[0], k[1] not in ("full", "kvpress:full"), k[1].startswith("kvpress:"),
+    for key in sorted(points, key=lambda k: (k[0], k[1] not in FULL_METHODS, k[1].startswith("kvpress:"),
                                              k[1], k[2])):  # per setting: the full caches, ours, then the peers
         point = points[key]
         found = average(point, reference.get(point.query_agnostic, {}), draws=draws)
@@ -205,7 +204,7 @@ def markdown(result: dict) -> str:
 
 
 def _is_full(entry: dict) -> bool:
-    return entry["method"] in ("full", "kvpress:full")
+    return entry["method"] in FULL_METHODS
 
 
 def _cell(e: dict) -> str:

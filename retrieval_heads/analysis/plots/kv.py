@@ -91,6 +91,7 @@ def label(base: str, selection: str, ranking: str = "") -> str:
     return f"{base}, ranked by retrieval heads" if ranking == "retrieval-heads" else base
 
 
+FULL_METHODS = ("full", "kvpress:full")  # kv.frontier's full caches: ours and kvpress's
 PEER_COLORS = ("#444444", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#9467bd", "#ff7f0e",
                "#2ca02c")
 
@@ -103,10 +104,10 @@ def task_frontier_plot(entries: list[dict], path: str | Path, *, title: str) -> 
     settings = [flag for flag, _ in SETTINGS if any(e["query_agnostic"] == flag for e in entries)] or [False]
     fig = Figure(figsize=(max(6.0, 5.5 * len(settings)), 5.2), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
-    methods = list(dict.fromkeys(e["method"] for e in entries if e["method"] not in ("full", "kvpress:full")))
+    methods = list(dict.fromkeys(e["method"] for e in entries if e["method"] not in FULL_METHODS))
     peers = [m for m in methods if m.startswith("kvpress:")]
     right = 1.1 * max((e["kv_fraction"] for e in entries if e["kv_fraction"] is not None
-                       and e["method"] not in ("full", "kvpress:full")), default=1.0 / 1.1)  # the same in every panel
+                       and e["method"] not in FULL_METHODS), default=1.0 / 1.1)  # the same in every panel
     for ax, flag in zip(axes, settings):
         mine = [e for e in entries if e["query_agnostic"] == flag]
         for method in methods:
