@@ -14,7 +14,7 @@ class KvEval(Command):
 
     def add_arguments(self, parser):
         from ..kv.evaluate import DEFAULT_BUDGETS
-        from ..kv.policy import POLICIES, RENAMED, SELECTIONS, TOKEN_RANKINGS, PolicySettings
+        from ..kv.policy import POLICIES, POOLS, RENAMED, SELECTIONS, TOKEN_RANKINGS, PolicySettings
 
         defaults = PolicySettings()
         # every prompt decodes alone, in prompt order (which shares most prefix): no --batch-size, no --block-size
@@ -35,10 +35,11 @@ class KvEval(Command):
                        help="recent tokens every streaming KV head keeps (retrieval, random)")
         g.add_argument("--obs-window", type=int, default=defaults.obs_window,
                        help="SnapKV's observation window: the last tokens before compression, whose attention "
-                            "chooses what the other tokens keep (snapkv, retrieval-snapkv, headkv)")
+                            "chooses what the other tokens keep (the token-level policies)")
         g.add_argument("--selection", default=defaults.selection, choices=SELECTIONS,
                        type=renamed_values("--selection", RENAMED["selection"]),
-                       help="what chooses the tokens of snapkv, retrieval-snapkv and headkv: window = the "
+                       help="what chooses the tokens of the token-level policies (snapkv, retrieval-snapkv, headkv, "
+                            "adaptive, retrieval-adaptive): window = the "
                             "observation window's attention (SnapKV-style); reread = the attention each token gets "
                             "while the model re-reads the context (KVzip-style; question-agnostic, costs a second "
                             "prefill). Old names: snapkv, reconstruct (deprecated)")
@@ -51,12 +52,17 @@ class KvEval(Command):
         g.add_argument("--own-share", type=float, default=defaults.own_share,
                        help="with --token-ranking retrieval-heads: this share of each KV head's chosen tokens (beyond "
                             "sink and window) are its own best, the rest the retrieval heads'")
+        g.add_argument("--pool", default=defaults.pool, choices=POOLS,
+                       help="adaptive, retrieval-adaptive: which KV heads share one budget that the evidence divides: "
+                            "model = all of them (KVzip-style), layer = each layer's (AdaKV-style)")
         g.add_argument("--full-share", type=float, default=None,
-                       help="retrieval-snapkv: at most this share of the budget goes to full retrieval KV heads "
+                       help="retrieval-snapkv, retrieval-adaptive: at most this share of the budget goes to full retrieval "
+                            "KV heads "
                             f"(default: the share a restore run given as --scores chose its heads with, so they are "
                             f"the heads kept whole; else {defaults.full_share:g})")
         g.add_argument("--floor-share", type=float, default=defaults.floor_share,
-                       help="headkv: every KV head keeps at least this share of an equal split of the budget")
+                       help="headkv, adaptive, retrieval-adaptive: every KV head keeps at least this share of an equal "
+                            "split of the budget (adaptive: its own best tokens; the evidence divides the rest)")
         g.add_argument("--prefill", default="full", choices=["lambda", "chunk", "full"],
                        help="what streaming heads see while prefilling: lambda = sink + the window before each token "
                             "(chunk-size independent, as when decoding); chunk = sink + window + the whole current "
@@ -86,14 +92,15 @@ class KvEval(Command):
         full_share, source = full_share_for(scores, args.full_share)  # None: a restore run's, else the default
         PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=full_share,
                        floor_share=args.floor_share, selection=args.selection, token_ranking=args.token_ranking,
-                       own_share=args.own_share).check()
-        if "retrieval-snapkv" in policies:
-            print(f"retrieval-snapkv: full share {full_share:g} ({'--full-share' if source == 'given' else source})")
+                       own_share=args.own_share, pool=args.pool).check()
+        for policy in {"retrieval-snapkv", "retrieval-adaptive"} & set(policies):
+            print(f"{policy}: full share {full_share:g} ({'--full-share' if source == 'given' else source})")
         loaded = load_for(args)
         summary = run_kv_eval(loaded, config, out_dir(args, "kv-eval"), scores, budgets=budgets, policies=policies,
                               sink=args.sink, window=args.window, obs_window=args.obs_window,
                               full_share=args.full_share, floor_share=args.floor_share, selection=args.selection,
-                              token_ranking=args.token_ranking, own_share=args.own_share, prefill=args.prefill,
+                              token_ranking=args.token_ranking, own_share=args.own_share, pool=args.pool,
+                              prefill=args.prefill,
                               query_agnostic=args.query_agnostic, seed=args.seed, isolate=not args.no_isolate,
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)

@@ -22,6 +22,13 @@ then every new token):
                       ``full_share`` of the budget; the others ``snapkv`` with what is left, equally.
     headkv            one pool of ``b x T x N`` tokens: each KV head a floor (``floor_share`` of the
                       equal share), the rest in proportion to scores, capped at T (excess redistributed).
+    adaptive          one pool of ``b x T x N`` tokens divided by the evidence itself: every KV head keeps its
+                      sink, observation window and a floor (``floor_share`` of the equal share, its own best),
+                      and the rest of the pool goes to the best-scoring (KV head, token) pairs of all eligible
+                      layers together (``pool="model"``, as KVzip divides the model's budget) or of each layer
+                      (``pool="layer"``, as AdaKV divides a layer's), so a head the evidence points at keeps more
+                      (``snapkv.evidence_counts``).
+    retrieval-adaptive  ``retrieval-snapkv``'s whole KV heads; the others ``adaptive`` with what is left.
 Whose evidence ranks a token-level plan's tokens (``token_ranking``): ``own``, each KV head its own scores;
 ``retrieval-heads``, every KV head the retrieval KV heads' (scoring above ``threshold``), each divided by its
 mean, then averaged (``snapkv.Observed.shared_from``), so every head keeps the tokens the retrieval heads
@@ -42,9 +49,11 @@ import numpy as np
 from ..errors import UserError
 
 HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
-TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv")
+TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv", "adaptive", "retrieval-adaptive")
+POOLED_POLICIES = ("adaptive", "retrieval-adaptive")  # the evidence divides their budget among KV heads
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
 SELECTIONS = ("window", "reread")  # what chooses a token-level plan's tokens (see the module docstring)
+POOLS = ("model", "layer")  # adaptive policies: which KV heads share one pool (see ``KvPlan.pool``)
 TOKEN_RANKINGS = ("own", "retrieval-heads")  # whose evidence ranks each KV head's tokens (see the module docstring)
 RENAMED = {  # old value -> today's, per setting (deprecated; accepted for one release and in saved runs)
     "selection": {"snapkv": "window", "reconstruct": "reread"},
@@ -93,11 +102,12 @@ class PolicySettings:
     obs_window: int = DEFAULT_OBS_WINDOW  # the observation window: the last tokens before compression, always kept
     full_share: float = DEFAULT_FULL_SHARE  # retrieval-snapkv: at most this share of the budget goes to full KV heads
     threshold: float = 0.1  # retrieval-snapkv: only KV heads scoring above this are kept full
-    floor_share: float = 0.2  # headkv: every KV head gets at least this share of the equal split
+    floor_share: float = 0.2  # headkv, adaptive: every KV head gets at least this share of the equal split
     seed: int = 0  # random
     selection: str = "window"  # token-level policies: SELECTIONS (old names accepted, see ``current``)
     token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS (old names accepted)
     own_share: float = 0.2  # token_ranking "retrieval-heads": this share of each head's tokens by its own ranking
+    pool: str = "model"  # adaptive policies: POOLS
 
     def __post_init__(self):
         for name in RENAMED:
@@ -106,6 +116,8 @@ class PolicySettings:
     def check(self) -> None:
         if self.selection not in SELECTIONS:
             raise UserError(f"--selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
+        if self.pool not in POOLS:
+            raise UserError(f"--pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
         if self.token_ranking not in TOKEN_RANKINGS:
             raise UserError(f"--token-ranking must be one of {', '.join(TOKEN_RANKINGS)}, not {self.token_ranking!r}")
         if self.sink < 0 or self.window < 0:
@@ -139,6 +151,9 @@ class KvPlan:
         obs_window: token-level plans only: the observation window, the last tokens before compression, which
             every compressed KV head keeps and (``selection="window"``) whose attention chooses the rest;
             None for head-level plans.
+        pooled: token-level plans only: True when the KV heads that are not whole pool their ``keep`` and the
+            evidence divides the pool (``snapkv.evidence_counts``), each head keeping at least ``floor_share`` of its
+            own ``keep``; ``keep`` is then each head's share before the evidence is seen.
     """
 
     policy: str
@@ -154,6 +169,9 @@ class KvPlan:
     guides: tuple[tuple[int, int], ...] = ()
     own_share: float = 0.0
     obs_window: int | None = None
+    pooled: bool = False
+    floor_share: float = 0.0
+    pool: str = "model"
 
     def __post_init__(self):
         object.__setattr__(self, "selection", current("selection", self.selection))
@@ -174,7 +192,8 @@ class KvPlan:
     def token_counts(self, tokens: int) -> np.ndarray:
         """(layers, kv_heads) int: tokens each KV head keeps of a ``tokens``-token context (0 off eligible rows).
 
-        Token-level: ``keep x tokens``, each rounded (KV heads with equal shares keep equal counts, so
+        Token-level: ``keep x tokens``, each rounded (for ``pooled`` plans the counts before the evidence divides
+        them: the same total) (KV heads with equal shares keep equal counts, so
         they share one attention call). Head-level: ``tokens`` for full heads, else sink + window.
         """
         counts = np.zeros(self.full.shape, dtype=np.int64)
@@ -209,6 +228,10 @@ class KvPlan:
         if self.keep is not None:
             out["selection"] = self.selection
             out["token_ranking"] = "retrieval-heads" if self.guides else "own"
+            if self.pooled:
+                out["head_budgets"] = "evidence"
+                out["floor_share"] = self.floor_share
+                out["pool"] = self.pool
             if self.guides:
                 out["guide_kv_heads"] = [f"{l}-{h}" for l, h in self.guides]
                 out["own_share"] = self.own_share
@@ -260,10 +283,15 @@ def make_plan(policy: str, budget: float | None, tokens: int, *, kv_scores: np.n
         plan = token_plan("snapkv", np.full(shape, float(budget)), eligible, s, budget)
     elif policy == "retrieval-snapkv":
         plan = retrieval_snapkv(kv_scores, budget, eligible=eligible, settings=s)
-    else:
+    elif policy == "headkv":
         plan = token_plan("headkv", headkv_keep(kv_scores, budget, eligible=eligible, floor_share=s.floor_share),
                           eligible, s, budget, {"floor_share": s.floor_share})
+    else:
+        plan = pooled_plan(policy, kv_scores, budget, eligible=eligible, settings=s)
     if s.token_ranking == "retrieval-heads":
+        if plan.pooled:
+            raise UserError(f"{policy} divides its budget by each KV head's own evidence, and --token-ranking "
+                            "retrieval-heads gives every head the same: use --token-ranking own")
         plan = replace(plan, guides=guide_heads(kv_scores, eligible, s.threshold), own_share=s.own_share)
     return plan
 
@@ -426,6 +454,16 @@ def retrieval_snapkv(kv_scores: np.ndarray, budget: float, *, eligible: np.ndarr
     keep[keep < 1.0] = rest_share(budget, heads, count)
     return token_plan("retrieval-snapkv", keep.reshape(kv_scores.shape), eligible, settings, budget,
                       {"full_share": settings.full_share, "threshold": settings.threshold})
+
+
+def pooled_plan(policy: str, kv_scores: np.ndarray, budget: float, *, eligible: np.ndarray,
+                settings: PolicySettings = PolicySettings()) -> KvPlan:
+    """``adaptive`` (``snapkv``'s equal shares) or ``retrieval-adaptive`` (``retrieval-snapkv``'s whole heads and
+    shares), with the shares of the heads that are not whole pooled for the evidence to divide."""
+    plan = (token_plan(policy, np.full(np.shape(kv_scores), float(budget)), eligible, settings, budget)
+            if policy == "adaptive" else replace(retrieval_snapkv(kv_scores, budget, eligible=eligible,
+                                                                  settings=settings), policy=policy))
+    return replace(plan, pooled=True, floor_share=settings.floor_share, pool=settings.pool)
 
 
 def whole_head_count(full_share: float, budget: float, heads: int) -> int:

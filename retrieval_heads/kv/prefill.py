@@ -48,7 +48,8 @@ from .compressed import CompressedCache
 from .policy import DEFAULT_OBS_WINDOW, KvPlan, current
 from .reconstruct import reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss, with_kv_rows
-from .snapkv import POOL_KERNEL, ObservationWindow, Observed, capture_window, own_first, select_positions
+from .snapkv import (POOL_KERNEL, ObservationWindow, Observed, capture_window, evidence_counts, own_first,
+                     select_positions)
 
 @dataclass
 class Branch:
@@ -242,7 +243,7 @@ def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
 
 def kept_positions(plan: KvPlan, observed: Observed) -> dict[int, list[torch.Tensor]]:
     """Per eligible layer, per KV head, the positions a token-level ``plan`` keeps of the observed prefill."""
-    counts = plan.token_counts(observed.total)
+    counts = evidence_counts(plan, observed) if plan.pooled else plan.token_counts(observed.total)
     ranked = observed.shared_from(plan.guides) if plan.guides else observed
     keep = {}
     for layer in np.flatnonzero(plan.eligible).tolist():

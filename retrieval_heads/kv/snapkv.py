@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .policy import DEFAULT_OBS_WINDOW
+from .policy import DEFAULT_OBS_WINDOW, KvPlan
 
 POOL_KERNEL = 7  # SnapKV's default max-pooling along keys
 
@@ -151,6 +152,50 @@ def pool_scores(scores: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor
         return scores
     flat = scores.reshape(-1, 1, scores.shape[-1])
     return F.max_pool1d(flat, kernel_size=kernel, stride=1, padding=kernel // 2).reshape(scores.shape)
+
+
+def evidence_counts(plan: KvPlan, observed: Observed) -> np.ndarray:
+    """(layers, kv_heads) int: what each KV head of a ``pooled`` plan keeps of a ``total``-token context.
+
+    ``observed``: the selection scores of the prompt (``Observed``: ``total`` tokens, the last ``window`` kept
+    whatever they score). Whole heads keep everything. The other heads pool their counts, across the model or
+    within each layer (``plan.pool``), and each pool is divided by the evidence: every head keeps its sink and
+    window and a floor, ``floor_share`` of its count before pooling, of its own best tokens; the rest of the
+    pool goes to the best scores among its heads' remaining tokens, wherever they fall. A pool too small for
+    its floors keeps the counts before pooling. Every head's count stays within ``total``.
+    """
+    total = observed.total
+    counts = plan.token_counts(total)
+    pooled = [(int(l), h) for l in np.flatnonzero(plan.eligible) for h in range(counts.shape[1])
+              if counts[l, h] < total]
+    pools = [pooled] if plan.pool == "model" else [[(l, h) for l, h in pooled if l == layer]
+                                                   for layer in sorted({l for l, _ in pooled})]
+    for heads in pools:
+        if heads:
+            divided = _divide_pool(observed, [int(counts[l, h]) for l, h in heads], heads, plan)
+            for (l, h), count in zip(heads, divided):
+                counts[l, h] = count
+    return counts
+
+
+def _divide_pool(observed: Observed, before: list[int], heads: list[tuple[int, int]], plan: KvPlan) -> np.ndarray:
+    """The counts of ``heads`` (their counts ``before`` pooling) once the evidence divides their pool."""
+    total, window = observed.total, min(observed.window, observed.total)
+    sink = min(plan.sink, total - window)
+    before = np.asarray(before)
+    floors = np.minimum(total, np.maximum(window + sink, np.floor(plan.floor_share * before + 1e-9))).astype(np.int64)
+    left = int(before.sum() - floors.sum())
+    if left <= 0:
+        return before
+    rest, owner = [], []
+    for i, (l, h) in enumerate(heads):
+        ranked = observed.scores[l][h, sink:].float().sort(descending=True).values
+        taken = int(floors[i]) - window - sink  # the floor's own best
+        rest.append(ranked[taken:])
+        owner.append(np.full(ranked.numel() - taken, i))
+    rest_scores, owners = torch.cat(rest), np.concatenate(owner)
+    best = torch.topk(rest_scores, min(left, rest_scores.numel())).indices.numpy()
+    return floors + np.bincount(owners[best], minlength=len(heads))
 
 
 def select_positions(scores: torch.Tensor, total: int, count: int, *, sink: int, window: int) -> torch.Tensor:

@@ -19,6 +19,8 @@ STYLES = {
     "snapkv": dict(color="#8a5bb5", marker="v", label="SnapKV (same tokens per KV head)"),
     "retrieval-snapkv": dict(color="#c23b3b", marker="D", label="retrieval KV heads full + SnapKV"),
     "headkv": dict(color="#2a9d9d", marker="P", label="HeadKV (budget by retrieval score)"),
+    "adaptive": dict(color="#d08c2b", marker="X", label="adaptive (budget by the evidence, all KV heads)"),
+    "retrieval-adaptive": dict(color="#7a1f1f", marker="*", label="retrieval KV heads full + adaptive"),
 }
 SETTINGS = ((False, "question in the prompt"), (True, "query-agnostic (question after compression)"))
 
