@@ -131,3 +131,13 @@ def test_runs_of_one_task_on_other_prompts_are_refused(tmp_path):
         {"id": "s0", "setting": "question", "press": "full", "budget": 1.0, "score": 0, "kept_fraction": 1.0}])
     with pytest.raises(UserError, match="other prompts.*seed=3.*seed=2"):
         frontier([run], [peer])
+
+
+def test_method_names_say_how_tokens_were_chosen_and_a_pool_that_is_not_the_models():
+    from retrieval_heads.kv.frontier import method_name
+
+    assert method_name({"policy": "snapkv", "selection": "window", "token_ranking": "own"}) == "snapkv"
+    assert method_name({"policy": "adaptive", "selection": "reread", "token_ranking": "own", "pool": "model"}) == \
+        "adaptive (reread)"
+    assert method_name({"policy": "adaptive", "selection": "window", "token_ranking": "own", "pool": "layer"}) == \
+        "adaptive (layer pool)"

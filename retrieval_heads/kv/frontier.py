@@ -58,9 +58,12 @@ def task_name(needles: str | None) -> str:
 
 
 def method_name(row: dict) -> str:
-    """A kv-eval policy, with how its tokens were chosen unless that is SnapKV's own (window, own ranking)."""
+    """A kv-eval policy, with how its tokens were chosen unless that is SnapKV's own (window, own ranking), and an
+    adaptive policy's pool unless it is the whole model's."""
     how = [part for part, plain in ((row.get("selection"), "window"), (row.get("token_ranking"), "own"))
            if part and part != plain]
+    if row.get("pool") not in (None, "model"):
+        how.append(f"{row['pool']} pool")
     return row["policy"] + (f" ({', '.join(how)})" if how else "")
 
 

@@ -50,7 +50,6 @@ from ..errors import UserError
 
 HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
 TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv", "adaptive", "retrieval-adaptive")
-POOLED_POLICIES = ("adaptive", "retrieval-adaptive")  # the evidence divides their budget among KV heads
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
 SELECTIONS = ("window", "reread")  # what chooses a token-level plan's tokens (see the module docstring)
 POOLS = ("model", "layer")  # adaptive policies: which KV heads share one pool (see ``KvPlan.pool``)
