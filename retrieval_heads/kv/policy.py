@@ -191,9 +191,9 @@ class KvPlan:
     def token_counts(self, tokens: int) -> np.ndarray:
         """(layers, kv_heads) int: tokens each KV head keeps of a ``tokens``-token context (0 off eligible rows).
 
-        Token-level: ``keep x tokens``, each rounded (for ``pooled`` plans the counts before the evidence divides
-        them: the same total) (KV heads with equal shares keep equal counts, so
-        they share one attention call). Head-level: ``tokens`` for full heads, else sink + window.
+        Token-level: ``keep x tokens``, each rounded (KV heads with equal shares keep equal counts, so
+        they share one attention call); for ``pooled`` plans, the counts before the evidence divides them, whose
+        total it keeps. Head-level: ``tokens`` for full heads, else sink + window.
         """
         counts = np.zeros(self.full.shape, dtype=np.int64)
         rows = self.eligible
