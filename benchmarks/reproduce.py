@@ -296,8 +296,8 @@ ADAPTIVE_POLICIES = "full,snapkv,retrieval-snapkv,adaptive,retrieval-adaptive"
 
 
 def ruler_adaptive_steps(task: str) -> tuple[Step, ...]:
-    """The adaptive policies beside the equal splits in both settings, and kvpress's best presses of the seed-3
-    frontier (KVzip without the question, SnapKV with it), on the same prompts of seed ``ADAPTIVE_SEED``."""
+    """The adaptive policies beside the equal splits in both settings, and kvpress's best query-agnostic press of
+    the seed-3 frontier (KVzip, 10%), on the same prompts of seed ``ADAPTIVE_SEED``."""
     sweep, run, peer = ruler_sweep(task, ADAPTIVE_SEED), f"adaptive-{task}", f"kvp-adaptive-{task}"
     ours = ("--budgets", "0.05,0.1", "--policies", ADAPTIVE_POLICIES, "--out", f"{{out}}/{run}", "--resume")
     return (
@@ -306,9 +306,6 @@ def ruler_adaptive_steps(task: str) -> tuple[Step, ...]:
            "--token-ranking", "own", done=f"{run}/query-agnostic/retrieval-adaptive-0.1/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.1", "--presses", "kvzip", "--settings", "agnostic",
                        "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume", done=f"{peer}-agnostic.md"),
-        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.05,0.1", "--presses", "snapkv", "--settings",
-                       "question", "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume",
-                       done=f"{peer}-question.md"),
     )
 
 
@@ -446,7 +443,7 @@ STUDIES: dict[str, Study] = {
         frontier_rows("ruler-frontier", (0.05, 0.1)), "KV cache"),
     "kv-ruler-adaptive": Study(
         f"KV cache on RULER (4 tasks, seed {ADAPTIVE_SEED}, 4000 tokens): budgets divided by the evidence, beside "
-        "kvpress's KVzip and SnapKV",
+        "kvpress's KVzip",
         (DETECT, *(step for task in RULER_TASKS for step in ruler_adaptive_steps(task)),
          rh("kv-frontier", *(f"{{out}}/adaptive-{t}" for t in RULER_TASKS),
             *(a for t in RULER_TASKS for a in ("--peer", f"{{out}}/kvp-adaptive-{t}")), "--title",
