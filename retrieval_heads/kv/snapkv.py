@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .policy import DEFAULT_OBS_WINDOW, KvPlan
+from .policy import DEFAULT_OBS_WINDOW, EPS, KvPlan
 
 POOL_KERNEL = 7  # SnapKV's default max-pooling along keys
 
@@ -183,7 +183,7 @@ def _divide_pool(observed: Observed, before: list[int], heads: list[tuple[int, i
     total, window = observed.total, min(observed.window, observed.total)
     sink = min(plan.sink, total - window)
     before = np.asarray(before)
-    floors = np.minimum(total, np.maximum(window + sink, np.floor(plan.floor_share * before + 1e-9))).astype(np.int64)
+    floors = np.minimum(total, np.maximum(window + sink, np.floor(plan.floor_share * before + EPS))).astype(np.int64)
     left = int(before.sum() - floors.sum())
     if left <= 0:
         return before
