@@ -264,12 +264,12 @@ def printed_rows(*files: str) -> Callable[[Path], list[str]]:
 RULER_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue", "vt")  # smollm2 finds some at 4000 tokens (seed 1)
 
 
-def ruler_sweep(task: str, seed: int = 3) -> tuple[str, ...]:
-    """6 samples of a RULER task at 4000 tokens: 3 items at depths 30 and 70, or 6 items where there is no depth."""
+def ruler_sweep(task: str, seed: int = 3, *, n: int = 3, length: int = 4000) -> tuple[str, ...]:
+    """2n samples of a RULER task: n items at depths 30 and 70, or 2n items where there is no depth."""
     if task == "vt":
-        return ("--needles", f"ruler:vt:seed={seed}:n=6", "--lengths", "4000")
+        return ("--needles", f"ruler:vt:seed={seed}:n={2 * n}", "--lengths", str(length))
     haystack = () if task == "niah_single_1" else ("--haystack", "paul-graham")  # niah_single_1 is on its noise
-    return ("--needles", f"ruler:{task}:seed={seed}:n=3", *haystack, "--lengths", "4000", "--depths", "30,70")
+    return ("--needles", f"ruler:{task}:seed={seed}:n={n}", *haystack, "--lengths", str(length), "--depths", "30,70")
 
 
 def ruler_frontier_steps(task: str) -> tuple[Step, ...]:
@@ -296,17 +296,52 @@ ADAPTIVE_POLICIES = "full,snapkv,retrieval-snapkv,adaptive,retrieval-adaptive"
 
 
 def ruler_adaptive_steps(task: str) -> tuple[Step, ...]:
-    """The adaptive policies beside the equal splits in both settings, and kvpress's best query-agnostic press of
-    the seed-3 frontier (KVzip, 10%), on the same prompts of seed ``ADAPTIVE_SEED``."""
+    """The adaptive policies beside the equal splits in both settings, and on the same prompts of seed
+    ``ADAPTIVE_SEED`` kvpress's presses that divide budgets among heads too (KVzip, AdaKV over SnapKV,
+    query-agnostic) and SnapKV with the question."""
     sweep, run, peer = ruler_sweep(task, ADAPTIVE_SEED), f"adaptive-{task}", f"kvp-adaptive-{task}"
     ours = ("--budgets", "0.05,0.1", "--policies", ADAPTIVE_POLICIES, "--out", f"{{out}}/{run}", "--resume")
     return (
         rh("kv-eval", "--scores", "{out}/detect", *sweep, *ours, done=f"{run}/retrieval-adaptive-0.1/L4000/summary.json"),
         rh("kv-eval", "--scores", "{out}/detect", *sweep, *ours, "--query-agnostic", "--selection", "reread",
            "--token-ranking", "own", done=f"{run}/query-agnostic/retrieval-adaptive-0.1/L4000/summary.json"),
-        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.1", "--presses", "kvzip", "--settings", "agnostic",
-                       "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume", done=f"{peer}-agnostic.md"),
+        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.05,0.1", "--presses", "kvzip,adakv-snapkv",
+                       "--settings", "agnostic", "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume",
+                       done=f"{peer}-agnostic.md"),
+        kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.05,0.1", "--presses", "snapkv", "--settings",
+                       "question", "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume",
+                       done=f"{peer}-question.md"),
     )
+
+
+GEMMA3_SEED = 5  # unseen until this study; every setting is kv-eval's default, chosen on smollm2 (seed 1)
+GEMMA3_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue")  # vt: the full cache scored 0 on seed 1
+GEMMA3_POLICIES = "full,uniform,snapkv,headkv,adaptive"  # retrieval-snapkv: no whole KV head fits below 67%
+GEMMA3_BUDGETS = (0.05, 0.1, 0.2, 0.5)
+
+
+def ruler_gemma3_steps(task: str) -> tuple[Step, ...]:
+    """gemma3-270m on 4 samples of ``task`` (seed ``GEMMA3_SEED``): both settings at 4000 tokens, the question in
+    the prompt at 8000."""
+    ours = ("--model", "gemma3-270m", "--scores", "{out}/detect-gemma3", "--policies", GEMMA3_POLICIES, "--budgets",
+            ",".join(map(str, GEMMA3_BUDGETS)), "--resume")
+    short, long = f"gemma3-4k-{task}", f"gemma3-8k-{task}"
+    return (
+        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2), "--out", f"{{out}}/{short}",
+           done=f"{short}/adaptive-0.5/L4000/summary.json"),
+        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2), "--query-agnostic", "--selection", "reread",
+           "--token-ranking", "own", "--out", f"{{out}}/{short}",
+           done=f"{short}/query-agnostic/adaptive-0.5/L4000/summary.json"),
+        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=8000), "--out", f"{{out}}/{long}",
+           done=f"{long}/adaptive-0.5/L8000/summary.json"),
+    )
+
+
+def gemma3_frontier(length: str) -> Step:
+    """One frontier per context length (``4k``, ``8k``) over ``GEMMA3_TASKS``."""
+    return rh("kv-frontier", *(f"{{out}}/gemma3-{length}-{t}" for t in GEMMA3_TASKS), "--title",
+              f"gemma3-270m, RULER at {length[0]}000 tokens (seed {GEMMA3_SEED})", "--out",
+              f"{{out}}/ruler-gemma3-{length}", done=f"ruler-gemma3-{length}/frontier.json")
 
 
 def frontier_rows(run: str, budgets: tuple[float, ...]) -> Callable[[Path], list[str]]:
@@ -443,13 +478,20 @@ STUDIES: dict[str, Study] = {
         frontier_rows("ruler-frontier", (0.05, 0.1)), "KV cache"),
     "kv-ruler-adaptive": Study(
         f"KV cache on RULER (4 tasks, seed {ADAPTIVE_SEED}, 4000 tokens): budgets divided by the evidence, beside "
-        "kvpress's KVzip",
+        "kvpress's KVzip, AdaKV and SnapKV",
         (DETECT, *(step for task in RULER_TASKS for step in ruler_adaptive_steps(task)),
          rh("kv-frontier", *(f"{{out}}/adaptive-{t}" for t in RULER_TASKS),
             *(a for t in RULER_TASKS for a in ("--peer", f"{{out}}/kvp-adaptive-{t}")), "--title",
             f"smollm2-135m, RULER at 4000 tokens (seed {ADAPTIVE_SEED})", "--out", "{out}/ruler-adaptive",
             done="ruler-adaptive/frontier.json")),
         frontier_rows("ruler-adaptive", (0.05, 0.1)), "KV cache"),
+    "kv-ruler-gemma3": Study(
+        f"KV cache of gemma3-270m on RULER (3 tasks, seed {GEMMA3_SEED}): both settings at 4000 tokens, the question "
+        "in the prompt at 8000",
+        (GEMMA3_DETECT, *(step for task in GEMMA3_TASKS for step in ruler_gemma3_steps(task)), gemma3_frontier("4k"),
+         gemma3_frontier("8k")),
+        combined(frontier_rows("ruler-gemma3-4k", GEMMA3_BUDGETS), frontier_rows("ruler-gemma3-8k", GEMMA3_BUDGETS)),
+        "KV cache"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
         (LOOKUP, DETECT,
