@@ -55,6 +55,10 @@ class KvEval(Command):
         g.add_argument("--pool", default=defaults.pool, choices=POOLS,
                        help="adaptive, retrieval-adaptive: which KV heads share one budget that the evidence divides: "
                             "model = all of them (KVzip-style), layer = each layer's (AdaKV-style)")
+        g.add_argument("--follow", type=int, default=defaults.follow,
+                       help="token-level policies: each token scores as high as the best of the N tokens before it, "
+                            "so the N tokens after a well-scored one are kept with it (a value the model copies goes "
+                            "on past the token the evidence points at); 0 = the evidence's own scores")
         g.add_argument("--full-share", type=float, default=None,
                        help="retrieval-snapkv, retrieval-adaptive: at most this share of the budget goes to full retrieval "
                             "KV heads "
@@ -92,7 +96,7 @@ class KvEval(Command):
         full_share, source = full_share_for(scores, args.full_share)  # None: a restore run's, else the default
         PolicySettings(sink=args.sink, window=args.window, obs_window=args.obs_window, full_share=full_share,
                        floor_share=args.floor_share, selection=args.selection, token_ranking=args.token_ranking,
-                       own_share=args.own_share, pool=args.pool).check()
+                       own_share=args.own_share, pool=args.pool, follow=args.follow).check()
         for policy in {"retrieval-snapkv", "retrieval-adaptive"} & set(policies):
             print(f"{policy}: full share {full_share:g} ({'--full-share' if source == 'given' else source})")
         loaded = load_for(args)
@@ -100,14 +104,14 @@ class KvEval(Command):
                               sink=args.sink, window=args.window, obs_window=args.obs_window,
                               full_share=args.full_share, floor_share=args.floor_share, selection=args.selection,
                               token_ranking=args.token_ranking, own_share=args.own_share, pool=args.pool,
-                              prefill=args.prefill,
+                              follow=args.follow, prefill=args.prefill,
                               query_agnostic=args.query_agnostic, seed=args.seed, isolate=not args.no_isolate,
                               share_prefill=not args.prefill_per_condition, resume=args.resume, overwrite=args.overwrite,
                               progress=not args.quiet)
         print(f"{summary['model']}, lengths {config.lengths}, sink {args.sink}, window {args.window}, "
               f"observation window {args.obs_window}, selection {args.selection}, token ranking {args.token_ranking}"
               f"{f' (own share {args.own_share:g})' if args.token_ranking == 'retrieval-heads' else ''}, "
-              f"full share {full_share:g}, prefill {args.prefill}")
+              f"full share {full_share:g}{f', follow {args.follow}' if args.follow else ''}, prefill {args.prefill}")
         headers = ["setting", "policy", "budget", "full KV heads", "window", "KV bytes %", "mean score", "samples",
                    "peak RSS MB", "decode tok/s"]
         print(format_table(headers, [

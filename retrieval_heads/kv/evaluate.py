@@ -118,6 +118,7 @@ def run_kv_eval(
     token_ranking: str = "own",
     own_share: float = 0.2,
     pool: str = "model",
+    follow: int = 0,
     prefill: str = "full",
     query_agnostic: bool = False,
     seed: int = 0,
@@ -132,8 +133,8 @@ def run_kv_eval(
     ``scores``: per-query-head retrieval scores (or KV-level ones); a KV head takes the max of its group.
     ``budgets``: fractions of the full cache's KV bytes. ``sink``/``window``: what streaming heads keep
     (head-level policies); ``obs_window``, ``full_share``, ``floor_share``, ``selection``, ``token_ranking``,
-    ``own_share``, ``pool``: see ``policy.PolicySettings`` (``selection`` and ``token_ranking`` also under their
-    old names).
+    ``own_share``, ``pool``, ``follow``: see ``policy.PolicySettings`` (``selection`` and ``token_ranking`` also
+    under their old names).
     ``full_share`` None: ``full_share_for(scores)``, the share a restore run recorded, else the default
     (the summary's ``full_share_from`` says which).
     ``prefill``: what streaming heads see while prefilling, ``lambda``, ``chunk`` or ``full`` (see
@@ -151,7 +152,7 @@ def run_kv_eval(
     full_share, full_share_from = full_share_for(scores, full_share)
     settings = PolicySettings(sink=sink, window=window, obs_window=obs_window, full_share=full_share,
                               floor_share=floor_share, seed=seed, selection=selection, token_ranking=token_ranking,
-                              own_share=own_share, pool=pool)
+                              own_share=own_share, pool=pool, follow=follow)
     settings.check()
     selection, token_ranking = settings.selection, settings.token_ranking  # today's names
     if prefill not in PREFILL_MODES:
@@ -198,7 +199,7 @@ def run_kv_eval(
                "window": window, "obs_window": obs_window, "full_share": full_share,
                "full_share_from": full_share_from, "floor_share": floor_share,
                "selection": selection, "token_ranking": token_ranking, "own_share": own_share, "pool": pool,
-               "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
+               "follow": follow, "prefill": prefill, "seed": seed, "budgets": list(budgets), "shared_prefill": shared,
                "isolated": isolate and not shared, "eligible_layers": int(eligible.sum()),
                "kv_heads_per_layer": loaded.num_kv_heads, "scores": label, "rows": rows}
     write_json_atomic(out / "summary.json", summary)
@@ -309,6 +310,7 @@ def summarize(results: dict[Condition, dict], *, query_agnostic: bool = False) -
             "token_ranking": plan.get("token_ranking"),
             "own_share": plan.get("own_share"),
             "pool": plan.get("pool"),
+            "follow": plan.get("follow", 0) if selects else None,
             "full_share": plan.get("full_share"),
             "floor_share": plan.get("floor_share"),
             "prefill": plan["prefill"],

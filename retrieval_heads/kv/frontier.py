@@ -58,12 +58,14 @@ def task_name(needles: str | None) -> str:
 
 
 def method_name(row: dict) -> str:
-    """A kv-eval policy, with how its tokens were chosen unless that is SnapKV's own (window, own ranking), and an
-    adaptive policy's pool unless it is the whole model's."""
+    """A kv-eval policy, with how its tokens were chosen unless that is SnapKV's own (window, own ranking), an
+    adaptive policy's pool unless it is the whole model's, and ``--follow`` unless it is 0."""
     how = [part for part, plain in ((row.get("selection"), "window"), (row.get("token_ranking"), "own"))
            if part and part != plain]
     if row.get("pool") not in (None, "model"):
         how.append(f"{row['pool']} pool")
+    if row.get("follow"):
+        how.append(f"follow {row['follow']}")
     return row["policy"] + (f" ({', '.join(how)})" if how else "")
 
 

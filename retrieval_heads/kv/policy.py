@@ -107,6 +107,7 @@ class PolicySettings:
     token_ranking: str = "own"  # token-level policies: TOKEN_RANKINGS (old names accepted)
     own_share: float = 0.2  # token_ranking "retrieval-heads": this share of each head's tokens by its own ranking
     pool: str = "model"  # adaptive policies: POOLS
+    follow: int = 0  # token-level policies: a token scores as high as the best of the ``follow`` tokens before it
 
     def __post_init__(self):
         for name in RENAMED:
@@ -123,6 +124,8 @@ class PolicySettings:
             raise UserError("--sink and --window must be non-negative")
         if self.obs_window < 1:
             raise UserError("--obs-window must be at least 1")
+        if self.follow < 0:
+            raise UserError(f"--follow must be non-negative, got {self.follow}")
         for name, value in (("--full-share", self.full_share), ("--floor-share", self.floor_share),
                             ("--own-share", self.own_share)):
             if not 0 <= value <= 1:
@@ -153,6 +156,9 @@ class KvPlan:
         pooled: token-level plans only: True when the KV heads that are not whole pool their ``keep`` and the
             evidence divides the pool (``snapkv.evidence_counts``), each head keeping at least ``floor_share`` of its
             own ``keep``; ``keep`` is then each head's share before the evidence is seen.
+        follow: token-level plans only: each token scores as high as the best of the ``follow`` tokens before it
+            (``snapkv.follow_scores``), so the tokens after a well-scored one are kept with it: a value the model
+            copies goes on past the token the evidence points at. 0: the evidence's own scores.
     """
 
     policy: str
@@ -171,6 +177,7 @@ class KvPlan:
     pooled: bool = False
     floor_share: float = 0.0
     pool: str = "model"
+    follow: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "selection", current("selection", self.selection))
@@ -227,6 +234,8 @@ class KvPlan:
         if self.keep is not None:
             out["selection"] = self.selection
             out["token_ranking"] = "retrieval-heads" if self.guides else "own"
+            if self.follow:  # older plans had none, and 0 is what they did
+                out["follow"] = self.follow
             if self.pooled:
                 out["head_budgets"] = "evidence"
                 out["floor_share"] = self.floor_share
@@ -315,7 +324,8 @@ def token_plan(policy: str, keep: np.ndarray, eligible: np.ndarray, settings: Po
     eligible = _eligible(eligible, keep.shape)
     keep = np.clip(keep, 0.0, 1.0)
     return KvPlan(policy, keep >= 1.0, eligible, sink=settings.sink, recent_window=0, budget=budget,
-                  extra=extra or {}, keep=keep, selection=settings.selection, obs_window=settings.obs_window)
+                  extra=extra or {}, keep=keep, selection=settings.selection, obs_window=settings.obs_window,
+                  follow=settings.follow)
 
 
 def full_plan(shape: tuple[int, int], eligible: np.ndarray) -> KvPlan:

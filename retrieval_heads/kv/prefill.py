@@ -243,6 +243,7 @@ def compress(config, prefilled, plan: KvPlan, observed: Observed | None):
 
 def kept_positions(plan: KvPlan, observed: Observed) -> dict[int, list[torch.Tensor]]:
     """Per eligible layer, per KV head, the positions a token-level ``plan`` keeps of the observed prefill."""
+    observed = observed.followed(plan.follow)
     counts = evidence_counts(plan, observed) if plan.pooled else plan.token_counts(observed.total)
     ranked = observed.shared_from(plan.guides) if plan.guides else observed
     keep = {}

@@ -42,6 +42,13 @@ class Observed:
     window: int
     scores: dict[int, torch.Tensor]
 
+    def followed(self, follow: int) -> "Observed":
+        """These scores with each token scoring as high as the best of the ``follow`` tokens before it
+        (``follow_scores``); ``self`` when ``follow`` is 0."""
+        if follow <= 0:
+            return self
+        return Observed(self.total, self.window, {layer: follow_scores(s, follow) for layer, s in self.scores.items()})
+
     def shared_from(self, heads, combine: str = "mean") -> "Observed":
         """Every KV head ranked by the same scores: those of ``heads`` ((layer, kv head) pairs), each divided by
         its mean over the tokens (attention weights differ in scale from head to head), combined by ``combine``
@@ -152,6 +159,15 @@ def pool_scores(scores: torch.Tensor, kernel: int = POOL_KERNEL) -> torch.Tensor
         return scores
     flat = scores.reshape(-1, 1, scores.shape[-1])
     return F.max_pool1d(flat, kernel_size=kernel, stride=1, padding=kernel // 2).reshape(scores.shape)
+
+
+def follow_scores(scores: torch.Tensor, follow: int) -> torch.Tensor:
+    """(..., P) scores where each token scores as high as the best of itself and the ``follow`` tokens before it:
+    the tokens after a well-scored one rank with it (a copied value goes on past where attention points)."""
+    if scores.shape[-1] == 0 or follow <= 0:
+        return scores
+    flat = F.pad(scores.reshape(-1, 1, scores.shape[-1]), (follow, 0), value=float("-inf"))
+    return F.max_pool1d(flat, kernel_size=follow + 1, stride=1).reshape(scores.shape)
 
 
 def evidence_counts(plan: KvPlan, observed: Observed) -> np.ndarray:
