@@ -321,8 +321,7 @@ GEMMA3_BUDGETS = (0.05, 0.1, 0.2, 0.5)
 
 
 def ruler_gemma3_steps(task: str) -> tuple[Step, ...]:
-    """gemma3-270m on 4 samples of ``task`` (seed ``GEMMA3_SEED``): both settings at 4000 tokens, the question in
-    the prompt at 8000."""
+    """gemma3-270m on 4 samples of ``task`` (seed ``GEMMA3_SEED``): both settings at 4000 and 8000 tokens."""
     ours = ("--model", "gemma3-270m", "--scores", "{out}/detect-gemma3", "--policies", GEMMA3_POLICIES, "--budgets",
             ",".join(map(str, GEMMA3_BUDGETS)), "--resume")
     short, long = f"gemma3-4k-{task}", f"gemma3-8k-{task}"
@@ -334,6 +333,9 @@ def ruler_gemma3_steps(task: str) -> tuple[Step, ...]:
            done=f"{short}/query-agnostic/adaptive-0.5/L4000/summary.json"),
         rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=8000), "--out", f"{{out}}/{long}",
            done=f"{long}/adaptive-0.5/L8000/summary.json"),
+        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=8000), "--query-agnostic", "--selection",
+           "reread", "--token-ranking", "own", "--out", f"{{out}}/{long}",
+           done=f"{long}/query-agnostic/adaptive-0.5/L8000/summary.json"),
     )
 
 
@@ -508,8 +510,7 @@ STUDIES: dict[str, Study] = {
             done="ruler-adaptive/frontier.json")),
         frontier_rows("ruler-adaptive", (0.05, 0.1)), "KV cache"),
     "kv-ruler-gemma3": Study(
-        f"KV cache of gemma3-270m on RULER (3 tasks, seed {GEMMA3_SEED}): both settings at 4000 tokens, the question "
-        "in the prompt at 8000",
+        f"KV cache of gemma3-270m on RULER (3 tasks, seed {GEMMA3_SEED}): both settings at 4000 and 8000 tokens",
         (GEMMA3_DETECT, *(step for task in GEMMA3_TASKS for step in ruler_gemma3_steps(task)), gemma3_frontier("4k"),
          gemma3_frontier("8k")),
         combined(frontier_rows("ruler-gemma3-4k", GEMMA3_BUDGETS), frontier_rows("ruler-gemma3-8k", GEMMA3_BUDGETS)),

@@ -146,4 +146,6 @@ def _task_style(method: str, peers: list[str]) -> dict:
         return dict(color=PEER_COLORS[peers.index(method) % len(PEER_COLORS)], marker="x", linestyle="--",
                     label=method)
     base = STYLES.get(method.split(" (")[0], dict(color="black", marker="o"))
-    return dict(color=base["color"], marker=base["marker"], linestyle="-", label=method)
+    followed = "follow " in method  # beside the same policy on the evidence's own scores
+    return dict(color=base["color"], marker="D" if followed else base["marker"], linestyle=":" if followed else "-",
+                label=method)
