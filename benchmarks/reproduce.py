@@ -262,6 +262,7 @@ def printed_rows(*files: str) -> Callable[[Path], list[str]]:
 
 
 RULER_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue", "vt")  # smollm2 finds some at 4000 tokens (seed 1)
+AGNOSTIC_REREAD = ("--query-agnostic", "--selection", "reread", "--token-ranking", "own")  # each head's own re-read
 
 
 def ruler_sweep(task: str, seed: int = 3, *, n: int = 3, length: int = 4000) -> tuple[str, ...]:
@@ -280,7 +281,7 @@ def ruler_frontier_steps(task: str) -> tuple[Step, ...]:
         rh("kv-eval", "--scores", "{out}/detect", *sweep, "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv",
            *ours, done=f"{run}/headkv-0.5/L4000/summary.json"),
         rh("kv-eval", "--scores", "{out}/detect", *sweep, "--policies", "full,snapkv,retrieval-snapkv,headkv",
-           "--query-agnostic", "--selection", "reread", "--token-ranking", "own", *ours,
+           *AGNOSTIC_REREAD, *ours,
            done=f"{run}/query-agnostic/headkv-0.5/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.1", "--presses",
                        "full,snapkv,knorm,streaming-llm,expected-attention,kvzip", "--settings", "agnostic",
@@ -303,8 +304,8 @@ def ruler_adaptive_steps(task: str) -> tuple[Step, ...]:
     ours = ("--budgets", "0.05,0.1", "--policies", ADAPTIVE_POLICIES, "--out", f"{{out}}/{run}", "--resume")
     return (
         rh("kv-eval", "--scores", "{out}/detect", *sweep, *ours, done=f"{run}/retrieval-adaptive-0.1/L4000/summary.json"),
-        rh("kv-eval", "--scores", "{out}/detect", *sweep, *ours, "--query-agnostic", "--selection", "reread",
-           "--token-ranking", "own", done=f"{run}/query-agnostic/retrieval-adaptive-0.1/L4000/summary.json"),
+        rh("kv-eval", "--scores", "{out}/detect", *sweep, *ours, *AGNOSTIC_REREAD,
+           done=f"{run}/query-agnostic/retrieval-adaptive-0.1/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *sweep, "--budgets", "0.05,0.1", "--presses", "kvzip,adakv-snapkv",
                        "--settings", "agnostic", "--scores", "{out}/detect", "--out", f"{{out}}/{peer}", "--resume",
                        done=f"{peer}-agnostic.md"),
@@ -318,32 +319,30 @@ GEMMA3_SEED = 5  # unseen until this study; every setting is kv-eval's default, 
 GEMMA3_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue")  # vt: the full cache scored 0 on seed 1
 GEMMA3_POLICIES = "full,uniform,snapkv,headkv,adaptive"  # retrieval-snapkv: no whole KV head fits below 67%
 GEMMA3_BUDGETS = (0.05, 0.1, 0.2, 0.5)
+GEMMA3_LENGTHS = (4000, 8000)
 
 
 def ruler_gemma3_steps(task: str) -> tuple[Step, ...]:
     """gemma3-270m on 4 samples of ``task`` (seed ``GEMMA3_SEED``): both settings at 4000 and 8000 tokens."""
     ours = ("--model", "gemma3-270m", "--scores", "{out}/detect-gemma3", "--policies", GEMMA3_POLICIES, "--budgets",
             ",".join(map(str, GEMMA3_BUDGETS)), "--resume")
-    short, long = f"gemma3-4k-{task}", f"gemma3-8k-{task}"
-    return (
-        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2), "--out", f"{{out}}/{short}",
-           done=f"{short}/adaptive-0.5/L4000/summary.json"),
-        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2), "--query-agnostic", "--selection", "reread",
-           "--token-ranking", "own", "--out", f"{{out}}/{short}",
-           done=f"{short}/query-agnostic/adaptive-0.5/L4000/summary.json"),
-        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=8000), "--out", f"{{out}}/{long}",
-           done=f"{long}/adaptive-0.5/L8000/summary.json"),
-        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=8000), "--query-agnostic", "--selection",
-           "reread", "--token-ranking", "own", "--out", f"{{out}}/{long}",
-           done=f"{long}/query-agnostic/adaptive-0.5/L8000/summary.json"),
-    )
+    return tuple(
+        rh("kv-eval", *ours, *ruler_sweep(task, GEMMA3_SEED, n=2, length=length), *setting, "--out",
+           f"{{out}}/{_gemma3_run(length, task)}",
+           done=f"{_gemma3_run(length, task)}/{'query-agnostic/' if setting else ''}adaptive-0.5/L{length}/summary.json")
+        for length in GEMMA3_LENGTHS for setting in ((), AGNOSTIC_REREAD))
 
 
-def gemma3_frontier(length: str) -> Step:
-    """One frontier per context length (``4k``, ``8k``) over ``GEMMA3_TASKS``."""
-    return rh("kv-frontier", *(f"{{out}}/gemma3-{length}-{t}" for t in GEMMA3_TASKS), "--title",
-              f"gemma3-270m, RULER at {length[0]}000 tokens (seed {GEMMA3_SEED})", "--out",
-              f"{{out}}/ruler-gemma3-{length}", done=f"ruler-gemma3-{length}/frontier.json")
+def _gemma3_run(length: int, task: str) -> str:
+    return f"gemma3-{length // 1000}k-{task}"
+
+
+def gemma3_frontier(length: int) -> Step:
+    """One frontier per context length over ``GEMMA3_TASKS``."""
+    run = f"ruler-gemma3-{length // 1000}k"
+    return rh("kv-frontier", *(f"{{out}}/{_gemma3_run(length, t)}" for t in GEMMA3_TASKS), "--title",
+              f"gemma3-270m, RULER at {length} tokens (seed {GEMMA3_SEED})", "--out", f"{{out}}/{run}",
+              done=f"{run}/frontier.json")
 
 
 FOLLOW_SEED = 6  # unseen until this study; --follow 8 was chosen on seed 1 (niah_single_2, both models)
@@ -511,8 +510,8 @@ STUDIES: dict[str, Study] = {
         frontier_rows("ruler-adaptive", (0.05, 0.1)), "KV cache"),
     "kv-ruler-gemma3": Study(
         f"KV cache of gemma3-270m on RULER (3 tasks, seed {GEMMA3_SEED}): both settings at 4000 and 8000 tokens",
-        (GEMMA3_DETECT, *(step for task in GEMMA3_TASKS for step in ruler_gemma3_steps(task)), gemma3_frontier("4k"),
-         gemma3_frontier("8k")),
+        (GEMMA3_DETECT, *(step for task in GEMMA3_TASKS for step in ruler_gemma3_steps(task)),
+         *(gemma3_frontier(length) for length in GEMMA3_LENGTHS)),
         combined(frontier_rows("ruler-gemma3-4k", GEMMA3_BUDGETS), frontier_rows("ruler-gemma3-8k", GEMMA3_BUDGETS)),
         "KV cache"),
     "kv-ruler-follow": Study(
