@@ -367,6 +367,35 @@ def follow_frontier(model: str, tasks: tuple[str, ...]) -> Step:
               f"{{out}}/ruler-follow-{model}", done=f"ruler-follow-{model}/frontier.json")
 
 
+CHECK_SEED = 7  # unseen until this study: the product's chosen settings, checked once, beside kvpress
+CHECK_BUDGETS = "0.05,0.1,0.2,0.5"
+
+
+def ruler_check_steps(task: str) -> tuple[Step, ...]:
+    """4 samples of ``task`` (seed ``CHECK_SEED``): our policies with the question (``--follow 8``) and query-agnostic
+    (re-read, own ranking; and on KVzip's scores, ``reread-chunk``, in a run of its own), kvpress's KVzip query-agnostic and its SnapKV and DuoAttention (our pattern) with the
+    question, on the same prompts."""
+    sweep, run = ruler_sweep(task, CHECK_SEED, n=2), f"check-{task}"
+    ours = ("--scores", "{out}/detect", *sweep, "--budgets", CHECK_BUDGETS, "--out", f"{{out}}/{run}", "--resume")
+    peer = ("--scores", "{out}/detect", "--resume", *sweep)
+    return (
+        rh("kv-eval", *ours, "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv", "--follow", FOLLOW,
+           done=f"{run}/headkv-0.5/L4000/summary.json"),
+        rh("kv-eval", *ours, "--policies", "full,snapkv,retrieval-snapkv,adaptive", *AGNOSTIC_REREAD,
+           done=f"{run}/query-agnostic/adaptive-0.5/L4000/summary.json"),
+        rh("kv-eval", "--scores", "{out}/detect", *sweep, "--budgets", CHECK_BUDGETS, "--policies",
+           "snapkv,retrieval-snapkv,adaptive", "--query-agnostic", "--selection", "reread-chunk", "--token-ranking",
+           "own", "--out", f"{{out}}/{run}-chunk", "--resume",
+           done=f"{run}-chunk/query-agnostic/adaptive-0.5/L4000/summary.json"),
+        kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,kvzip", "--settings",
+                       "agnostic", "--out", f"{{out}}/kvp-check-{task}", done=f"kvp-check-{task}.md"),
+        kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,snapkv", "--settings",
+                       "question", "--out", f"{{out}}/kvp-check-q-{task}", done=f"kvp-check-q-{task}.md"),
+        kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.2,0.5", "--presses", "duo-pattern", "--settings",
+                       "question", "--out", f"{{out}}/kvp-check-q-{task}", done=f"kvp-check-duo-{task}.md"),
+    )
+
+
 def frontier_rows(run: str, budgets: tuple[float, ...]) -> Callable[[Path], list[str]]:
     """Per setting: the full cache's task-set average, then every method's share of it at ``budgets``."""
     def rows(out: Path) -> list[str]:
@@ -522,6 +551,15 @@ STUDIES: dict[str, Study] = {
         combined(frontier_rows("ruler-follow-smollm2", (0.05, 0.1)), frontier_rows("ruler-follow-gemma3",
                                                                                   (0.05, 0.1, 0.2))),
         "KV cache"),
+    "kv-ruler-check": Study(
+        f"KV cache on RULER (4 tasks, seed {CHECK_SEED}, 4000 tokens): the chosen settings checked beside kvpress's "
+        "KVzip, SnapKV and DuoAttention",
+        (DETECT, *(step for task in RULER_TASKS for step in ruler_check_steps(task)),
+         rh("kv-frontier", *(f"{{out}}/check-{t}{kind}" for t in RULER_TASKS for kind in ("", "-chunk")),
+            *(a for t in RULER_TASKS for d in (f"kvp-check-{t}", f"kvp-check-q-{t}") for a in ("--peer", f"{{out}}/{d}")),
+            "--title", f"smollm2-135m, RULER at 4000 tokens (seed {CHECK_SEED})", "--out", "{out}/ruler-check",
+            done="ruler-check/frontier.json")),
+        frontier_rows("ruler-check", (0.05, 0.1, 0.2)), "KV cache"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
         (LOOKUP, DETECT,

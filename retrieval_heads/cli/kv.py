@@ -42,7 +42,9 @@ class KvEval(Command):
                             "adaptive, retrieval-adaptive): window = the "
                             "observation window's attention (SnapKV-style); reread = the attention each token gets "
                             "while the model re-reads the context (KVzip-style; question-agnostic, costs a second "
-                            "prefill). Old names: snapkv, reconstruct (deprecated)")
+                            "prefill); reread-chunk = the same scored as KVzip scores (each re-reading row's softmax "
+                            "over the chunk it re-reads, 2048 tokens a pass, no pooling). Old names: snapkv, "
+                            "reconstruct (deprecated)")
         g.add_argument("--token-ranking", default=defaults.token_ranking, choices=TOKEN_RANKINGS,
                        type=renamed_values("--token-ranking", RENAMED["token_ranking"]),
                        help="whose evidence ranks each KV head's tokens (snapkv, retrieval-snapkv, headkv): own = its "

@@ -14,7 +14,8 @@ Head-level policies (``cache.HeadwiseCache``: a KV head is full or streams sink 
     uniform    no full head; every KV head keeps sink + a window sized to ``b``.
 Token-level policies (``compressed.CompressedCache``: each KV head keeps its own positions, chosen after
 the prefill by ``selection``: ``window``, the observation window's attention as SnapKV does, ``snapkv.py``,
-or ``reread``, the attention each token gets while the context is re-read as KVzip does, ``reconstruct.py``;
+or ``reread``, the attention each token gets while the context is re-read as KVzip does, ``reconstruct.py``,
+or ``reread-chunk``, the same with KVzip's own scores (each re-reading row's softmax over the chunk it re-reads);
 then every new token):
     snapkv            every KV head keeps ``b x T`` tokens: sink + observation window + top tokens (the
                       uniform split, whatever the selection).
@@ -51,7 +52,8 @@ from ..errors import UserError
 HEAD_POLICIES = ("full", "retrieval", "random", "uniform")
 TOKEN_POLICIES = ("snapkv", "retrieval-snapkv", "headkv", "adaptive", "retrieval-adaptive")
 POLICIES = HEAD_POLICIES + TOKEN_POLICIES
-SELECTIONS = ("window", "reread")  # what chooses a token-level plan's tokens (see the module docstring)
+SELECTIONS = ("window", "reread", "reread-chunk")  # what chooses a token-level plan's tokens (module docstring)
+REREADS = ("reread", "reread-chunk")  # the selections that re-read the context (``reconstruct.py``)
 POOLS = ("model", "layer")  # adaptive policies: which KV heads share one pool (see ``KvPlan.pool``)
 TOKEN_RANKINGS = ("own", "retrieval-heads")  # whose evidence ranks each KV head's tokens (see the module docstring)
 RENAMED = {  # old value -> today's, per setting (deprecated; accepted for one release and in saved runs)

@@ -5,8 +5,8 @@ when decoding starts (``HeadwiseCache.from_prefilled``, the ``prefill="full"`` s
 keep per KV head the tokens their selection chooses (``CompressedCache.from_prefilled``). ``run_shared`` prefills
 each prompt once with the ``Engine`` (shared-prefix reuse included), under ``snapkv.capture_window`` when
 a plan selects tokens by the observation window (``selection="window"``, as SnapKV does), so the window's
-attention is recorded on the way; plans that select by re-reading (``selection="reread"``, ``reconstruct.py``)
-have the context re-read once after the prefill (the cache is put back as it was). Then, per condition:
+attention is recorded on the way; plans that select by re-reading (``selection="reread"`` or ``"reread-chunk"``,
+``reconstruct.py``) have the context re-read once after the prefill (the cache is put back as it was). Then, per condition:
 
     compress   a copy of the prefilled cache under the condition's plan
     question   (``query_agnostic``) the question's tokens prefilled into the compressed cache
@@ -45,8 +45,8 @@ from ..sweep.runner import SweepRun, progress_bar
 from .attention import HeadwiseAttention
 from .cache import HeadwiseCache, cache_stats, num_kv_heads
 from .compressed import CompressedCache
-from .policy import DEFAULT_OBS_WINDOW, KvPlan, current
-from .reconstruct import reconstruction_scores, repeat_ids
+from .policy import DEFAULT_OBS_WINDOW, REREADS, KvPlan, current
+from .reconstruct import CHUNK_SIZE, reconstruction_scores, repeat_ids
 from .records import SAMPLES, add_timing, check_plan, length_stats, peak_rss_mb, reset_peak_rss, with_kv_rows
 from .snapkv import (POOL_KERNEL, ObservationWindow, Observed, capture_window, evidence_counts, own_first,
                      select_positions)
@@ -88,7 +88,7 @@ def run_shared(loaded: LoadedModel, config: SweepConfig, out: str | Path, planne
     results = {name: {"by_length": []} for name in planners}
     selection = selection_of([planner(max(config.lengths)) for planner in planners.values()])
     observer = ObservationWindow(obs_window) if selection == "window" else None
-    instruction = repeat_ids(loaded.tokenizer) if selection == "reread" else []
+    instruction = repeat_ids(loaded.tokenizer) if selection in REREADS else []
     with HeadwiseAttention(loaded.model), (capture_window(loaded.model, observer) if observer else nullcontext()):
         for length in sorted(config.lengths):
             one = replace(config, lengths=[length], batch_size=1)
@@ -116,8 +116,9 @@ def selection_of(plans: list[KvPlan]) -> str | None:
 @dataclass
 class Evidence:
     """How the plans of one shared prefill choose their tokens: ``selection`` (None: they do not), the
-    observation window (``window``: also its ``observer``; ``reread``: the tokens always kept), the
-    repeat instruction's ids and the re-reading scores' pooling kernel (``reread``). ``seconds``: spent
+    observation window (``window``: also its ``observer``; the re-reads: the tokens always kept), the
+    repeat instruction's ids and the re-reading scores' pooling kernel (``reread``; ``reread-chunk`` re-reads as
+    KVzip: ``reconstruct.CHUNK_SIZE`` tokens a pass, the chunk softmax, no pooling). ``seconds``: spent
     re-reading."""
 
     selection: str | None
@@ -132,11 +133,14 @@ class Evidence:
 
     def gather(self, engine: Engine, ids: list[int], num_kv_heads: int):
         """Prefill ``ids`` with the engine; return the cache and the ``Observed`` scores (None: no selection)."""
-        if self.selection == "reread":
-            cache = cache_to_compress(engine, ids, room=len(self.instruction) + engine.chunk_size + 1)
+        if self.selection in REREADS:
+            kvzip = self.selection == "reread-chunk"  # KVzip's scores: chunk softmax, its chunks, no pooling
+            chunk_size = CHUNK_SIZE if kvzip else engine.chunk_size
+            cache = cache_to_compress(engine, ids, room=len(self.instruction) + chunk_size + 1)
             start = time.perf_counter()
             observed = reconstruction_scores(engine.model, cache, ids, self.instruction, window=self.window,
-                                             chunk_size=engine.chunk_size, pool=self.pool)
+                                             chunk_size=chunk_size, pool=1 if kvzip else self.pool,
+                                             softmax="chunk" if kvzip else "context")
             self.seconds += time.perf_counter() - start
             return cache, observed
         cache = prefill_observed(engine, ids, self.observer)

@@ -88,8 +88,9 @@ def label(base: str, selection: str, ranking: str = "") -> str:
     """A policy's legend entry, naming tokens chosen by re-reading (``selection="reread"``, ``kv/reconstruct.py``)
     rather than by SnapKV's observation window, and tokens ranked by the retrieval heads for every head
     (``token_ranking="retrieval-heads"``); today's names only."""
-    if selection == "reread":
-        base = base.replace("SnapKV", "re-read tokens") if "SnapKV" in base else f"{base}, re-read tokens"
+    if selection in ("reread", "reread-chunk"):
+        tokens = "re-read tokens" + (" (KVzip's scores)" if selection == "reread-chunk" else "")
+        base = base.replace("SnapKV", tokens) if "SnapKV" in base else f"{base}, {tokens}"
     return f"{base}, ranked by retrieval heads" if ranking == "retrieval-heads" else base
 
 
