@@ -369,31 +369,43 @@ def follow_frontier(model: str, tasks: tuple[str, ...]) -> Step:
 
 CHECK_SEED = 7  # unseen until this study: the product's chosen settings, checked once, beside kvpress
 CHECK_BUDGETS = "0.05,0.1,0.2,0.5"
+CHECK_AGNOSTIC_TASKS = RULER_TASKS[:3]  # vt left out of the query-agnostic runs, for time (a re-read costs minutes)
 
 
 def ruler_check_steps(task: str) -> tuple[Step, ...]:
-    """4 samples of ``task`` (seed ``CHECK_SEED``): our policies with the question (``--follow 8``) and query-agnostic
-    (re-read, own ranking; and on KVzip's scores, ``reread-chunk``, in a run of its own), kvpress's KVzip query-agnostic and its SnapKV and DuoAttention (our pattern) with the
-    question, on the same prompts."""
+    """4 samples of ``task`` (seed ``CHECK_SEED``): our policies with the question (``--follow 8``), kvpress's SnapKV
+    and DuoAttention (our pattern) with the question; for ``CHECK_AGNOSTIC_TASKS`` also query-agnostic: ours
+    re-reading (own ranking; and on KVzip's scores, ``reread-chunk``, in a run of its own) and kvpress's KVzip."""
     sweep, run = ruler_sweep(task, CHECK_SEED, n=2), f"check-{task}"
-    ours = ("--scores", "{out}/detect", *sweep, "--budgets", CHECK_BUDGETS, "--out", f"{{out}}/{run}", "--resume")
+    ours = ("--scores", "{out}/detect", *sweep, "--budgets", CHECK_BUDGETS, "--resume")
     peer = ("--scores", "{out}/detect", "--resume", *sweep)
-    return (
-        rh("kv-eval", *ours, "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv", "--follow", FOLLOW,
-           done=f"{run}/headkv-0.5/L4000/summary.json"),
-        rh("kv-eval", *ours, "--policies", "full,snapkv,retrieval-snapkv,adaptive", *AGNOSTIC_REREAD,
-           done=f"{run}/query-agnostic/adaptive-0.5/L4000/summary.json"),
-        rh("kv-eval", "--scores", "{out}/detect", *sweep, "--budgets", CHECK_BUDGETS, "--policies",
-           "snapkv,retrieval-snapkv,adaptive", "--query-agnostic", "--selection", "reread-chunk", "--token-ranking",
-           "own", "--out", f"{{out}}/{run}-chunk", "--resume",
-           done=f"{run}-chunk/query-agnostic/adaptive-0.5/L4000/summary.json"),
-        kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,kvzip", "--settings",
-                       "agnostic", "--out", f"{{out}}/kvp-check-{task}", done=f"kvp-check-{task}.md"),
+    question = (
+        rh("kv-eval", *ours, "--out", f"{{out}}/{run}", "--policies", "full,uniform,snapkv,retrieval-snapkv,headkv",
+           "--follow", FOLLOW, done=f"{run}/headkv-0.5/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,snapkv", "--settings",
                        "question", "--out", f"{{out}}/kvp-check-q-{task}", done=f"kvp-check-q-{task}.md"),
         kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.2,0.5", "--presses", "duo-pattern", "--settings",
                        "question", "--out", f"{{out}}/kvp-check-q-{task}", done=f"kvp-check-duo-{task}.md"),
     )
+    if task not in CHECK_AGNOSTIC_TASKS:
+        return question
+    return question + (
+        rh("kv-eval", *ours, "--out", f"{{out}}/{run}", "--policies", "full,snapkv,retrieval-snapkv,adaptive",
+           *AGNOSTIC_REREAD, done=f"{run}/query-agnostic/adaptive-0.5/L4000/summary.json"),
+        rh("kv-eval", *ours, "--out", f"{{out}}/{run}-chunk", "--policies", "snapkv,retrieval-snapkv,adaptive",
+           "--query-agnostic", "--selection", "reread-chunk", "--token-ranking", "own",
+           done=f"{run}-chunk/query-agnostic/adaptive-0.5/L4000/summary.json"),
+        kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,kvzip", "--settings",
+                       "agnostic", "--out", f"{{out}}/kvp-check-{task}", done=f"kvp-check-{task}.md"),
+    )
+
+
+def ruler_check_frontier() -> Step:
+    runs = [f"{{out}}/check-{t}" for t in RULER_TASKS] + [f"{{out}}/check-{t}-chunk" for t in CHECK_AGNOSTIC_TASKS]
+    peers = [f"{{out}}/kvp-check-q-{t}" for t in RULER_TASKS] + [f"{{out}}/kvp-check-{t}" for t in CHECK_AGNOSTIC_TASKS]
+    return rh("kv-frontier", *runs, *(a for peer in peers for a in ("--peer", peer)), "--title",
+              f"smollm2-135m, RULER at 4000 tokens (seed {CHECK_SEED})", "--out", "{out}/ruler-check",
+              done="ruler-check/frontier.json")
 
 
 def frontier_rows(run: str, budgets: tuple[float, ...]) -> Callable[[Path], list[str]]:
@@ -552,13 +564,10 @@ STUDIES: dict[str, Study] = {
                                                                                   (0.05, 0.1, 0.2))),
         "KV cache"),
     "kv-ruler-check": Study(
-        f"KV cache on RULER (4 tasks, seed {CHECK_SEED}, 4000 tokens): the chosen settings checked beside kvpress's "
+        f"KV cache on RULER (seed {CHECK_SEED}, 4000 tokens; 4 tasks, 3 query-agnostic): the chosen settings beside kvpress's "
         "KVzip, SnapKV and DuoAttention",
         (DETECT, *(step for task in RULER_TASKS for step in ruler_check_steps(task)),
-         rh("kv-frontier", *(f"{{out}}/check-{t}{kind}" for t in RULER_TASKS for kind in ("", "-chunk")),
-            *(a for t in RULER_TASKS for d in (f"kvp-check-{t}", f"kvp-check-q-{t}") for a in ("--peer", f"{{out}}/{d}")),
-            "--title", f"smollm2-135m, RULER at 4000 tokens (seed {CHECK_SEED})", "--out", "{out}/ruler-check",
-            done="ruler-check/frontier.json")),
+         ruler_check_frontier()),
         frontier_rows("ruler-check", (0.05, 0.1, 0.2)), "KV cache"),
     "kv-question": Study(
         "KV cache with the question in the prompt, held-out needles, 4000 tokens",
