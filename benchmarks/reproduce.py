@@ -564,8 +564,8 @@ STUDIES: dict[str, Study] = {
                                                                                   (0.05, 0.1, 0.2))),
         "KV cache"),
     "kv-ruler-check": Study(
-        f"KV cache on RULER (seed {CHECK_SEED}, 4000 tokens; 4 tasks, 3 query-agnostic): the chosen settings beside kvpress's "
-        "KVzip, SnapKV and DuoAttention",
+        f"KV cache on RULER (seed {CHECK_SEED}, 4000 tokens; 4 tasks, 3 query-agnostic): the chosen settings beside "
+        "kvpress's KVzip, SnapKV and DuoAttention",
         (DETECT, *(step for task in RULER_TASKS for step in ruler_check_steps(task)),
          ruler_check_frontier()),
         frontier_rows("ruler-check", (0.05, 0.1, 0.2)), "KV cache"),

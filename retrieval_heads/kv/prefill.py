@@ -5,8 +5,9 @@ when decoding starts (``HeadwiseCache.from_prefilled``, the ``prefill="full"`` s
 keep per KV head the tokens their selection chooses (``CompressedCache.from_prefilled``). ``run_shared`` prefills
 each prompt once with the ``Engine`` (shared-prefix reuse included), under ``snapkv.capture_window`` when
 a plan selects tokens by the observation window (``selection="window"``, as SnapKV does), so the window's
-attention is recorded on the way; plans that select by re-reading (``selection="reread"`` or ``"reread-chunk"``,
-``reconstruct.py``) have the context re-read once after the prefill (the cache is put back as it was). Then, per condition:
+attention is recorded on the way; plans that select by re-reading (``selection="reread"`` or
+``"reread-chunk"``, ``reconstruct.py``) have the context re-read once after the prefill (the cache is put back
+as it was). Then, per condition:
 
     compress   a copy of the prefilled cache under the condition's plan
     question   (``query_agnostic``) the question's tokens prefilled into the compressed cache
