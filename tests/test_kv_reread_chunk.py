@@ -104,3 +104,11 @@ def test_kv_eval_selects_by_kvzip_scores(tiny_tokenizer, tmp_path, monkeypatch):
     calls.clear()
     run_kv_eval(loaded, config, tmp_path / "reread", scores, selection="reread", **options)
     assert calls and all(c["softmax"] == "context" and c["pool"] > 1 for c in calls)
+
+
+def test_frontier_draws_kvzip_scores_apart_from_ours():
+    from retrieval_heads.analysis.plots.kv import _task_style
+
+    ours, kvzips = _task_style("adaptive (reread)", []), _task_style("adaptive (reread-chunk)", [])
+    assert ours["color"] == kvzips["color"]  # the same policy
+    assert (ours["linestyle"], ours["markerfacecolor"]) != (kvzips["linestyle"], kvzips["markerfacecolor"])

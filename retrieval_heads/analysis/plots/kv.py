@@ -148,5 +148,7 @@ def _task_style(method: str, peers: list[str]) -> dict:
                     label=method)
     base = STYLES.get(method.split(" (")[0], dict(color="black", marker="o"))
     followed = "follow " in method  # beside the same policy on the evidence's own scores
-    return dict(color=base["color"], marker="D" if followed else base["marker"], linestyle=":" if followed else "-",
-                label=method)
+    kvzip_scored = "reread-chunk" in method  # beside the same policy on our re-read scores
+    return dict(color=base["color"], marker="D" if followed else base["marker"],
+                linestyle=":" if followed else "-." if kvzip_scored else "-",
+                markerfacecolor="none" if kvzip_scored else base["color"], label=method)
