@@ -14,7 +14,7 @@ from retrieval_heads.core.engine import new_cache
 from retrieval_heads.errors import UserError
 from retrieval_heads.kv.policy import eligible_layers
 from retrieval_heads.kv.prefill import extend
-from retrieval_heads.kv.reconstruct import reconstruction_scores
+from retrieval_heads.kv.reconstruct import CHUNK_SINK, reconstruction_scores
 from retrieval_heads.kv.snapkv import pool_scores
 
 CONTEXT, WINDOW, CHUNK = 40, 4, 16
@@ -34,16 +34,24 @@ def _ids(length: int, seed: int = 0) -> list[int]:
 
 
 @torch.no_grad()
-def _expected(model, ids: list[int]) -> dict[int, torch.Tensor]:
-    """Per global layer, (Hkv, CONTEXT): max over chunks' rows and group heads of eager attention weights."""
+def _expected(model, ids: list[int], softmax: str = "context") -> dict[int, torch.Tensor]:
+    """Per global layer, (Hkv, CONTEXT): max over chunks' rows and group heads of eager attention weights; with
+    ``softmax="chunk"`` each chunk's weights renormalised over the first ``CHUNK_SINK`` tokens, the chunk and the
+    re-reading rows alone (the softmax of those logits), the other context tokens 0."""
     hkv = model.config.num_key_value_heads
     found = {}
     for start in range(0, CONTEXT, CHUNK):
-        full = ids + INSTRUCTION + ids[start:start + CHUNK]
+        end = min(start + CHUNK, CONTEXT)
+        full = ids + INSTRUCTION + ids[start:end]
         attentions = model(input_ids=torch.tensor([full]), output_attentions=True).attentions
         for layer in np.flatnonzero(eligible_layers(model.config)).tolist():
-            w = attentions[layer][0, :, CONTEXT:, :CONTEXT].float()  # (H, rows, CONTEXT)
-            best = w.reshape(hkv, -1, w.shape[1], CONTEXT).amax(dim=(1, 2))
+            w = attentions[layer][0, :, CONTEXT:, :].float()  # (H, rows, K)
+            if softmax == "chunk":
+                keys = list(range(min(CHUNK_SINK, start))) + list(range(start, end)) + list(range(CONTEXT, len(full)))
+                part = torch.zeros_like(w)
+                part[..., keys] = w[..., keys] / w[..., keys].sum(-1, keepdim=True)
+                w = part
+            best = w[..., :CONTEXT].reshape(hkv, -1, w.shape[1], CONTEXT).amax(dim=(1, 2))
             found[layer] = best if layer not in found else torch.maximum(found[layer], best)
     return found
 

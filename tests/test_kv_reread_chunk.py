@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from transformers import DynamicCache
@@ -12,32 +11,9 @@ from transformers import DynamicCache
 from conftest import tiny_kv_eval
 from retrieval_heads.errors import UserError
 from retrieval_heads.kv.frontier import method_name
-from retrieval_heads.kv.policy import eligible_layers
 from retrieval_heads.kv.prefill import extend
 from retrieval_heads.kv.reconstruct import CHUNK_SINK, CHUNK_SIZE, chunk_softmax, reconstruction_scores
-from test_kv_reconstruct import CHUNK, CONTEXT, INSTRUCTION, WINDOW, _ids, _model
-
-
-@torch.no_grad()
-def _expected_chunk(model, ids: list[int]) -> dict[int, torch.Tensor]:
-    """Per global layer, (Hkv, CONTEXT): for each chunk, the softmax of the eager logits over the first CHUNK_SINK
-    tokens, the chunk and the re-reading rows alone (eager weights renormalised), max over rows and group heads."""
-    hkv = model.config.num_key_value_heads
-    found = {}
-    for start in range(0, CONTEXT, CHUNK):
-        end = min(start + CHUNK, CONTEXT)
-        full = ids + INSTRUCTION + ids[start:end]
-        attentions = model(input_ids=torch.tensor([full]), output_attentions=True).attentions
-        keys = list(range(min(CHUNK_SINK, start))) + list(range(start, end)) + list(range(CONTEXT, len(full)))
-        for layer in np.flatnonzero(eligible_layers(model.config)).tolist():
-            w = attentions[layer][0, :, CONTEXT:, :].float()  # (H, rows, K)
-            part = w[..., keys] / w[..., keys].sum(-1, keepdim=True)
-            scored = torch.zeros(w.shape[0], w.shape[1], CONTEXT)
-            context_keys = [k for k in keys if k < CONTEXT]
-            scored[..., context_keys] = part[..., : len(context_keys)]
-            best = scored.reshape(hkv, -1, w.shape[1], CONTEXT).amax(dim=(1, 2))
-            found[layer] = best if layer not in found else torch.maximum(found[layer], best)
-    return found
+from test_kv_reconstruct import CHUNK, CONTEXT, INSTRUCTION, WINDOW, _expected, _ids, _model
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
@@ -49,7 +25,7 @@ def test_chunk_scores_are_the_restricted_softmax_maxima(family):
     observed = reconstruction_scores(model, cache, ids, INSTRUCTION, window=WINDOW, chunk_size=CHUNK, pool=1,
                                      softmax="chunk")
     whole = reconstruction_scores(model, cache, ids, INSTRUCTION, window=WINDOW, chunk_size=CHUNK, pool=1)
-    expected = _expected_chunk(model, ids)
+    expected = _expected(model, ids, softmax="chunk")
     assert sorted(observed.scores) == sorted(expected)
     for layer, maxima in expected.items():
         torch.testing.assert_close(observed.scores[layer], maxima[:, :CONTEXT - WINDOW], atol=1e-5, rtol=1e-4)
