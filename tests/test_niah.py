@@ -13,7 +13,8 @@ from retrieval_heads.core.head_scores import HeadScores
 from retrieval_heads.core.hooks import AblationPhase, AttentionControl
 from retrieval_heads.errors import UserError
 from retrieval_heads.masking.failures import FailureType, classify, contains_answer
-from retrieval_heads.masking.heads import MaskPlan, Selection, parse_heads, plan_masking, random_heads, top_heads
+from retrieval_heads.masking.heads import (MaskPlan, Selection, parse_heads, plan_masking, random_heads, random_pool,
+                                           top_heads)
 from retrieval_heads.masking.niah import run_niah
 from retrieval_heads.masking.sweep import run_mask_sweep, usable_ks
 from retrieval_heads.models import LoadedModel
@@ -32,6 +33,24 @@ def test_top_and_random_heads():
     drawn = random_heads(s, 5, seed=1)
     assert len(set(drawn)) == 5 and not {(2, 5), (1, 0), (0, 3)} & set(drawn)
     assert drawn == random_heads(s, 5, seed=1) != random_heads(s, 5, seed=2)
+
+
+def test_random_heads_never_include_the_top_k_they_are_compared_with():
+    """With K beyond the retrieval heads, the top K reach below the threshold; random-K stays outside them."""
+    mean = np.zeros((3, 8))
+    mean[0, :] = [0.9, 0.5, 0.09, 0.08, 0.07, 0.06, 0.05, 0.04]  # 2 retrieval heads, 6 just below 0.1
+    s = HeadScores(mean[None])
+    top = set(top_heads(s, 8))
+    assert top == {(0, h) for h in range(8)}
+    for seed in range(20):
+        drawn = random_heads(s, 8, seed=seed)
+        assert len(set(drawn)) == 8 and not top & set(drawn)
+    # the top 12 are layer 0 and heads 0-3 of layer 1 (ties by position): 12 heads are left to draw from
+    assert set(random_heads(s, 12, seed=0)) == {(1, h) for h in range(4, 8)} | {(2, h) for h in range(8)}
+    with pytest.raises(UserError, match="outside the top K"):
+        random_heads(s, 13, seed=0)
+    assert usable_ks([0, 2, 8, 12, 13, 20], s) == [0, 2, 8, 12]
+    assert len(random_pool(s, 2)) == 22  # K within the retrieval heads: every non-retrieval head
 
 
 def test_masking_errors_are_user_errors():

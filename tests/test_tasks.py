@@ -251,6 +251,9 @@ def test_end_to_end_tiny_llama(loaded, tmp_path, monkeypatch):
     assert len(records) == 3 * 3 * 3 + 3 + 2 * known
     row = next(r for r in written["rows"] if r["suite"] == "knowledge-qa" and r["condition"] == "top-4")
     assert row["n"] == known
+    # top-4 against random-4, one row per suite, on the items all three conditions answered
+    assert [(c["suite"], c["k"], c["n"]) for c in written["contrasts"]] == [
+        (suite.name, 4, known if suite.only_known else 3) for suite in suites]
 
     again = run_tasks(loaded, suites, _conditions(), out, n=3, max_new_tokens=3, progress=False, resume=True)
     assert len((out / "results.jsonl").read_text().splitlines()) == len(records)  # nothing rerun

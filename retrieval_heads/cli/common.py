@@ -190,7 +190,7 @@ def add_mask_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scores", default=None, help="head scores: a detection run directory or a score file (JSON/CSV)")
     g.add_argument("--mask-top", type=int, default=None, metavar="K", help="ablate the K best retrieval heads")
     g.add_argument("--mask-random", type=int, default=None, metavar="K",
-                   help="ablate K random heads drawn from the non-retrieval heads (score <= 0.1)")
+                   help="ablate K random heads drawn from the non-retrieval heads (score <= 0.1) outside the top K")
     g.add_argument("--mask-heads", default=None, metavar="L-H,...", help="ablate these heads, e.g. 16-19,11-15")
     g.add_argument("--mask-mode", default="uniform", choices=["uniform", "zero"],
                    help="uniform: zero the query (attend uniformly, the paper's); zero: zero the head's output")

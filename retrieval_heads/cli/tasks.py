@@ -115,8 +115,21 @@ def format_summary(summary: dict, out: str) -> str:
         if "n_before_filter" in r and r["accuracy_before_filter"] is not None:
             lines.append(f"{r['suite']}: the unmasked model answered {r['n']} of {r['n_before_filter']} "
                          f"({r['accuracy_before_filter']:.1%}); only those count under every condition")
+    lines.extend(contrast_line(c) for c in summary.get("contrasts", []))
     lines.append(f"results in {out}/ (results.jsonl, summary.json, tasks.png); {summary['wall_seconds']} s")
     return "\n".join(lines)
+
+
+def contrast_line(c: dict) -> str:
+    """Top-K against random-K on one suite's shared items, in points (paired bootstrap 95% intervals)."""
+    def bound(value):
+        return "unbounded" if value is None else f"{value:.1f}x"
+
+    ratio = "no ratio (random-K did not lower accuracy)" if c["ratio"] is None else (
+        f"{c['ratio']:.1f}x [{bound(c['ratio_low'])}, {bound(c['ratio_high'])}]")
+    return (f"{c['suite']}: top-{c['k']} costs {100 * c['drop_top']:.1f} points, random-{c['k']} "
+            f"{100 * c['drop_random']:.1f} ({c['n']} items): {100 * c['difference']:+.1f} points "
+            f"[{100 * c['difference_low']:+.1f}, {100 * c['difference_high']:+.1f}], {ratio}")
 
 
 def _sha256(path: str) -> str:

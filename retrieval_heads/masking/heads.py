@@ -67,12 +67,20 @@ def top_heads(scores: HeadScores, k: int) -> list[Head]:
     return [(layer, head) for layer, head, _ in scores.top(k)]
 
 
-def random_heads(scores: HeadScores, k: int, seed: int, threshold: float = RETRIEVAL_THRESHOLD) -> list[Head]:
-    """``k`` heads drawn with ``seed`` from those scoring at most ``threshold`` (non-retrieval heads)."""
+def random_pool(scores: HeadScores, k: int, threshold: float = RETRIEVAL_THRESHOLD) -> list[Head]:
+    """The heads ``k`` random heads are drawn from: the non-retrieval heads (score at most ``threshold``) outside
+    the top ``k``, so that the control never masks a head of the top-K it is compared with (when K exceeds the
+    number of retrieval heads, the top K reach below the threshold)."""
+    top = {(layer, head) for layer, head, _ in scores.top(k)}
     mean = scores.mean
-    pool = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads)
-            if mean[l, h] <= threshold and scores.applicable[l, h]]
-    check_k(k, len(pool), "--mask-random (non-retrieval heads)")
+    return [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads)
+            if mean[l, h] <= threshold and scores.applicable[l, h] and (l, h) not in top]
+
+
+def random_heads(scores: HeadScores, k: int, seed: int, threshold: float = RETRIEVAL_THRESHOLD) -> list[Head]:
+    """``k`` heads drawn with ``seed`` from ``random_pool``: non-retrieval heads outside the top ``k``."""
+    pool = random_pool(scores, k, threshold)
+    check_k(k, len(pool), "--mask-random (non-retrieval heads outside the top K)")
     return sorted(random.Random(seed).sample(pool, k))
 
 

@@ -5,25 +5,24 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..core.head_scores import RETRIEVAL_THRESHOLD, HeadScores
+from ..core.head_scores import HeadScores
 from ..core.hooks import AttentionControl
 from ..errors import UserError
 from ..io import write_json_atomic
 from ..models import LoadedModel
 from ..sweep.grid import SweepConfig
 from ..sweep.haystack import needles_metric
-from .heads import MaskPlan, Selection, random_heads, top_heads
+from .heads import MaskPlan, Selection, random_heads, random_pool, top_heads
 from .niah import run_niah
 
 DEFAULT_KS = (0, 2, 5, 10, 20, 30, 50, 100)
 
 
 def usable_ks(ks: list[int], scores: HeadScores) -> list[int]:
-    """``ks`` capped at the model's head count and at the number of non-retrieval heads (for random-K)."""
-    pool = int((scores.mean <= RETRIEVAL_THRESHOLD).sum())
-    kept = sorted({k for k in ks if 0 <= k <= min(pool, scores.num_layers * scores.num_heads)})
+    """``ks`` capped at the model's head count and at the heads random-K can draw from (``random_pool``)."""
+    kept = sorted({k for k in ks if 0 <= k <= min(len(random_pool(scores, k)), scores.num_layers * scores.num_heads)})
     if not kept:
-        raise UserError(f"no K in {ks} fits this model ({pool} non-retrieval heads)")
+        raise UserError(f"no K in {ks} fits this model ({len(random_pool(scores, 0))} non-retrieval heads)")
     return kept
 
 

@@ -4,7 +4,8 @@ A **suite** is a list of items (built-in, see ``suites.py``, or a user's JSONL f
 style and a token budget. A **condition** is a set of heads ablated while decoding (none, the
 top-K retrieval heads, K random non-retrieval heads). ``run_tasks`` answers every item of every
 suite greedily under every condition, appends one record per item to ``results.jsonl`` as it
-finishes, and summarises accuracy with Wilson 95% intervals.
+finishes, and summarises accuracy with Wilson 95% intervals, and top-K against random-K on the same items with
+paired bootstrap intervals (``contrast``).
 
 Scoring: ``scoring`` (whole-word answers, distractors, the final answer of a chain of thought).
 
@@ -25,6 +26,7 @@ from typing import Callable
 from ..core.hooks import head_mask
 from ..errors import UserError
 from ..masking.heads import MaskPlan
+from .contrast import top_random_contrasts
 from .scoring import score
 from .suites import DEFAULT_SEED, REAL_SUITES, Item, load_items, suite_items
 
@@ -256,11 +258,13 @@ def run_tasks(loaded, suites: list[Suite], conditions: list[Condition], out: str
                     records = {r["id"]: r for r in run.records()}
                     known = {it.id for it in items[suite.name]
                              if records.get(f"{suite.name}/none/{it.id}", {}).get("correct")}
-    rows = summarize(run.records(), suites, conditions, items)
+    records = run.records()
+    rows = summarize(records, suites, conditions, items)
     summary = {"model": loaded.name, "num_layers": loaded.num_layers, "num_heads": loaded.num_heads,
                "n_requested": n, "item_seed": seed, "mask_mode": control.mode.value, "mask_phase": control.phase.value,
                "conditions": [{"name": c.name, **c.plan.describe()} for c in conditions],
-               "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
+               "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows,
+               "contrasts": top_random_contrasts(records, suites, conditions, items)}
     from ..analysis.plots.tasks import task_accuracy
 
     title = f"{loaded.name}: accuracy with heads masked"
