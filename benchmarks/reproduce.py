@@ -142,12 +142,17 @@ def task_rows(out: Path, run: str = "tasks") -> list[str]:
             for suite, conditions in by.items()]
 
 
-def real_task_rows(out: Path) -> list[str]:
+def real_task_rows(run: str) -> Callable[[Path], list[str]]:
     """Accuracy with its Wilson interval per suite and condition, the drop each masking causes, and top-K against
     random-K on the same items (the product's paired bootstrap, as ``tasks`` prints it)."""
+    def rows(out: Path) -> list[str]:
+        return _real_task_lines(_json(out / run / "summary.json"))
+    return rows
+
+
+def _real_task_lines(summary: dict) -> list[str]:
     from retrieval_heads.cli.tasks import contrast_line
 
-    summary = _json(out / "tasks-real" / "summary.json")
     rows = summary["rows"]
     by: dict[str, dict[str, dict]] = {}
     for r in rows:
@@ -554,8 +559,10 @@ STUDIES: dict[str, Study] = {
         "SQuAD 2.0 and HotpotQA questions with no heads, the top-20 and 20 random heads masked",
         (DETECT,
          rh("tasks", "--suite", "squad", "--suite", "hotpotqa", "--n", "100", "--scores", "{out}/detect",
-            "--random-per-sample", "--out", "{out}/tasks-real", done="tasks-real/summary.json")),
-        real_task_rows, "Downstream tasks"),
+            "--random-per-sample", "--out", "{out}/tasks-real", done="tasks-real/summary.json"),
+         rh("tasks", "--suite", "squad", "--n", "200", "--item-seed", "21", "--scores", "{out}/detect",
+            "--random-per-sample", "--out", "{out}/squad-seed21", done="squad-seed21/summary.json")),
+        combined(real_task_rows("tasks-real"), real_task_rows("squad-seed21")), "Downstream tasks"),
     "kv-ruler": Study(
         "KV cache with the question in the prompt on RULER niah_single_2 and niah_multikey_1 (seed 2), 4000 tokens",
         (DETECT, *(step for task in ("niah_single_2", "niah_multikey_1") for step in (
