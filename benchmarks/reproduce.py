@@ -146,25 +146,22 @@ def real_task_rows(run: str) -> Callable[[Path], list[str]]:
     """Accuracy with its Wilson interval per suite and condition, the drop each masking causes, and top-K against
     random-K on the same items (the product's paired bootstrap, as ``tasks`` prints it)."""
     def rows(out: Path) -> list[str]:
-        return _real_task_lines(_json(out / run / "summary.json"))
+        from retrieval_heads.cli.tasks import contrast_line
+
+        summary = _json(out / run / "summary.json")
+        by: dict[str, dict[str, dict]] = {}
+        for r in summary["rows"]:
+            by.setdefault(r["suite"], {})[r["condition"]] = r
+        lines = []
+        for suite, conditions in by.items():
+            none = conditions["none"]["accuracy"]
+            parts = [f"{name} {100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] "
+                     f"(n {r['n']})" for name, r in conditions.items()]
+            drops = [f"{name} -{100 * (none - r['accuracy']):.1f} pts" for name, r in conditions.items()
+                     if name != "none"]
+            lines.append(f"{suite}: " + "; ".join(parts) + " | drop: " + ", ".join(drops))
+        return lines + [contrast_line(c) for c in summary.get("contrasts", [])]
     return rows
-
-
-def _real_task_lines(summary: dict) -> list[str]:
-    from retrieval_heads.cli.tasks import contrast_line
-
-    rows = summary["rows"]
-    by: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        by.setdefault(r["suite"], {})[r["condition"]] = r
-    lines = []
-    for suite, conditions in by.items():
-        none = conditions["none"]["accuracy"]
-        parts = [f"{name} {100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}] (n {r['n']})"
-                 for name, r in conditions.items()]
-        drops = [f"{name} -{100 * (none - r['accuracy']):.1f} pts" for name, r in conditions.items() if name != "none"]
-        lines.append(f"{suite}: " + "; ".join(parts) + " | drop: " + ", ".join(drops))
-    return lines + [contrast_line(c) for c in summary.get("contrasts", [])]
 
 
 def ground_eval_rows(prefix: str) -> Callable[[Path], list[str]]:
@@ -272,6 +269,7 @@ def printed_rows(*files: str) -> Callable[[Path], list[str]]:
 
 RULER_TASKS = ("niah_single_2", "niah_single_1", "niah_multivalue", "vt")  # smollm2 finds some at 4000 tokens (seed 1)
 AGNOSTIC_REREAD = ("--query-agnostic", "--selection", "reread", "--token-ranking", "own")  # each head's own re-read
+AGNOSTIC_REREAD_CHUNK = ("--query-agnostic", "--selection", "reread-chunk", "--token-ranking", "own")  # KVzip's scores
 
 
 def ruler_sweep(task: str, seed: int = 3, *, n: int = 3, length: int = 4000) -> tuple[str, ...]:
@@ -402,8 +400,7 @@ def ruler_check_steps(task: str) -> tuple[Step, ...]:
         rh("kv-eval", *ours, "--out", f"{{out}}/{run}", "--policies", "full,snapkv,retrieval-snapkv,adaptive",
            *AGNOSTIC_REREAD, done=f"{run}/query-agnostic/adaptive-0.5/L4000/summary.json"),
         rh("kv-eval", *ours, "--out", f"{{out}}/{run}-chunk", "--policies", "snapkv,retrieval-snapkv,adaptive",
-           "--query-agnostic", "--selection", "reread-chunk", "--token-ranking", "own",
-           done=f"{run}-chunk/query-agnostic/adaptive-0.5/L4000/summary.json"),
+           *AGNOSTIC_REREAD_CHUNK, done=f"{run}-chunk/query-agnostic/adaptive-0.5/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *peer, "--budgets", "0.05,0.1", "--presses", "full,kvzip", "--settings",
                        "agnostic", "--out", f"{{out}}/kvp-check-{task}", done=f"kvp-check-{task}.md"),
     )
@@ -419,19 +416,18 @@ def ruler_check_frontier() -> Step:
 
 CONFIRM_SEED = 8  # unseen until this study: the two settings seed 7 checked, again on every task, nothing else
 CONFIRM_BUDGETS = "0.05,0.1"
-CONFIRM_AGNOSTIC = ("--query-agnostic", "--selection", "reread-chunk", "--token-ranking", "own")
 
 
 def ruler_confirm_steps(task: str) -> tuple[Step, ...]:
     """4 samples of ``task`` (seed ``CONFIRM_SEED``), both settings: ``snapkv --follow 8`` with the question beside
     kvpress's SnapKV; query-agnostic ``adaptive`` on KVzip's scores beside kvpress's KVzip."""
     sweep, run, peer = ruler_sweep(task, CONFIRM_SEED, n=2), f"confirm-{task}", f"kvp-confirm-{task}"
-    ours = ("--scores", "{out}/detect", *sweep, "--budgets", CONFIRM_BUDGETS, "--out", f"{{out}}/{run}", "--resume")
-    theirs = ("--scores", "{out}/detect", *sweep, "--budgets", CONFIRM_BUDGETS, "--out", f"{{out}}/{peer}", "--resume")
+    shared = ("--scores", "{out}/detect", *sweep, "--budgets", CONFIRM_BUDGETS)
+    ours, theirs = ((*shared, "--out", f"{{out}}/{name}", "--resume") for name in (run, peer))
     return (
         rh("kv-eval", *ours, "--policies", "full,snapkv,retrieval-snapkv", "--follow", FOLLOW,
            done=f"{run}/retrieval-snapkv-0.1/L4000/summary.json"),
-        rh("kv-eval", *ours, "--policies", "full,snapkv,adaptive", *CONFIRM_AGNOSTIC,
+        rh("kv-eval", *ours, "--policies", "full,snapkv,adaptive", *AGNOSTIC_REREAD_CHUNK,
            done=f"{run}/query-agnostic/adaptive-0.1/L4000/summary.json"),
         kvpress_script("kvpress_peer.py", *theirs, "--presses", "full,snapkv", "--settings", "question",
                        done=f"{peer}-question.md"),

@@ -35,10 +35,10 @@ def paired_drops(none, top, random, *, draws: int = DRAWS, seed: int = SEED, lev
     tail = (1 - level) / 2
     full_top, full_random = float((none - top).mean()), float((none - random).mean())
     full_ratio = float(_ratios(np.array([full_top]), np.array([full_random]))[0])
+    difference_low, difference_high = np.quantile(drop_top - drop_random, [tail, 1 - tail])
     return {
         "n": n, "drop_top": full_top, "drop_random": full_random, "difference": full_top - full_random,
-        "difference_low": float(np.quantile(drop_top - drop_random, tail)),
-        "difference_high": float(np.quantile(drop_top - drop_random, 1 - tail)),
+        "difference_low": float(difference_low), "difference_high": float(difference_high),
         "ratio": _finite(full_ratio),
         "ratio_low": _finite(defined[math.floor(tail * len(defined))]) if len(defined) else None,
         "ratio_high": _finite(defined[math.ceil((1 - tail) * len(defined)) - 1]) if len(defined) else None,
